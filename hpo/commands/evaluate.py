@@ -1,0 +1,10 @@
+"""`lushpo evaluate` (not yet implemented)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("evaluate", help="(not yet implemented)")
+    parser.set_defaults(handler=lambda args: parser.error("not yet implemented"))
