@@ -6,8 +6,17 @@ BIN := $(VENV)/bin
 LOCK := requirements.lock
 STAMP := $(VENV)/.installed
 
-export LUSHPO_DATA_DIR ?= $(abspath ../shared/data)
-export LUSHPO_STORE ?= file://$(abspath .lushpo/store)
+# The main job's embedded defaults: data fetched into .lushpo/data unless LUSHPO_DATA_DIR points at
+# a copy, features in a local store, Keras' own Xception ImageNet weights unless LUSHPO_WEIGHTS is set.
+LUSHPO_DATA_DIR ?= $(abspath .lushpo/data)
+LUSHPO_STORE ?= file://$(abspath .lushpo/store)
+LUSHPO_WEIGHTS ?= imagenet
+RUN_CONFIG ?= configs/quick.yaml
+RUN_NAME ?= quick
+RUNS_DIR ?= $(abspath .lushpo/runs)
+RUN_OUT ?= $(abspath .lushpo/out/$(RUN_NAME))
+LUSHPO := env LUSHPO_DATA_DIR=$(LUSHPO_DATA_DIR) LUSHPO_STORE=$(LUSHPO_STORE) \
+	LUSHPO_WEIGHTS=$(LUSHPO_WEIGHTS) $(BIN)/lushpo
 
 .PHONY: setup lock run test test-fast lint bench k8s-render k8s-validate clean
 
@@ -25,10 +34,16 @@ lock:
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
 		--python-platform x86_64-unknown-linux-gnu -o $(LOCK)
 
+# data → features (once; a second run finds them in the store) → study → export → evaluate.
 run: setup
-	$(BIN)/python -m hpo.run_main
+	@test -f $(LUSHPO_DATA_DIR)/paper/cross_val.json || $(LUSHPO) data fetch --data-dir $(LUSHPO_DATA_DIR)
+	$(LUSHPO) data check
+	$(LUSHPO) features --backbone xception --frames 20 --sampling even --weights $(LUSHPO_WEIGHTS)
+	$(LUSHPO) tune --config $(RUN_CONFIG) --name $(RUN_NAME) --storage-path $(RUNS_DIR) --overwrite
+	$(LUSHPO) export $(RUNS_DIR)/$(RUN_NAME) --out $(RUN_OUT)
+	$(LUSHPO) evaluate $(RUN_OUT)
 
-test: setup
+test: setup tools
 	$(BIN)/python -m pytest
 
 test-fast: setup
@@ -42,4 +57,5 @@ bench: setup
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .lushpo .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-tools .lushpo .pytest_cache .ruff_cache
+include deploy/k8s.mk
