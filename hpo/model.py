@@ -1,0 +1,96 @@
+"""The paper's CNN-LSTM head over per-frame backbone features.
+
+Barros et al. feed ``[frames, dim]`` backbone features to one LSTM, then one to three ReLU dense
+layers, then a 3-way softmax (cov, pne, reg). The model uses only built-in Keras layers, so a
+``model.save("fold-0.h5")`` file loads with plain ``tf.keras.models.load_model(path)`` and no
+``custom_objects`` — the same way the paper's notebook loads its published models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+
+from pipeline.manifest import LABELS
+
+__all__ = ["MAX_DENSE_LAYERS", "build_model", "required_params"]
+
+MAX_DENSE_LAYERS = 3
+"""Dense blocks the search space can ask for; ``dense_units_i``/``dense_dropout_i`` for
+``i > dense_layers`` are ignored, so the space stays flat."""
+
+
+def required_params(dense_layers: int) -> tuple[str, ...]:
+    """The keys ``build_model`` reads for a head with ``dense_layers`` dense blocks."""
+    keys = ["lstm_units", "lstm_dropout", "recurrent_dropout", "dense_layers", "learning_rate"]
+    for i in range(1, dense_layers + 1):
+        keys += [f"dense_units_{i}", f"dense_dropout_{i}"]
+    return tuple(keys)
+
+
+def _check(params: Mapping[str, Any]) -> int:
+    """Validate the keys the head reads; return the number of dense blocks."""
+    layers = params.get("dense_layers")
+    if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= 3:
+        raise ValueError(f"model param 'dense_layers' must be an int in 1..3, got {layers!r}")
+    missing = [k for k in required_params(layers) if k not in params]
+    if missing:
+        raise ValueError(f"model params lack {missing} ({layers=}); got {sorted(params)}")
+    blocks = range(1, layers + 1)
+    for key in ["lstm_dropout", "recurrent_dropout", *(f"dense_dropout_{i}" for i in blocks)]:
+        if not 0.0 <= float(params[key]) < 1.0:
+            raise ValueError(f"model param {key!r} must be in [0, 1), got {params[key]!r}")
+    for key in ["lstm_units", *(f"dense_units_{i}" for i in blocks)]:
+        if int(params[key]) != params[key] or int(params[key]) < 1:
+            raise ValueError(f"model param {key!r} must be a positive int, got {params[key]!r}")
+    if not float(params["learning_rate"]) > 0:
+        raise ValueError(f"model param 'learning_rate' must be > 0, got {params['learning_rate']}")
+    return layers
+
+
+def build_model(
+    frames: int, dim: int, params: Mapping[str, Any], *, sparse_labels: bool = True
+) -> keras.Model:
+    """Build and compile the head: Input(frames, dim) → LSTM → dense blocks → Dense(3, softmax).
+
+    Args:
+        frames: frames per clip (N).
+        dim: feature size per frame (D, e.g. 2048 for Xception).
+        params: a point of ``hpo.space.search_space()``: ``lstm_units``, ``lstm_dropout``,
+            ``recurrent_dropout``, ``dense_layers`` (1..3), ``dense_units_i`` and
+            ``dense_dropout_i`` for i ≤ dense_layers (others ignored), ``learning_rate``.
+            Extra keys (``batch_size``, ``backbone``, ...) are ignored.
+        sparse_labels: integer labels (sparse categorical cross-entropy) when true, one-hot
+            labels (categorical cross-entropy, as in the paper's notebook) when false.
+
+    Returns:
+        A compiled ``keras.Model`` (Adam, cross-entropy, accuracy).
+
+    Raises:
+        ValueError: naming the missing or out-of-range parameter.
+    """
+    if frames < 1 or dim < 1:
+        raise ValueError(f"build_model needs frames >= 1 and dim >= 1, got {frames=}, {dim=}")
+    layers = _check(params)
+    inputs = keras.Input(shape=(frames, dim), name="features")
+    x = keras.layers.LSTM(
+        int(params["lstm_units"]),
+        dropout=float(params["lstm_dropout"]),
+        recurrent_dropout=float(params["recurrent_dropout"]),
+        name="lstm",
+    )(inputs)
+    for i in range(1, layers + 1):
+        x = keras.layers.Dense(
+            int(params[f"dense_units_{i}"]), activation="relu", name=f"dense_{i}"
+        )(x)
+        x = keras.layers.Dropout(float(params[f"dense_dropout_{i}"]), name=f"dropout_{i}")(x)
+    outputs = keras.layers.Dense(len(LABELS), activation="softmax", name="probabilities")(x)
+    model = keras.Model(inputs, outputs, name="cnn_lstm_head")
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=float(params["learning_rate"])),
+        loss="sparse_categorical_crossentropy" if sparse_labels else "categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model

@@ -1,0 +1,237 @@
+"""The search space (a superset of the paper's) and the paper's best head as a starting point.
+
+The space is flat — always the same keys — so Optuna's TPE sees a fixed set of dimensions and
+``OptunaSearch(points_to_evaluate=[...])`` accepts a full point. ``dense_units_3`` and
+``dense_dropout_3`` are still sampled when ``dense_layers`` is 1 or 2; ``hpo.model.build_model``
+ignores the blocks beyond ``dense_layers``. Optionally the backbone and the frame count N are
+dimensions too, so one study covers what the paper ran as 68 separate studies.
+
+Overrides come from the study YAML (``space:``) and replace one dimension's choices or range:
+a list (categorical choices), a mapping ``{low, high[, log]}`` (a range; int-valued dimensions
+take ``step`` too), or a single value (the dimension is fixed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+__all__ = ["PAPER_BEST", "InvalidSpaceError", "paper_best", "search_space"]
+
+UNITS = (32, 64, 128, 256, 512, 1024)
+
+PAPER_BEST: dict[str, Any] = {
+    # Architecture and the 0.4 dropout: the paper's abstract (b-mandelbrot/pulmonary-covid19
+    # README.md) and the Keras summary of the published Xception-20 fold model printed in its
+    # notebook xception-lstm.ipynb (and model_params.txt): LSTM 512 → Dense 1024 → Dense 1024 →
+    # Dense 3, 6,822,915 params. That summary lists no Dropout layer, so the 0.4 is the LSTM's
+    # own input dropout and the dense blocks have none.
+    "lstm_units": 512,
+    "lstm_dropout": 0.4,
+    "dense_layers": 2,
+    "dense_units_1": 1024,
+    "dense_dropout_1": 0.0,
+    "dense_units_2": 1024,
+    "dense_dropout_2": 0.0,
+    # Not in the notebook, README or model_params.txt (the notebook only loads the trained .h5
+    # files): Keras defaults — LSTM recurrent_dropout 0, Adam learning_rate 1e-3, fit batch 32.
+    "recurrent_dropout": 0.0,
+    "learning_rate": 1e-3,
+    "batch_size": 32,
+    # Unused when dense_layers == 2; present so the point is complete in the flat space.
+    "dense_units_3": 1024,
+    "dense_dropout_3": 0.0,
+}
+"""The paper's best Xception-LSTM head (20 frames) as a full point of the default space."""
+
+PAPER_BEST_FEATURES: dict[str, Any] = {"backbone": "xception", "frames": 20}
+
+
+class InvalidSpaceError(ValueError):
+    """A search-space override has an unknown key or a value of the wrong form."""
+
+
+def _defaults() -> dict[str, BaseDistribution]:
+    space: dict[str, BaseDistribution] = {
+        "lstm_units": CategoricalDistribution(UNITS),
+        "lstm_dropout": FloatDistribution(0.0, 0.6),
+        "recurrent_dropout": FloatDistribution(0.0, 0.6),
+        "dense_layers": IntDistribution(1, 3),
+    }
+    for i in (1, 2, 3):
+        space[f"dense_units_{i}"] = CategoricalDistribution(UNITS)
+        space[f"dense_dropout_{i}"] = FloatDistribution(0.0, 0.6)
+    space["learning_rate"] = FloatDistribution(1e-5, 1e-2, log=True)
+    space["batch_size"] = CategoricalDistribution((8, 16, 32))
+    return space
+
+
+# What each dimension may hold: (kind, low, high, high_inclusive), checked on every override.
+_BOUNDS: dict[str, tuple[type, float, float, bool]] = {
+    "lstm_units": (int, 1, float("inf"), True),
+    "recurrent_dropout": (float, 0.0, 1.0, False),
+    "lstm_dropout": (float, 0.0, 1.0, False),
+    "dense_layers": (int, 1, 3, True),
+    "learning_rate": (float, 0.0, float("inf"), True),
+    "batch_size": (int, 1, float("inf"), True),
+}
+for _i in (1, 2, 3):
+    _BOUNDS[f"dense_units_{_i}"] = _BOUNDS["lstm_units"]
+    _BOUNDS[f"dense_dropout_{_i}"] = _BOUNDS["lstm_dropout"]
+
+
+def _describe(key: str) -> str:
+    kind, low, high, closed = _BOUNDS[key]
+    if key == "learning_rate":
+        rng = "> 0"
+    elif high == float("inf"):
+        rng = f">= {low:g}"
+    else:
+        rng = f"in [{low:g}, {high:g}{']' if closed else ')'}"
+    name = "int" if kind is int else "number"
+    return (
+        f"a list of {name}s {rng}, a mapping {{low, high[, log"
+        f"{', step' if kind is int else ''}]}} with values {rng}, or a single {name} {rng}"
+    )
+
+
+def _value(key: str, value: Any, where: str) -> int | float:
+    kind, low, high, closed = _BOUNDS[key]
+    ok_type = isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        ok_type = ok_type and float(value) == int(value)
+    in_range = ok_type and low <= value and (value <= high if closed else value < high)
+    if key == "learning_rate":
+        in_range = ok_type and value > 0
+    if not in_range:
+        raise InvalidSpaceError(
+            f"search space override {where} must be {_describe(key)}; got {value!r}"
+        )
+    return int(value) if kind is int else float(value)
+
+
+def _override(key: str, spec: Any) -> BaseDistribution:
+    where = f"'space.{key}'"
+    kind = _BOUNDS[key][0]
+    if isinstance(spec, Mapping):
+        extra = set(spec) - {"low", "high", "log", "step"}
+        if extra or "low" not in spec or "high" not in spec or (kind is float and "step" in spec):
+            raise InvalidSpaceError(
+                f"search space override {where} must be {_describe(key)}; got {dict(spec)!r}"
+            )
+        low = _value(key, spec["low"], f"{where} low")
+        high = _value(key, spec["high"], f"{where} high")
+        log = spec.get("log", False)
+        if not isinstance(log, bool):
+            raise InvalidSpaceError(f"search space override {where} log must be true/false")
+        if low > high:
+            raise InvalidSpaceError(f"search space override {where} needs low <= high, got {spec}")
+        if log and low <= 0:
+            raise InvalidSpaceError(f"search space override {where} with log needs low > 0")
+        if kind is int:
+            step = spec.get("step", 1)
+            if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+                raise InvalidSpaceError(f"search space override {where} step must be an int >= 1")
+            if log and step != 1:
+                raise InvalidSpaceError(f"search space override {where}: log needs step 1")
+            return IntDistribution(int(low), int(high), log=log, step=step)
+        return FloatDistribution(float(low), float(high), log=log)
+    if isinstance(spec, Sequence) and not isinstance(spec, str):
+        if len(spec) == 0:
+            raise InvalidSpaceError(
+                f"search space override {where} must be {_describe(key)}; got an empty list"
+            )
+        choices = [_value(key, v, where) for v in spec]
+        if len(set(choices)) != len(choices):
+            raise InvalidSpaceError(f"search space override {where} repeats a choice: {spec}")
+        return CategoricalDistribution(tuple(choices))
+    return CategoricalDistribution((_value(key, spec, where),))
+
+
+def _names(key: str, values: Sequence[Any] | None, kind: type) -> CategoricalDistribution | None:
+    if values is None:
+        return None
+    values = list(values)
+    if not values or any(not isinstance(v, kind) or isinstance(v, bool) for v in values):
+        raise InvalidSpaceError(
+            f"search space {key!r} must be a non-empty list of {kind.__name__}s; got {values!r}"
+        )
+    if len(set(values)) != len(values):
+        raise InvalidSpaceError(f"search space {key!r} repeats a choice: {values!r}")
+    return CategoricalDistribution(tuple(values))
+
+
+def search_space(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    backbones: Sequence[str] | None = None,
+    frames: Sequence[int] | None = None,
+) -> dict[str, BaseDistribution]:
+    """The study's search space as Optuna distributions, for ``OptunaSearch(space=...)``.
+
+    Args:
+        overrides: YAML ``space:`` entries replacing a dimension's choices or range (see module
+            docstring). Keys must be dimensions of the default space.
+        backbones: when given, ``backbone`` becomes a categorical dimension over these names.
+        frames: when given, ``frames`` (N) becomes a categorical dimension over these counts.
+
+    Returns:
+        ``{name: distribution}`` with the fixed keys ``lstm_units, lstm_dropout,
+        recurrent_dropout, dense_layers, dense_units_{1,2,3}, dense_dropout_{1,2,3},
+        learning_rate, batch_size`` (+ ``backbone``, ``frames``).
+
+    Raises:
+        InvalidSpaceError: (a ValueError) naming the key, the allowed forms and the bad value.
+    """
+    space = _defaults()
+    for key, spec in (overrides or {}).items():
+        if key not in space:
+            raise InvalidSpaceError(
+                f"search space override 'space.{key}' is not a dimension; known: {sorted(space)}"
+            )
+        space[key] = _override(key, spec)
+    extra = {
+        "backbone": _names("backbone", backbones, str),
+        "frames": _names("frames", frames, int),
+    }
+    for key, dist in extra.items():
+        if dist is not None:
+            space[key] = dist
+    return space
+
+
+def _contains(dist: BaseDistribution, value: Any) -> bool:
+    if isinstance(dist, CategoricalDistribution):
+        return value in dist.choices
+    if isinstance(dist, IntDistribution):
+        return dist.low <= value <= dist.high and (value - dist.low) % dist.step == 0
+    if isinstance(dist, FloatDistribution):
+        return dist.low <= value <= dist.high
+    return False
+
+
+def paper_best(space: Mapping[str, BaseDistribution]) -> dict[str, Any]:
+    """``PAPER_BEST`` as a point of ``space`` for ``points_to_evaluate``.
+
+    Adds ``backbone="xception"`` and ``frames=20`` when those are dimensions of ``space``.
+
+    Raises:
+        InvalidSpaceError: if the paper's point lies outside ``space`` (e.g. an override narrowed
+            ``lstm_units``), naming each dimension that excludes it.
+    """
+    point = {k: v for k, v in {**PAPER_BEST, **PAPER_BEST_FEATURES}.items() if k in space}
+    missing = sorted(set(space) - set(point))
+    outside = [f"{k}={v!r}" for k, v in point.items() if not _contains(space[k], v)]
+    if missing or outside:
+        raise InvalidSpaceError(
+            f"the paper's best point is outside the search space: {outside + missing}; "
+            "widen those dimensions or drop the paper's point from the study"
+        )
+    return point

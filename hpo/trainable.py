@@ -1,0 +1,619 @@
+"""One trial: k-fold cross-validation of one head config, as a Ray Tune function trainable.
+
+``train_cv(config, settings)`` reads its feature set from the store through the node cache (the
+driver never ships features), trains the k fold models in lockstep — epoch e of every fold, then
+one report of the mean validation loss and accuracy, so ASHA can stop a bad trial early — and
+finally scores every fold model on its test fold with the paper's metrics. Ray glue is thin: the
+maths lives in `cross_validate` (no Ray), and `_report` is the only caller of Ray's report API.
+
+Reported results. Every result carries ``accuracy`` (Ray checks the study's metric is in every
+result): per epoch it is the mean *inner-validation* accuracy over folds (``final`` False); the
+last result (``final`` True) holds the mean *test* accuracy — the study's objective — plus
+``hpo.metrics.flatten`` of the summary and ``fold_{i}_accuracy``.
+
+Checkpoints. Every ``checkpoint_every`` epochs the lockstep state (``fold-{i}.keras`` with
+optimizer state, ``fold-{i}-best.npz`` best weights, ``lockstep.json`` with the epoch and the
+early-stopping state) goes with the report, so a retried trial resumes from
+``tune.get_checkpoint()``. The final checkpoint holds ``fold-{i}.h5`` (plain
+``tf.keras.models.load_model``) and ``trial.json`` (docs/architecture.md, "Trial result").
+A lockstep state of the paper's head is ~110 MB per fold (weights + Adam moments + best
+weights), so studies should keep ``CheckpointConfig(num_to_keep=...)`` small.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from hpo.metrics import flatten, fold_metrics, summarize
+from hpo.model import build_model
+from pipeline.manifest import LABELS, Split
+
+__all__ = [
+    "CVResult",
+    "LockstepCV",
+    "TrialSettings",
+    "configure_tensorflow",
+    "cross_validate",
+    "train_cv",
+    "write_trial",
+]
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "lockstep.json"
+TRIAL_FILE = "trial.json"
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """What every trial of a study shares; small and picklable (passed by ``tune.with_parameters``).
+
+    ``feature_sets`` is one store key, or a mapping ``"backbone/frames"`` → key when the backbone
+    and N are search dimensions (``config["backbone"]``, ``config["frames"]`` pick the entry).
+    """
+
+    store_uri: str
+    feature_sets: str | Mapping[str, str]
+    split: Split
+    cache_dir: str | None = None
+    max_epochs: int = 100
+    patience: int = 10
+    validation_fraction: float = 0.2
+    seed: int = 0
+    class_weight: bool = False  # "balanced" weights from each inner training split when true
+    gpu_memory_limit_mb: int | None = None  # logical GPU memory cap (fractional GPUs)
+    intra_op_threads: int | None = None  # None: TensorFlow's default (all cores)
+    inter_op_threads: int | None = None
+    checkpoint_every: int = 5  # epochs between lockstep checkpoints; 0 = final checkpoint only
+
+    def __post_init__(self) -> None:
+        checks = {
+            "max_epochs": self.max_epochs >= 1,
+            "patience": self.patience >= 1,
+            "validation_fraction": 0.0 < self.validation_fraction < 1.0,
+            "checkpoint_every": self.checkpoint_every >= 0,
+            "gpu_memory_limit_mb": self.gpu_memory_limit_mb is None or self.gpu_memory_limit_mb > 0,
+            "intra_op_threads": self.intra_op_threads is None or self.intra_op_threads >= 1,
+            "inter_op_threads": self.inter_op_threads is None or self.inter_op_threads >= 1,
+            "split": len(self.split.folds) >= 2,
+            "feature_sets": bool(self.feature_sets),
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            values = {name: getattr(self, name) for name in bad}
+            raise ValueError(f"TrialSettings fields out of range: {values}")
+        if not isinstance(self.feature_sets, str):
+            object.__setattr__(self, "feature_sets", dict(self.feature_sets))
+
+    def feature_set_key(self, config: Mapping[str, Any]) -> str:
+        """The store key this trial reads: the single key, or the ``backbone/frames`` entry."""
+        if isinstance(self.feature_sets, str):
+            return self.feature_sets
+        pairs = [name.split("/", 1) for name in self.feature_sets]
+        wanted = []
+        for pos, dim in enumerate(("backbone", "frames")):
+            if dim in config:
+                wanted.append(str(config[dim]))
+                continue
+            values = {p[pos] for p in pairs if len(p) == 2}
+            if len(values) != 1:
+                raise ValueError(
+                    f"trial config lacks {dim!r} but feature_sets has several: "
+                    f"{sorted(self.feature_sets)}"
+                )
+            wanted.append(values.pop())
+        name = "/".join(wanted)
+        if name not in self.feature_sets:
+            raise ValueError(
+                f"no feature set for {name!r} in feature_sets {sorted(self.feature_sets)}"
+            )
+        return self.feature_sets[name]
+
+
+def configure_tensorflow(settings: TrialSettings) -> None:
+    """Threads, GPU memory and op determinism; call before any TensorFlow op in the process.
+
+    Without ``gpu_memory_limit_mb`` each GPU grows its memory on demand; with it, the first GPU
+    becomes one logical device capped at that many MiB, so trials sharing a GPU (fractional
+    ``num_gpus``) fit side by side. Settings the runtime no longer accepts (it was initialised
+    earlier in this worker) are logged, not fatal.
+    """
+    try:
+        if settings.intra_op_threads is not None:
+            tf.config.threading.set_intra_op_parallelism_threads(settings.intra_op_threads)
+        if settings.inter_op_threads is not None:
+            tf.config.threading.set_inter_op_parallelism_threads(settings.inter_op_threads)
+    except RuntimeError as exc:
+        log.warning("TensorFlow threads already fixed in this process; keeping them: %s", exc)
+    for i, gpu in enumerate(tf.config.list_physical_devices("GPU")):
+        try:
+            if settings.gpu_memory_limit_mb is not None and i == 0:
+                config = tf.config.LogicalDeviceConfiguration(
+                    memory_limit=settings.gpu_memory_limit_mb
+                )
+                tf.config.set_logical_device_configuration(gpu, [config])
+            else:
+                tf.config.experimental.set_memory_growth(gpu, True)
+        except (RuntimeError, ValueError) as exc:
+            log.warning("GPU %s already initialised; memory settings unchanged: %s", gpu, exc)
+    tf.config.experimental.enable_op_determinism()
+
+
+# --- pure cross-validation ---------------------------------------------------------------------
+
+
+def _seed(*parts: int) -> int:
+    """A well-mixed 31-bit seed from (trial seed, fold, epoch): independent of run order."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] >> 1)
+
+
+def _inner_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded (train, validation) positions; every class keeps one training clip."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        n_val = min(round(fraction * len(members)), len(members) - 1)
+        val.extend(members[:n_val])
+        train.extend(members[n_val:])
+    if not val:  # tiny folds: take one clip of the largest class
+        c = np.bincount(labels).argmax()
+        pick = next(i for i in train if labels[i] == c)
+        train.remove(pick)
+        val.append(pick)
+    return np.sort(np.asarray(train)), np.sort(np.asarray(val))
+
+
+@dataclass
+class FoldData:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    test_ids: tuple[str, ...]
+
+
+@dataclass
+class FoldState:
+    """Early-stopping state of one fold (``best_epoch`` is 1-based; 0 before the first epoch)."""
+
+    best_val_loss: float = math.inf
+    best_val_accuracy: float = 0.0
+    best_epoch: int = 0
+    wait: int = 0
+    stopped: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def fold_data(
+    features: np.ndarray,
+    labels: np.ndarray,
+    clip_ids: Sequence[str],
+    split: Split,
+    *,
+    validation_fraction: float = 0.2,
+    seed: int = 0,
+    source: str = "the feature set",
+) -> list[FoldData]:
+    """Select each fold's clips by id and carve a stratified inner validation split."""
+    position = {cid: i for i, cid in enumerate(clip_ids)}
+    labels = np.asarray(labels, dtype=np.int64)
+    out = []
+    for k, fold in enumerate(split.folds):
+        missing = [cid for cid in (*fold.train, *fold.test) if cid not in position]
+        if missing:
+            raise ValueError(
+                f"split {split.name!r} fold {k} names {len(missing)} clip(s) not in {source}, "
+                f"e.g. {missing[:3]}"
+            )
+        train = np.asarray([position[c] for c in fold.train])
+        test = np.asarray([position[c] for c in fold.test])
+        inner_train, inner_val = _inner_split(labels[train], validation_fraction, _seed(seed, k, 1))
+        tr, va = train[inner_train], train[inner_val]
+        out.append(
+            FoldData(
+                x_train=np.asarray(features[tr], dtype=np.float32),
+                y_train=labels[tr],
+                x_val=np.asarray(features[va], dtype=np.float32),
+                y_val=labels[va],
+                x_test=np.asarray(features[test], dtype=np.float32),
+                y_test=labels[test],
+                test_ids=tuple(fold.test),
+            )
+        )
+    return out
+
+
+def _seed_states(model: keras.Model) -> list[Any]:
+    """The model's random seed-generator state variables (dropout masks), in a fixed order."""
+    return [v for v in model.variables if v.name == "seed_generator_state"]
+
+
+def _loss_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Sparse cross-entropy (Keras' 1e-7 clipping) and accuracy of ``model`` on ``(x, y)``."""
+    proba = np.asarray(model.predict_on_batch(x), dtype=np.float64)
+    picked = np.clip(proba[np.arange(len(y)), y], 1e-7, 1 - 1e-7)
+    return float(-np.mean(np.log(picked))), float(np.mean(proba.argmax(axis=1) == y))
+
+
+def _class_weights(y: np.ndarray) -> dict[int, float]:
+    counts = np.bincount(y, minlength=len(LABELS))
+    present = np.flatnonzero(counts)
+    return {int(c): float(len(y) / (len(present) * counts[c])) for c in present}
+
+
+class LockstepCV:
+    """k fold models trained epoch by epoch together, with per-fold early stopping.
+
+    Each fold's model is built after ``keras.utils.set_random_seed(seed(trial, fold))``; each
+    epoch of each fold draws its batch order and dropout masks from ``seed(trial, fold, epoch)``,
+    so results do not depend on how folds interleave or on a resume in between.
+    """
+
+    def __init__(
+        self,
+        folds: Sequence[FoldData],
+        params: Mapping[str, Any],
+        *,
+        max_epochs: int,
+        patience: int,
+        seed: int = 0,
+        class_weight: bool = False,
+    ) -> None:
+        self.folds = list(folds)
+        self.params = dict(params)
+        self.max_epochs, self.patience, self.seed = max_epochs, patience, seed
+        self.class_weight = class_weight
+        self.epoch = 0  # epochs completed
+        self.records: list[dict[str, Any]] = []  # one per lockstep epoch, from `step`
+        self.states = [FoldState() for _ in self.folds]
+        self.best_weights: list[list[np.ndarray] | None] = [None] * len(self.folds)
+        frames, dim = self.folds[0].x_train.shape[1:]
+        self.models: list[keras.Model] = []
+        for k in range(len(self.folds)):
+            keras.utils.set_random_seed(_seed(self.seed, k))
+            self.models.append(build_model(frames, dim, self.params))
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.max_epochs or all(s.stopped for s in self.states)
+
+    def step(self) -> dict[str, Any]:
+        """Train every still-active fold for one epoch; return the epoch's record."""
+        epoch = self.epoch
+        per_fold: list[dict[str, float] | None] = []
+        for k, state in enumerate(self.states):
+            if state.stopped:
+                per_fold.append(None)
+                continue
+            record = self._train_epoch(k, epoch)
+            state.history.append(record)
+            if record["val_loss"] < state.best_val_loss:  # NaN never improves
+                state.best_val_loss = record["val_loss"]
+                state.best_val_accuracy = record["val_accuracy"]
+                state.best_epoch = epoch + 1
+                state.wait = 0
+                self.best_weights[k] = self.models[k].get_weights()
+            else:
+                state.wait += 1
+                if state.wait >= self.patience or not math.isfinite(record["loss"]):
+                    state.stopped = True
+                    self._restore_best(k)
+            per_fold.append(record)
+        self.epoch = epoch + 1
+        record = self._record(per_fold)
+        self.records.append(record)
+        return record
+
+    def _train_epoch(self, k: int, epoch: int) -> dict[str, float]:
+        """One epoch of fold ``k``: seeded shuffle and dropout masks, then validation.
+
+        A plain ``train_on_batch`` loop rather than ``fit``: ``fit`` rebuilds its tf.data
+        pipeline on each call, which dominated small trials. Batch order comes from a NumPy
+        generator and every dropout seed state is reset from (trial seed, fold, epoch), so an
+        epoch's randomness does not depend on earlier epochs or on a resume in between.
+        """
+        data, model = self.folds[k], self.models[k]
+        for i, variable in enumerate(_seed_states(model)):
+            variable.assign(np.asarray([_seed(self.seed, k, epoch, i), 0], variable.dtype))
+        batch = int(self.params.get("batch_size", 32))
+        weights = _class_weights(data.y_train) if self.class_weight else None
+        order = np.random.default_rng(_seed(self.seed, k, epoch, 2**20)).permutation(
+            len(data.y_train)
+        )
+        losses, sizes = [], []
+        for start in range(0, len(order), batch):
+            idx = order[start : start + batch]
+            loss = model.train_on_batch(data.x_train[idx], data.y_train[idx], class_weight=weights)
+            losses.append(float(np.asarray(loss).ravel()[0]))
+            sizes.append(len(idx))
+        val_loss, val_accuracy = _loss_accuracy(model, data.x_val, data.y_val)
+        return {
+            "loss": float(np.average(losses, weights=sizes)),
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+        }
+
+    def _restore_best(self, k: int) -> None:
+        if self.best_weights[k] is not None:
+            self.models[k].set_weights(self.best_weights[k])
+
+    def _record(self, per_fold: list[dict[str, float] | None]) -> dict[str, Any]:
+        # A stopped fold counts with its best (restored) validation scores.
+        pairs = list(zip(per_fold, self.states, strict=True))
+        val_loss = [r["val_loss"] if r else s.best_val_loss for r, s in pairs]
+        val_acc = [r["val_accuracy"] if r else s.best_val_accuracy for r, s in pairs]
+        active = [r for r in per_fold if r]
+        return {
+            "epoch": self.epoch,
+            "val_loss": float(np.mean(val_loss)),
+            "val_accuracy": float(np.mean(val_acc)),
+            "loss": float(np.mean([r["loss"] for r in active])) if active else math.nan,
+            "active_folds": len(active),
+            "folds": per_fold,
+        }
+
+    def finish(self) -> list[dict[str, Any]]:
+        """Restore every fold's best weights and score it on its test fold."""
+        out = []
+        for k, (data, model, state) in enumerate(
+            zip(self.folds, self.models, self.states, strict=True)
+        ):
+            self._restore_best(k)
+            proba = np.asarray(model.predict_on_batch(data.x_test))
+            y_pred = np.argmax(proba, axis=1)
+            metrics = fold_metrics(data.y_test, y_pred)
+            metrics.update(
+                fold=k,
+                test_ids=list(data.test_ids),
+                y_true=data.y_test.tolist(),
+                y_pred=y_pred.tolist(),
+                probabilities=np.round(proba.astype(np.float64), 6).tolist(),
+                best_epoch=state.best_epoch,
+                epochs_trained=len(state.history),
+                stopped_early=state.stopped,
+                best_val_loss=state.best_val_loss,
+                best_val_accuracy=state.best_val_accuracy,
+                train_clips=len(data.y_train),
+                val_clips=len(data.y_val),
+            )
+            out.append(metrics)
+        return out
+
+    # -- persistence of the lockstep state (resume) --
+
+    def save(self, directory: Path, extra: Mapping[str, Any] | None = None) -> None:
+        """Fold models with optimizer state, best weights and early-stopping state."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for k, model in enumerate(self.models):
+            model.save(directory / f"fold-{k}.keras")
+            if self.best_weights[k] is not None:
+                arrays = {f"w{i}": w for i, w in enumerate(self.best_weights[k])}
+                np.savez(directory / f"fold-{k}-best.npz", **arrays)
+        state = {
+            "epoch": self.epoch,
+            "params": self.params,
+            "seed": self.seed,
+            "folds": [asdict(s) for s in self.states],
+            "epochs": self.records,
+            **(extra or {}),
+        }
+        _write_json(directory / STATE_FILE, state)
+
+    def restore(self, directory: Path) -> None:
+        """Continue from a state written by `save` (same params and seed, checked)."""
+        state = json.loads((directory / STATE_FILE).read_text())
+        if state["params"] != self.params or state["seed"] != self.seed:
+            raise ValueError(
+                f"checkpoint {directory} is for params {state['params']} seed {state['seed']}, "
+                f"not {self.params} seed {self.seed}"
+            )
+        if len(state["folds"]) != len(self.folds):
+            raise ValueError(
+                f"checkpoint {directory} has {len(state['folds'])} folds, not {len(self.folds)}"
+            )
+        for k in range(len(self.folds)):
+            self.models[k] = keras.models.load_model(directory / f"fold-{k}.keras")
+            best = directory / f"fold-{k}-best.npz"
+            if best.exists():
+                with np.load(best) as arrays:
+                    self.best_weights[k] = [arrays[f"w{i}"] for i in range(len(arrays.files))]
+            self.states[k] = FoldState(**state["folds"][k])
+        self.epoch = int(state["epoch"])
+        self.records = list(state["epochs"])
+
+
+@dataclass
+class CVResult:
+    """What `cross_validate` returns: per-fold test metrics, their summary, the epoch records."""
+
+    folds: list[dict[str, Any]]
+    summary: dict[str, Any]
+    metrics: dict[str, float]  # hpo.metrics.flatten(summary) + fold_{i}_accuracy
+    epochs: list[dict[str, Any]]
+    models: list[keras.Model]
+
+
+def cross_validate(
+    features: np.ndarray,
+    labels: np.ndarray,
+    clip_ids: Sequence[str],
+    split: Split,
+    params: Mapping[str, Any],
+    *,
+    max_epochs: int = 100,
+    patience: int = 10,
+    validation_fraction: float = 0.2,
+    seed: int = 0,
+    class_weight: bool = False,
+    resume_from: Path | None = None,
+    on_epoch: Callable[[LockstepCV, dict[str, Any]], None] | None = None,
+) -> CVResult:
+    """k-fold cross-validation of one head config on in-memory features; no Ray involved.
+
+    Args:
+        features: float32 ``[clips, frames, dim]``.
+        labels: int label per clip (0 cov, 1 pne, 2 reg).
+        clip_ids: id per clip, matched against ``split``'s fold ids.
+        split: train/test clip ids per fold.
+        params: a search-space point (``hpo.space``); ``batch_size`` defaults to 32.
+        resume_from: a directory written by ``LockstepCV.save``; training continues after
+            its epoch, and its epoch records are kept.
+        on_epoch: called after each lockstep epoch with the trainer and the epoch record.
+
+    Returns:
+        A `CVResult`; ``metrics["accuracy"]`` is the mean test accuracy over folds.
+    """
+    data = fold_data(
+        features, labels, clip_ids, split, validation_fraction=validation_fraction, seed=seed
+    )
+    cv = LockstepCV(
+        data,
+        params,
+        max_epochs=max_epochs,
+        patience=patience,
+        seed=seed,
+        class_weight=class_weight,
+    )
+    if resume_from is not None:
+        cv.restore(resume_from)
+    while not cv.done:
+        record = cv.step()
+        if on_epoch is not None:
+            on_epoch(cv, record)
+    folds = cv.finish()
+    summary = summarize(folds)
+    metrics = flatten(summary)
+    metrics.update({f"fold_{f['fold']}_accuracy": float(f["accuracy"]) for f in folds})
+    return CVResult(folds, summary, metrics, epochs=list(cv.records), models=cv.models)
+
+
+# --- Ray glue ----------------------------------------------------------------------------------
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Atomic JSON write: temp name in the same directory, then rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=float))
+    os.replace(tmp, path)
+
+
+def _report(metrics: Mapping[str, Any], checkpoint_dir: Path | None = None) -> None:
+    """The only caller of Ray's report API (its name moved across Ray versions)."""
+    from ray import tune
+
+    checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+    tune.report(dict(metrics), checkpoint=checkpoint)
+
+
+def _epoch_result(record: Mapping[str, Any]) -> dict[str, Any]:
+    result = {k: v for k, v in record.items() if k != "folds"}
+    return {**result, "accuracy": record["val_accuracy"], "final": False}
+
+
+def write_trial(
+    directory: Path,
+    result: CVResult,
+    *,
+    params: Mapping[str, Any],
+    feature_set: str,
+    split: Split,
+) -> None:
+    """The final checkpoint: ``fold-{i}.h5`` (no optimizer) and, last, ``trial.json``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for k, model in enumerate(result.models):
+        tmp = directory / f".fold-{k}.tmp.h5"
+        model.save(tmp, include_optimizer=False)
+        os.replace(tmp, directory / f"fold-{k}.h5")
+    trial = {
+        "params": dict(params),
+        "feature_set": feature_set,
+        "split": split.to_dict(),
+        "folds": result.folds,
+        "summary": result.summary,
+        "metrics": result.metrics,
+        "epochs": result.epochs,
+        "labels": list(LABELS),
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+    }
+    _write_json(directory / TRIAL_FILE, trial)
+
+
+def _final_result(result_metrics: Mapping[str, float], epochs: int) -> dict[str, Any]:
+    return {**result_metrics, "epoch": epochs, "final": True}
+
+
+def train_cv(config: dict[str, Any], settings: TrialSettings) -> None:
+    """Ray Tune function trainable; use as ``tune.with_parameters(train_cv, settings=...)``.
+
+    Resumes from ``tune.get_checkpoint()`` when Ray restarts a failed trial: a lockstep state
+    continues from its epoch; a final checkpoint re-reports its result.
+    """
+    configure_tensorflow(settings)
+    from ray import tune
+
+    from pipeline.store import open_store
+
+    params = dict(config)
+    key = settings.feature_set_key(config)
+    checkpoint = tune.get_checkpoint()
+    with tempfile.TemporaryDirectory(prefix="lushpo-trial-") as tmp:
+        resume: Path | None = None
+        if checkpoint is not None:
+            resume = Path(checkpoint.to_directory(os.path.join(tmp, "restored")))
+            if (resume / TRIAL_FILE).exists():
+                trial = json.loads((resume / TRIAL_FILE).read_text())
+                _report(_final_result(trial["metrics"], len(trial["epochs"])), resume)
+                return
+        extra = {"feature_set": key, "split_digest": settings.split.digest()}
+        if resume is not None:
+            saved = json.loads((resume / STATE_FILE).read_text())
+            if [saved.get(k) for k in extra] != list(extra.values()):
+                raise ValueError(
+                    f"checkpoint {checkpoint} is for feature set {saved.get('feature_set')!r} "
+                    f"and split {saved.get('split_digest')}, not {key!r} and split "
+                    f"{extra['split_digest']}"
+                )
+        fs = open_store(settings.store_uri, settings.cache_dir).get(key)
+
+        def on_epoch(cv: LockstepCV, record: dict[str, Any]) -> None:
+            result = _epoch_result(record)
+            every = settings.checkpoint_every
+            if every and cv.epoch % every == 0 and not cv.done:
+                state_dir = Path(tempfile.mkdtemp(prefix="state-", dir=tmp))
+                cv.save(state_dir, extra)
+                _report(result, state_dir)
+            else:
+                _report(result)
+
+        result = cross_validate(
+            fs.features,
+            fs.labels,
+            fs.clip_ids,
+            settings.split,
+            params,
+            max_epochs=settings.max_epochs,
+            patience=settings.patience,
+            validation_fraction=settings.validation_fraction,
+            seed=settings.seed,
+            class_weight=settings.class_weight,
+            resume_from=resume,
+            on_epoch=on_epoch,
+        )
+        final_dir = Path(tmp) / "final"
+        write_trial(final_dir, result, params=params, feature_set=key, split=settings.split)
+        _report(_final_result(result.metrics, len(result.epochs)), final_dir)
