@@ -1,10 +1,77 @@
-"""`lushpo evaluate` (not yet implemented)."""
+"""`lushpo evaluate DIR`: recompute an export's metrics and compare them with the paper.
+
+Reads `LUSHPO_DATA_DIR` (the paper's evaluation.csv is `<data-dir>/paper/evaluation.csv`) and,
+only when the folder's paper-layout features are missing, `LUSHPO_STORE` / `LUSHPO_CACHE_DIR`."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from pathlib import Path
+
+from hpo.evaluate import REPORT_MD, evaluate
+from hpo.report import comparison_table
+
+__all__ = ["add_parser"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("evaluate", help="(not yet implemented)")
-    parser.set_defaults(handler=lambda args: parser.error("not yet implemented"))
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="recompute an export's metrics and print them beside the paper's",
+        description=(
+            "Score each exported fold-{i}.h5 on its test fold (the paper's metrics: accuracy; "
+            "precision, recall, F1, specificity per class; mean and population std over folds), "
+            "compare with the paper's evaluation.csv row and headline, and write report.md, "
+            "report.json and plots into DIR."
+        ),
+    )
+    parser.add_argument("directory", metavar="DIR", type=Path, help="a `lushpo export` folder")
+    parser.add_argument("--data-dir", type=Path, metavar="DIR", help="default: $LUSHPO_DATA_DIR")
+    parser.add_argument(
+        "--paper-csv", type=Path, metavar="FILE", help="default: <data-dir>/paper/evaluation.csv"
+    )
+    parser.add_argument("--store", metavar="URI", help="default: $LUSHPO_STORE")
+    parser.add_argument("--cache-dir", metavar="DIR", help="default: $LUSHPO_CACHE_DIR")
+    parser.add_argument(
+        "--optuna-storage", metavar="URL", help="Optuna storage (default: the model card's)"
+    )
+    parser.add_argument("--json", action="store_true", help="print report.json instead")
+    parser.set_defaults(handler=_run)
+
+
+def _paper_csv(args: argparse.Namespace) -> Path | None:
+    if args.paper_csv:
+        return args.paper_csv
+    data_dir = args.data_dir or os.environ.get("LUSHPO_DATA_DIR")
+    if data_dir and (Path(data_dir) / "paper" / "evaluation.csv").is_file():
+        return Path(data_dir) / "paper" / "evaluation.csv"
+    where = f"{data_dir}/paper/evaluation.csv" if data_dir else "--data-dir / $LUSHPO_DATA_DIR"
+    print(
+        f"lushpo evaluate: note: no paper evaluation.csv ({where}); paper columns empty",
+        file=sys.stderr,
+    )
+    return None
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        report = evaluate(
+            args.directory,
+            paper_csv=_paper_csv(args),
+            store=args.store or os.environ.get("LUSHPO_STORE"),
+            cache_dir=args.cache_dir or os.environ.get("LUSHPO_CACHE_DIR"),
+            optuna_storage=args.optuna_storage,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"lushpo evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print((args.directory / "report.json").read_text())
+        return 0
+    print(comparison_table(report))
+    for note in report["notes"]:
+        print(f"- {note}")
+    print(f"report: {args.directory / REPORT_MD} (and report.json, plots) in {args.directory}")
+    return 0

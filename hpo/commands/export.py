@@ -1,10 +1,79 @@
-"""`lushpo export` (not yet implemented)."""
+"""`lushpo export RUN --out DIR`: the best trial of a Ray Tune run → .h5 models + model card.
+
+Reads `LUSHPO_STORE` and `LUSHPO_CACHE_DIR` (the store holds the trial's feature set, copied
+next to the models in the paper's layout) and `AWS_ENDPOINT_URL` (the S3 endpoint of s3:// runs)."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+
+from hpo.export import TIE_BREAK, ExportError, export_best
+
+__all__ = ["add_parser"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("export", help="(not yet implemented)")
-    parser.set_defaults(handler=lambda args: parser.error("not yet implemented"))
+    parser = subparsers.add_parser(
+        "export",
+        help="export the best trial of a run to fold-{i}.h5, model.h5 and model_card.json",
+        description=(
+            "Pick the best trial of the Ray Tune run RUN (<storage_path>/<name>, a path or "
+            "s3:// URI) — " + ", ".join(TIE_BREAK) + " — copy its fold models, retrain one "
+            "model on all clips, and write the feature set in the paper's layout and a model card."
+        ),
+    )
+    parser.add_argument("run", metavar="RUN", help="Ray Tune run directory (path or s3:// URI)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+    parser.add_argument("--store", metavar="URI", help="feature store (default: $LUSHPO_STORE)")
+    parser.add_argument(
+        "--cache-dir", metavar="DIR", help="node cache (default: $LUSHPO_CACHE_DIR)"
+    )
+    parser.add_argument(
+        "--optuna-storage",
+        metavar="URL",
+        help="the run's Optuna storage (default: RUN/optuna.db when present)",
+    )
+    parser.add_argument("--study-name", metavar="NAME", help="default: the run's name")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier export in DIR")
+    parser.set_defaults(handler=_run)
+
+
+def _study(args: argparse.Namespace) -> dict | None:
+    if not args.optuna_storage:
+        return None
+    name = args.study_name or args.run.rstrip("/").rsplit("/", 1)[-1]
+    return {"optuna_storage": args.optuna_storage, "study_name": name}
+
+
+def _run(args: argparse.Namespace) -> int:
+    store = args.store or os.environ.get("LUSHPO_STORE")
+    if not store:
+        print(
+            "lushpo export: error: no feature store: pass --store or set LUSHPO_STORE",
+            file=sys.stderr,
+        )
+        return 2
+    cache_dir = args.cache_dir or os.environ.get("LUSHPO_CACHE_DIR")
+    try:
+        result = export_best(
+            args.run,
+            args.out,
+            store=store,
+            cache_dir=cache_dir,
+            overwrite=args.overwrite,
+            study=_study(args),
+            endpoint_url=os.environ.get("AWS_ENDPOINT_URL"),
+            log=lambda msg: print(msg, file=sys.stderr),
+        )
+    except (ExportError, FileNotFoundError, ValueError) as exc:
+        print(f"lushpo export: error: {exc}", file=sys.stderr)
+        return 2
+    card = result.card
+    summary = card["summary"]["accuracy"]
+    print(
+        f"exported trial {card['trial_id']} ({card['backbone']}-{card['frames']}, mean CV accuracy "
+        f"{summary['mean']:.3f} ± {summary['std']:.3f}) to {result.directory}"
+    )
+    return 0

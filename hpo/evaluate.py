@@ -1,0 +1,326 @@
+"""Check an exported model against the paper: recompute its metrics from the fold files.
+
+`evaluate(directory)` loads each exported ``fold-{i}.h5`` with plain
+``tf.keras.models.load_model``, scores it on its test fold (features from the folder's own
+paper-layout copy, else the store), and applies the paper's protocol (`hpo.metrics`): accuracy
+and per-class precision, recall, F1, specificity per fold, mean and population std over folds.
+It sets these beside the paper's `evaluation.csv` row for the same backbone and N and the paper's
+headline (Xception, 20 frames), flags folds where a class has no test clip and reports those
+classes support-aware too. Writes ``report.json``, ``report.md`` and PNG plots into the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpo import report as render
+from hpo.export import predict_proba, read_card
+from hpo.metrics import CLASS_METRICS, fold_metrics, summarize
+from hpo.paper import (
+    PAPER_HEADLINE,
+    PaperFormatError,
+    paper_row,
+    read_evaluation,
+    read_paper_layout,
+)
+from pipeline.manifest import LABELS
+
+__all__ = ["REPORT_JSON", "REPORT_MD", "evaluate", "load_split_features"]
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+
+
+def load_split_features(
+    directory: Path, card: dict, store: str | None = None, cache_dir: str | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, int], str]:
+    """Features and labels of every clip in the card's split, and where they were read from.
+
+    The folder's paper-layout copy is preferred (the export is self-contained); the store is the
+    fallback when the copy is missing or incomplete.
+    """
+    ids = sorted(
+        {c for fold in card["split"]["folds"] for part in ("train", "test") for c in fold[part]}
+    )
+    layout = directory / card.get("paper_layout", "")
+    if card.get("paper_layout") and layout.is_dir():
+        try:
+            x, y = read_paper_layout(layout, ids)
+            return (
+                dict(zip(ids, x, strict=True)),
+                dict(zip(ids, y.tolist(), strict=True)),
+                str(layout),
+            )
+        except PaperFormatError:
+            if not store:
+                raise
+    if not store:
+        raise FileNotFoundError(
+            f"{layout} is missing and no feature store was given (--store / LUSHPO_STORE)"
+        )
+    from pipeline.store import open_store
+
+    fs = open_store(store, cache_dir=cache_dir).get(card["feature_set"])
+    position = {c: i for i, c in enumerate(fs.clip_ids)}
+    missing = [c for c in ids if c not in position]
+    if missing:
+        raise ValueError(
+            f"feature set {card['feature_set']} lacks clips of the split: {missing[:3]}"
+        )
+    feats = {c: np.asarray(fs.features[position[c]], dtype=np.float32) for c in ids}
+    labels = {c: int(fs.labels[position[c]]) for c in ids}
+    return feats, labels, f"{store} ({card['feature_set']})"
+
+
+def _recompute(directory: Path, card: dict, feats: dict, labels: dict) -> list[dict]:
+    import tensorflow as tf
+
+    folds = []
+    for i, fold in enumerate(card["split"]["folds"]):
+        model = tf.keras.models.load_model(directory / f"fold-{i}.h5")
+        x = np.stack([feats[c] for c in fold["test"]])
+        y = np.asarray([labels[c] for c in fold["test"]])
+        folds.append(fold_metrics(y, predict_proba(model, x).argmax(axis=1)))
+    return folds
+
+
+def _ours(summary: dict) -> dict:
+    return {
+        "accuracy": summary["accuracy"],
+        "per_class": {
+            cls: {
+                m: {k: summary["per_class"][cls][m][k] for k in ("mean", "std")}
+                for m in CLASS_METRICS
+            }
+            for cls in LABELS
+        },
+    }
+
+
+def _support_aware(summary: dict) -> dict:
+    out = {}
+    for cls in LABELS:
+        entry = summary["per_class"][cls]
+        out[cls] = {
+            "zero_support_folds": entry["zero_support_folds"],
+            "support": entry["support"],
+            **{
+                m: {
+                    "mean_supported": entry[m]["mean_supported"],
+                    "std_supported": entry[m]["std_supported"],
+                    "pooled": summary["pooled"]["per_class"][cls][m],
+                }
+                for m in CLASS_METRICS
+            },
+        }
+    return out
+
+
+def _deltas(ours: dict, paper: dict | None) -> dict[str, float] | None:
+    if paper is None:
+        return None
+    out = {"accuracy": ours["accuracy"]["mean"] - paper["accuracy"]["mean"]}
+    for cls in LABELS:
+        for m in CLASS_METRICS:
+            out[f"{cls}_{m}"] = (
+                ours["per_class"][cls][m]["mean"] - paper["per_class"][cls][m]["mean"]
+            )
+    return out
+
+
+def _study_plots(
+    card: dict, directory: Path, optuna_storage: str | None, notes: list[str]
+) -> dict[str, str]:
+    """Optimisation history and parameter importances from the Optuna study the card names."""
+    import optuna
+
+    plots: dict[str, str] = {}
+    info = card.get("study") or {}
+    storage = optuna_storage or info.get("optuna_storage")
+    values: list[float] = []
+    study = None
+    if storage and storage.startswith("sqlite:///") and not Path(storage[10:]).is_file():
+        notes.append(f"Optuna storage {storage} is not on this machine; history from the card.")
+        storage = None  # opening it would create an empty database
+    if storage:
+        try:
+            name = info.get("study_name")
+            if not name:
+                names = optuna.study.get_all_study_names(storage=storage)
+                if len(names) != 1:
+                    raise ValueError(f"storage holds studies {names}; the card names none")
+                name = names[0]
+            study = optuna.load_study(study_name=name, storage=storage)
+        except Exception as exc:  # a missing/unreachable storage must not block the report
+            notes.append(
+                f"Optuna study not readable at {storage}: {exc}; history from the run's trials."
+            )
+    if study is not None:
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        values = [float(t.value) for t in done if t.value is not None]
+    else:
+        values = [t["accuracy"] for t in card.get("trials", []) if t.get("accuracy") is not None]
+    if len(values) < 2:
+        notes.append(
+            f"Optimisation history and importances skipped: {len(values)} completed trial(s) (< 2)."
+        )
+        return plots
+    render.plot_history(values, directory / "history.png")
+    plots["optimisation history"] = "history.png"
+    if study is None:
+        notes.append("Parameter importances skipped: no Optuna study recorded in the model card.")
+        return plots
+    try:
+        importances = optuna.importance.get_param_importances(study)
+    except Exception as exc:  # e.g. every trial has the same parameters
+        notes.append(f"Parameter importances skipped: {exc}")
+        return plots
+    if not importances:
+        notes.append("Parameter importances skipped: no parameter varies across trials.")
+        return plots
+    render.plot_importances(dict(importances), directory / "importances.png")
+    plots["parameter importances"] = "importances.png"
+    return plots
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def evaluate(
+    directory: Path | str,
+    *,
+    paper_csv: Path | str | None = None,
+    store: str | None = None,
+    cache_dir: str | None = None,
+    optuna_storage: str | None = None,
+) -> dict[str, Any]:
+    """Recompute the paper's metrics for an exported folder and write the report into it.
+
+    Args:
+        directory: a finished `lushpo export` folder.
+        paper_csv: the paper's evaluation.csv; without it the paper columns read "–".
+        store: feature store URI, used only when the folder's paper-layout copy is missing.
+        cache_dir: node cache for s3:// stores.
+        optuna_storage: overrides the card's Optuna storage URL (e.g. with a password).
+
+    Returns:
+        The report (also written as report.json).
+    """
+    directory = Path(directory)
+    card = read_card(directory)
+    feats, labels, source = load_split_features(
+        directory, card, store or card.get("store"), cache_dir
+    )
+    folds = _recompute(directory, card, feats, labels)
+    summary = summarize(folds)
+    notes: list[str] = [f"Features read from {source}."]
+    matches = len(folds) == len(card["folds"]) and all(
+        a["confusion_matrix"] == b["confusion_matrix"]
+        for a, b in zip(folds, card["folds"], strict=True)
+    )
+    if not matches:
+        notes.append("WARNING: recomputed fold metrics differ from those in model_card.json.")
+
+    label = f"{card['backbone']}-{card['frames']}"
+    paper = None
+    headline_row = None
+    if paper_csv is not None:
+        rows = read_evaluation(paper_csv)
+        row = paper_row(rows, card["backbone"], int(card["frames"]))
+        paper = row.as_dict() if row else None
+        if row is None:
+            notes.append(f"{paper_csv} has no row {label}.")
+        headline_row = paper_row(rows, "xception", 20)
+    else:
+        notes.append("No paper evaluation.csv given: paper columns are empty.")
+    ours = _ours(summary)
+    headline = {
+        "model_label": PAPER_HEADLINE["model_label"],
+        "accuracy": PAPER_HEADLINE["accuracy"],
+        "cov_recall": PAPER_HEADLINE["cov_recall"],
+        "evaluation_csv": headline_row.as_dict()["accuracy"] if headline_row else None,
+        "ours_accuracy": ours["accuracy"],
+        "ours_cov_recall": ours["per_class"]["cov"]["recall"],
+        "delta_accuracy": ours["accuracy"]["mean"] - PAPER_HEADLINE["accuracy"]["mean"],
+        "delta_cov_recall": ours["per_class"]["cov"]["recall"]["mean"]
+        - PAPER_HEADLINE["cov_recall"]["mean"],
+    }
+    if label != PAPER_HEADLINE["model_label"]:
+        notes.append(
+            f"The headline is the paper's {PAPER_HEADLINE['model_label']}; ours is {label}."
+        )
+    zero = {cls: summary["per_class"][cls]["zero_support_folds"] for cls in LABELS}
+    for cls, idx in zero.items():
+        if idx:
+            notes.append(
+                f"Zero-support folds for {cls}: {idx} (no test clip); their {cls} metrics count as "
+                "0 "
+                "under the paper's protocol; see the support-aware table."
+            )
+
+    plots = {}
+    render.plot_confusion(summary["pooled"]["confusion_matrix"], directory / "confusion_matrix.png")
+    plots["summed confusion matrix"] = "confusion_matrix.png"
+    render.plot_fold_accuracy(
+        [f["accuracy"] for f in folds],
+        paper["accuracy"] if paper else None,
+        directory / "fold_accuracy.png",
+    )
+    plots["per-fold accuracy vs paper"] = "fold_accuracy.png"
+    plots.update(_study_plots(card, directory, optuna_storage, notes))
+
+    report = {
+        "directory": str(directory),
+        "model_label": label,
+        "card": {
+            k: card[k]
+            for k in (
+                "trial_id",
+                "run",
+                "feature_set",
+                "clips",
+                "frames",
+                "sampling",
+                "backbone",
+                "weights_sha256",
+            )
+        }
+        | {"split": {"name": card["split"]["name"]}},
+        "folds": folds,
+        "summary": summary,
+        "ours": ours,
+        "paper": paper,
+        "deltas": _deltas(ours, paper),
+        "headline": headline,
+        "zero_support_folds": zero,
+        "support_aware": _support_aware(summary),
+        "matches_model_card": matches,
+        "nested": card.get("nested"),
+        "plots": plots,
+        "notes": notes,
+    }
+    report["markdown"] = REPORT_MD
+    _atomic_write(directory / REPORT_MD, render.render_markdown(report))
+    _atomic_write(directory / REPORT_JSON, json.dumps(_jsonable(report), indent=1, sort_keys=True))
+    return report
+
+
+def _jsonable(value: Any) -> Any:
+    """NaN (a class with no supported fold) becomes null so report.json is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value

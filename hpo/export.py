@@ -1,0 +1,590 @@
+"""Export a study's best trial: fold models, a model retrained on every clip, a model card.
+
+What a clinician-researcher takes away is one folder:
+
+* ``fold-{i}.h5`` — the best trial's cross-validation models, copied from its checkpoint;
+* ``model.h5`` — the same head retrained on all clips (for `lushpo predict`), for the median of
+  the folds' early-stopping epochs, since there is no held-out data left to stop on;
+* ``features/features_{N}/{backbone}/…`` — the feature set in the paper's own npy layout;
+* ``model_card.json`` — written last (temp name + rename): hyperparameters, backbone, weights
+  sha256, N, sampling, split, feature set key, per-fold metrics recomputed from the copied fold
+  files, library versions, dataset hash, trial id, run path, and where the Optuna study lives.
+
+Every ``.h5`` holds only built-in Keras layers, so plain ``tf.keras.models.load_model(path)``
+loads it with no custom objects.
+
+Best trial (``select_best``): highest mean CV accuracy; ties broken by higher mean COVID recall,
+then lower accuracy std, then the earlier trial (its position in the run). Only trials whose
+final checkpoint holds a complete ``trial.json`` (one metrics entry per fold) are candidates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import platform
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from hpo.metrics import fold_metrics, summarize
+
+__all__ = [
+    "CARD",
+    "TIE_BREAK",
+    "Candidate",
+    "ExportError",
+    "ExportResult",
+    "export_best",
+    "export_checkpoint",
+    "final_epochs",
+    "predict_proba",
+    "read_card",
+    "select_best",
+]
+
+CARD = "model_card.json"
+CARD_FORMAT = "lushpo-model-card/1"
+TIE_BREAK = (
+    "highest mean CV accuracy",
+    "then higher mean COVID recall",
+    "then lower accuracy std over folds",
+    "then the earlier trial in the run",
+)
+"""The documented order `select_best` ranks trials by."""
+
+PREDICT_BATCH = 256
+"""Batch size of every prediction made for metrics (hpo.trainable scores test folds with the same),
+so every process sees identical numbers."""
+
+_LIBRARIES = (
+    "lushpo",
+    "tensorflow",
+    "keras",
+    "numpy",
+    "scikit-learn",
+    "ray",
+    "optuna",
+    "opencv-python-headless",
+    "h5py",
+)
+
+
+class ExportError(RuntimeError):
+    """The run holds no exportable trial, or the output folder cannot be written."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The numbers `select_best` ranks a trial by."""
+
+    trial_id: str
+    order: int  # position of the trial in the run (creation order)
+    accuracy: float  # mean CV test accuracy (the study's objective)
+    cov_recall: float  # mean COVID recall over folds
+    accuracy_std: float
+
+    def rank_key(self) -> tuple[float, float, float, int]:
+        """Ascending sort key: best first (see `TIE_BREAK`)."""
+        return (-self.accuracy, -self.cov_recall, self.accuracy_std, self.order)
+
+
+def select_best(candidates: Sequence[Candidate]) -> Candidate:
+    """The best candidate by `TIE_BREAK`; NaN accuracies never win.
+
+    Raises:
+        ExportError: if no candidate has a finite accuracy.
+    """
+    finite = [c for c in candidates if math.isfinite(c.accuracy)]
+    if not finite:
+        raise ExportError(f"no trial with a finite accuracy among {len(candidates)} candidates")
+
+    def key(c: Candidate) -> tuple[float, float, float, int]:
+        acc, rec, std, order = c.rank_key()
+        return (
+            acc,
+            rec if math.isfinite(rec) else math.inf,
+            std if math.isfinite(std) else math.inf,
+            order,
+        )
+
+    return min(finite, key=key)
+
+
+def final_epochs(best_epochs: Sequence[int]) -> int:
+    """Epochs for the all-clips model: the median of the folds' best epochs, halves rounded up."""
+    if not best_epochs:
+        raise ValueError("final_epochs needs the folds' best epochs, got none")
+    return max(1, math.floor(float(np.median(np.asarray(best_epochs, dtype=float))) + 0.5))
+
+
+def predict_proba(model: Any, features: np.ndarray) -> np.ndarray:
+    """Class probabilities [clips, 3] with a fixed batch size (see `PREDICT_BATCH`)."""
+    x = np.asarray(features, dtype=np.float32)
+    return np.asarray(model.predict(x, batch_size=PREDICT_BATCH, verbose=0), dtype=np.float64)
+
+
+def read_card(directory: Path | str) -> dict:
+    """The model card of an exported folder.
+
+    Raises:
+        FileNotFoundError: naming the folder when it has no model_card.json (export incomplete).
+        ValueError: when the card is not JSON or has another format.
+    """
+    path = Path(directory) / CARD
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: {directory} is not a finished `lushpo export` folder"
+        )
+    try:
+        card = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    if card.get("format") != CARD_FORMAT:
+        raise ValueError(f"{path}: format {card.get('format')!r}, expected {CARD_FORMAT!r}")
+    return card
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries that shape the model's numbers."""
+    versions = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+# --- reading the run ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _TrialRef:
+    candidate: Candidate
+    trial: Any  # ray.tune.experiment.Trial
+    config: dict
+
+
+def _float(result: dict, key: str) -> float:
+    try:
+        return float(result[key])
+    except (KeyError, TypeError, ValueError):
+        return math.nan
+
+
+def _run_filesystem(run: str, endpoint_url: str | None) -> tuple[str, Any]:
+    """(path, pyarrow filesystem) for reading the run; s3:// through `endpoint_url` if given
+    (MinIO, moto), as `hpo.study` writes it."""
+    if not run.startswith("s3://") or not endpoint_url:
+        return run, None
+    import pyarrow.fs as pafs
+
+    endpoint = urlsplit(endpoint_url)
+    fs = pafs.S3FileSystem(endpoint_override=endpoint.netloc, scheme=endpoint.scheme)
+    return run[len("s3://") :].rstrip("/"), fs
+
+
+def _read_run(run: str, endpoint_url: str | None = None) -> list[_TrialRef]:
+    """Every trial of the run with a checkpoint and a final accuracy, in run order."""
+    from ray.tune import ExperimentAnalysis
+
+    path, filesystem = _run_filesystem(run, endpoint_url)
+    try:
+        analysis = ExperimentAnalysis(path, storage_filesystem=filesystem)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        raise ExportError(f"cannot read the Ray Tune run at {run}: {exc}") from exc
+    refs = []
+    for order, trial in enumerate(analysis.trials):
+        result = trial.last_result or {}
+        if trial.status == "ERROR" or trial.checkpoint is None or "accuracy" not in result:
+            continue
+        if result.get("final") is False:  # stopped early (ASHA): its accuracy is validation's
+            continue
+        refs.append(
+            _TrialRef(
+                Candidate(
+                    trial_id=str(trial.trial_id),
+                    order=order,
+                    accuracy=_float(result, "accuracy"),
+                    cov_recall=_float(result, "cov_recall_mean"),
+                    accuracy_std=_float(result, "accuracy_std"),
+                ),
+                trial,
+                dict(trial.config or {}),
+            )
+        )
+    return refs
+
+
+def _complete(record: dict) -> bool:
+    folds = record.get("split", {}).get("folds", [])
+    return bool(folds) and len(record.get("folds", [])) == len(folds)
+
+
+def _download_best(refs: list[_TrialRef], dest: Path) -> tuple[_TrialRef, dict]:
+    """Best trial whose checkpoint holds a complete trial.json, downloaded into `dest`."""
+    remaining = list(refs)
+    while remaining:
+        best = select_best([r.candidate for r in remaining])
+        ref = next(r for r in remaining if r.candidate == best)
+        remaining.remove(ref)
+        if dest.exists():
+            shutil.rmtree(dest)
+        ref.trial.checkpoint.to_directory(str(dest))
+        record_path = dest / "trial.json"
+        if record_path.is_file():
+            record = json.loads(record_path.read_text())
+            if _complete(record):
+                return ref, record
+    raise ExportError(
+        f"none of the {len(refs)} trials with a checkpoint holds a complete trial.json "
+        "(fold-{i}.h5 for every fold); were all trials stopped early?"
+    )
+
+
+def _study_location(run: str) -> dict | None:
+    """Where the run's Optuna study lives: `hpo.study`'s default is ``<run>/optuna.db``, named
+    after the run (``<storage_path>/<name>``); other storages are named with ``study=``."""
+    if "://" in run:
+        return None
+    db = Path(run) / "optuna.db"
+    if not db.is_file():
+        return None
+    return {"optuna_storage": f"sqlite:///{db.resolve()}", "study_name": Path(run).name}
+
+
+def _masked(study: dict) -> dict:
+    """The study location without a database password (the card travels with the model)."""
+    from sqlalchemy.engine import make_url
+
+    url = study.get("optuna_storage")
+    if url:
+        with contextlib.suppress(Exception):  # not an SQLAlchemy URL: keep it as given
+            url = make_url(url).render_as_string(hide_password=True)
+    return {**study, "optuna_storage": url}
+
+
+def _trials_table(refs: list[_TrialRef]) -> list[dict]:
+    """Every candidate trial's objective and parameters, for the optimisation-history plot."""
+    rows = []
+    for ref in refs:
+        c = ref.candidate
+        rows.append(
+            {
+                "trial_id": c.trial_id,
+                "order": c.order,
+                "accuracy": c.accuracy if math.isfinite(c.accuracy) else None,
+                "accuracy_std": c.accuracy_std if math.isfinite(c.accuracy_std) else None,
+                "cov_recall": c.cov_recall if math.isfinite(c.cov_recall) else None,
+            }
+        )
+    return rows
+
+
+# --- writing the folder ------------------------------------------------------------------------
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _save_h5(model: Any, path: Path) -> None:
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")  # keeps the .h5 suffix
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _select(fs: Any, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    position = {clip: i for i, clip in enumerate(fs.clip_ids)}
+    missing = [clip for clip in ids if clip not in position]
+    if missing:
+        raise ExportError(
+            f"feature set {fs.spec.key()} lacks {len(missing)} clips of the trial's split, "
+            f"e.g. {missing[:3]}"
+        )
+    rows = [position[clip] for clip in ids]
+    return np.asarray(fs.features[rows], dtype=np.float32), np.asarray(fs.labels)[rows]
+
+
+def _fold_metrics_from_files(directory: Path, fs: Any, split: dict) -> list[dict]:
+    """Metrics of each copied ``fold-{i}.h5`` on its test fold, loaded the way users load it."""
+    import tensorflow as tf
+
+    folds = []
+    for i, fold in enumerate(split["folds"]):
+        model = tf.keras.models.load_model(directory / f"fold-{i}.h5")
+        x, y = _select(fs, fold["test"])
+        pred = predict_proba(model, x).argmax(axis=1)
+        folds.append(fold_metrics(y, pred))
+    return folds
+
+
+def _same_metrics(a: dict, b: dict) -> bool:
+    return a.get("confusion_matrix") == b.get("confusion_matrix") and math.isclose(
+        float(a.get("accuracy", math.nan)), float(b.get("accuracy", math.nan)), abs_tol=1e-12
+    )
+
+
+def _best_epochs(record: dict) -> list[int]:
+    """Each fold's early-stopping epoch (``best_epoch`` of trial.json's fold entries)."""
+    epochs = [f.get("best_epoch") for f in record["folds"]]
+    if all(isinstance(e, int) and e > 0 for e in epochs):
+        return [int(e) for e in epochs]
+    listed = record.get("epochs", [])
+    if listed and all(isinstance(e, int) for e in listed):  # the contract's plain list
+        return [int(e) for e in listed]
+    raise ExportError(f"trial.json records no best epoch per fold (folds' best_epoch: {epochs})")
+
+
+def _train_all(fs: Any, params: dict, training: dict, epochs: int, seed: int) -> Any:
+    """The head with the trial's hyperparameters, fit on every clip for `epochs` epochs."""
+    import keras
+
+    from hpo.model import build_model
+
+    keras.utils.set_random_seed(seed)
+    x = np.asarray(fs.features, dtype=np.float32)
+    y = np.asarray(fs.labels, dtype=np.int64)
+    model = build_model(x.shape[1], x.shape[2], params)
+    class_weight = None
+    if training.get("class_weight"):  # "balanced", as hpo.trainable weights each training split
+        counts = np.bincount(y, minlength=3)
+        present = np.flatnonzero(counts)
+        class_weight = {int(c): float(len(y) / (len(present) * counts[c])) for c in present}
+    model.fit(
+        x,
+        y,
+        epochs=epochs,
+        batch_size=int(params.get("batch_size", 32)),
+        class_weight=class_weight,
+        shuffle=True,
+        verbose=0,
+    )
+    return model
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    directory: Path
+    card: dict
+
+
+_OWNED = ("fold-*.h5", "model.h5", "report.md", "report.json", "*.png", ".*.part", ".*.tmp-*")
+
+
+def _prepare(out: Path, overwrite: bool) -> None:
+    """Make `out` ready: refuse a non-empty folder unless `overwrite`, which removes only files
+    an export or evaluation writes (never anything else the user keeps there)."""
+    present = (
+        [p for p in out.iterdir() if not p.name.startswith(".checkpoint-")] if out.exists() else []
+    )
+    if present and not overwrite:
+        raise ExportError(f"{out} is not empty; pass overwrite=True (--overwrite) to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CARD).unlink(missing_ok=True)  # an export in progress has no card
+    if overwrite:
+        for pattern in _OWNED:
+            for path in out.glob(pattern):
+                path.unlink()
+        shutil.rmtree(out / "features", ignore_errors=True)
+
+
+def export_checkpoint(
+    checkpoint: Path | str,
+    out: Path | str,
+    *,
+    store: str,
+    cache_dir: str | None = None,
+    overwrite: bool = False,
+    provenance: dict | None = None,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> ExportResult:
+    """Export one trial checkpoint folder (``fold-{i}.h5`` + ``trial.json``) into `out`.
+
+    Args:
+        checkpoint: a local folder holding the trial's final checkpoint.
+        out: the folder to write; must be empty or absent unless `overwrite`.
+        store: feature store URI holding the trial's feature set (``trial.json``'s key).
+        cache_dir: node cache for s3:// stores.
+        overwrite: replace an earlier export in `out`.
+        provenance: extra card fields (run, trial_id, selection, trials, study).
+        log: progress messages.
+
+    Raises:
+        ExportError: incomplete checkpoint, `out` not empty, or the feature set lacks clips.
+    """
+    from pipeline.paper_layout import write_paper_layout
+    from pipeline.store import open_store
+
+    checkpoint, out = Path(checkpoint), Path(out)
+    record_path = checkpoint / "trial.json"
+    if not record_path.is_file():
+        raise ExportError(f"{record_path} does not exist: not a finished trial's checkpoint")
+    record = json.loads(record_path.read_text())
+    if not _complete(record):
+        raise ExportError(
+            f"{record_path}: metrics for {len(record.get('folds', []))} folds, "
+            f"split has {len(record.get('split', {}).get('folds', []))}"
+        )
+    _prepare(out, overwrite)
+    k = len(record["split"]["folds"])
+    for i in range(k):
+        source = checkpoint / f"fold-{i}.h5"
+        if not source.is_file():
+            raise ExportError(f"{checkpoint} lacks fold-{i}.h5 (the split has {k} folds)")
+        part = out / f".fold-{i}.h5.part"
+        shutil.copyfile(source, part)
+        os.replace(part, out / f"fold-{i}.h5")
+
+    key = record["feature_set"]
+    fs = open_store(store, cache_dir=cache_dir).get(key)
+    log(f"feature set {key}: {fs.features.shape[0]} clips × {fs.spec.frames} frames")
+
+    folds = _fold_metrics_from_files(out, fs, record["split"])
+    reproduced = len(folds) == len(record["folds"]) and all(
+        _same_metrics(a, b) for a, b in zip(folds, record["folds"], strict=True)
+    )
+    if not reproduced:
+        log("warning: the fold files do not reproduce trial.json's fold metrics; card uses files")
+
+    params = dict(record["params"])
+    training = dict(record.get("training") or {})
+    seed = int(training.get("seed", 0))
+    best_epochs = _best_epochs(record)
+    epochs = final_epochs(best_epochs)
+    n = int(fs.features.shape[0])
+    log(f"retraining on all {n} clips for {epochs} epochs (median of {best_epochs})")
+    _save_h5(_train_all(fs, params, training, epochs, seed), out / "model.h5")
+
+    layout_root = out / "features"
+    if layout_root.exists():
+        shutil.rmtree(layout_root)
+    written = write_paper_layout(fs, layout_root)
+    layout = layout_root / f"features_{fs.spec.frames}" / fs.spec.backbone
+    if not (layout / "filenames.npy").is_file():
+        if written is not None and (Path(written) / "filenames.npy").is_file():
+            layout = Path(written)
+        else:
+            raise ExportError(f"write_paper_layout did not create {layout}/filenames.npy")
+
+    spec = fs.spec
+    card = {
+        "format": CARD_FORMAT,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "run": None,
+        "trial_id": record.get("trial_id"),
+        "selection": None,
+        "params": params,
+        "training": training,
+        "backbone": spec.backbone,
+        "weights_sha256": spec.weights_sha256,
+        "frames": spec.frames,
+        "sampling": spec.sampling,
+        "preprocessing_version": spec.preprocessing_version,
+        "dataset_digest": spec.dataset_digest,
+        "feature_set": key,
+        "feature_dim": int(fs.features.shape[2]),
+        "clips": n,
+        "split": record["split"],
+        "folds": folds,
+        "summary": summarize(folds),
+        "trial_metrics_reproduced": reproduced,
+        "fold_best_epochs": best_epochs,
+        "final_model": {
+            "file": "model.h5",
+            "epochs": epochs,
+            "epochs_rule": "median of the folds' best (early-stopping) epochs, halves rounded up",
+            "clips": n,
+            "seed": seed,
+        },
+        "fold_models": [f"fold-{i}.h5" for i in range(k)],
+        "paper_layout": layout.relative_to(out).as_posix(),
+        "study": None,
+        "store": store,
+        "trials": [],
+        "nested": record.get("nested"),
+        "library_versions": library_versions(),
+        "feature_set_meta": fs.meta,
+    }
+    card.update(provenance or {})
+    if not reproduced:
+        card["trial_folds"] = record["folds"]
+    _atomic_write_text(out / CARD, json.dumps(card, indent=1, sort_keys=True, default=str))
+    log(f"wrote {out / CARD}")
+    return ExportResult(out, card)
+
+
+def export_best(
+    run: str,
+    out: Path | str,
+    *,
+    store: str,
+    cache_dir: str | None = None,
+    overwrite: bool = False,
+    study: dict | None = None,
+    endpoint_url: str | None = None,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> ExportResult:
+    """Export the best trial (see `TIE_BREAK`) of the Ray Tune run at `run` into `out`.
+
+    Args:
+        run: the run directory ``<storage_path>/<name>``, a local path or an s3:// URI.
+        out: the folder to write; must be empty or absent unless `overwrite`.
+        store: feature store URI holding the trial's feature set.
+        cache_dir: node cache for s3:// stores.
+        overwrite: replace an earlier export in `out`.
+        study: ``{"optuna_storage", "study_name"}`` of the run's Optuna study (its password is
+            masked in the card; give it to evaluate again); default ``<run>/optuna.db``
+            (hpo.study's default for local runs) when it exists.
+        endpoint_url: S3 endpoint (MinIO, moto) for an s3:// run; default: AWS's.
+        log: progress messages.
+
+    Raises:
+        ExportError: the run cannot be read or holds no complete trial; see `export_checkpoint`.
+    """
+    out = Path(out)
+    _prepare(out, overwrite)
+    refs = _read_run(run, endpoint_url)
+    if not refs:
+        raise ExportError(f"the run at {run} has no finished trial with a checkpoint")
+    with tempfile.TemporaryDirectory(dir=out, prefix=".checkpoint-") as tmp:
+        ref, _record = _download_best(refs, Path(tmp) / "checkpoint")
+        c = ref.candidate
+        log(f"best trial {c.trial_id}: accuracy {c.accuracy:.4f} (of {len(refs)} finished trials)")
+        provenance = {
+            "run": run,
+            "trial_id": c.trial_id,
+            "selection": {
+                "metric": "accuracy",
+                "mode": "max",
+                "tie_break": list(TIE_BREAK),
+                "candidates": len(refs),
+                "best": dataclasses.asdict(c),
+            },
+            "study": _masked(study) if study else _study_location(run),
+            "trials": _trials_table(refs),
+        }
+        return export_checkpoint(
+            Path(tmp) / "checkpoint",
+            out,
+            store=store,
+            cache_dir=cache_dir,
+            overwrite=True,
+            provenance=provenance,
+            log=log,
+        )

@@ -1,0 +1,305 @@
+"""Rendering an evaluation: the comparison table, report.md and the PNG plots.
+
+Pure presentation of the dict `hpo.evaluate.evaluate` builds; nothing here computes a metric.
+Plots use matplotlib's Agg backend so they render on headless nodes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from hpo.metrics import CLASS_METRICS
+from pipeline.manifest import LABELS
+
+__all__ = [
+    "comparison_rows",
+    "comparison_table",
+    "plot_confusion",
+    "plot_fold_accuracy",
+    "plot_history",
+    "plot_importances",
+    "render_markdown",
+]
+
+_CLASS_NAMES = {"cov": "COVID-19", "pne": "pneumonia", "reg": "healthy"}
+
+
+def _pm(stats: dict | None) -> str:
+    if not stats or stats.get("mean") is None or not math.isfinite(stats["mean"]):
+        return "–"
+    return f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+
+
+def _delta(ours: dict | None, theirs: dict | None) -> str:
+    if not ours or not theirs:
+        return "–"
+    d = ours["mean"] - theirs["mean"]
+    return "–" if not math.isfinite(d) else f"{d:+.3f}"
+
+
+def comparison_rows(report: dict) -> list[tuple[str, str, str, str]]:
+    """(metric, ours, paper, delta) rows: accuracy, then each class's four metrics."""
+    ours, paper = report["ours"], report.get("paper")
+    rows = [("accuracy", _pm(ours["accuracy"]), _pm(paper and paper["accuracy"]), "")]
+    rows[0] = (*rows[0][:3], _delta(ours["accuracy"], paper and paper["accuracy"]))
+    for cls in LABELS:
+        for metric in CLASS_METRICS:
+            mine = ours["per_class"][cls][metric]
+            theirs = paper["per_class"][cls][metric] if paper else None
+            rows.append((f"{cls} {metric}", _pm(mine), _pm(theirs), _delta(mine, theirs)))
+    return rows
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = (str(c).ljust(w) for c, w in zip(cells, widths, strict=True))
+        return "| " + " | ".join(padded) + " |"
+
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), sep, *(line(r) for r in rows)])
+
+
+def comparison_table(report: dict) -> str:
+    """Ours vs the paper's evaluation.csv row for the same backbone and N, and the headline."""
+    label = report["model_label"]
+    paper_name = f"paper {label}" if report.get("paper") else f"paper {label} (no row)"
+    main = _table(("metric", f"ours {label}", paper_name, "Δ ours−paper"), comparison_rows(report))
+    head = report["headline"]
+    headline = _table(
+        ("headline", f"ours {label}", f"paper {head['model_label']}", "Δ"),
+        [
+            (
+                "accuracy",
+                _pm(head["ours_accuracy"]),
+                _pm(head["accuracy"]),
+                _delta(head["ours_accuracy"], head["accuracy"]),
+            ),
+            (
+                "cov recall",
+                _pm(head["ours_cov_recall"]),
+                _pm(head["cov_recall"]),
+                _delta(head["ours_cov_recall"], head["cov_recall"]),
+            ),
+        ],
+    )
+    return f"{main}\n\n{headline}"
+
+
+def _support_section(report: dict) -> str:
+    rows = []
+    for cls in LABELS:
+        entry = report["support_aware"][cls]
+        zero = entry["zero_support_folds"]
+        flag = ", ".join(f"fold {i}" for i in zero) if zero else "none"
+        for metric in CLASS_METRICS:
+            rows.append(
+                (
+                    f"{cls} {metric}",
+                    _pm(report["ours"]["per_class"][cls][metric]),
+                    _pm(
+                        {
+                            "mean": entry[metric]["mean_supported"],
+                            "std": entry[metric]["std_supported"],
+                        }
+                    ),
+                    f"{entry[metric]['pooled']:.3f}",
+                    flag,
+                )
+            )
+    return _table(
+        (
+            "metric",
+            "paper protocol (all folds)",
+            "folds with support",
+            "pooled",
+            "zero-support folds",
+        ),
+        rows,
+    )
+
+
+def _folds_section(report: dict) -> str:
+    rows = []
+    for i, fold in enumerate(report["folds"]):
+        support = [fold["per_class"][c]["support"] for c in LABELS]
+        flags = [c for c, s in zip(LABELS, support, strict=True) if s == 0]
+        rows.append(
+            (
+                str(i),
+                str(fold["n"]),
+                "/".join(str(s) for s in support),
+                f"{fold['accuracy']:.3f}",
+                *(f"{fold['per_class'][c]['recall']:.3f}" for c in LABELS),
+                ("no test clip of " + ", ".join(flags)) if flags else "",
+            )
+        )
+    return _table(
+        (
+            "fold",
+            "clips",
+            "support cov/pne/reg",
+            "accuracy",
+            "cov recall",
+            "pne recall",
+            "reg recall",
+            "flag",
+        ),
+        rows,
+    )
+
+
+def render_markdown(report: dict) -> str:
+    """report.md: comparison, per-fold table, support-aware view, plots, nested section, notes."""
+    card = report["card"]
+    parts = [
+        f"# lushpo evaluation: {report['model_label']}",
+        "",
+        f"Model folder `{report['directory']}`, trial `{card['trial_id']}` of run `{card['run']}`; "
+        f"feature set `{card['feature_set']}` ({card['clips']} clips, {card['frames']} frames, "
+        f"{card['sampling']} sampling, backbone weights sha256 `{card['weights_sha256']}`), split "
+        f"`{card['split']['name']}` with {len(report['folds'])} folds. Metrics are recomputed from "
+        f"the exported `fold-{{i}}.h5` files on their test folds; mean and population std over "
+        f"folds "
+        f"(the paper's protocol).",
+        "",
+        "## Ours vs the paper",
+        "",
+        comparison_table(report),
+        "",
+        "The paper's numbers are from its evaluation.csv, on all 185 clips of its split; ours use "
+        "the clips present in this feature set, so the folds differ in size.",
+        "",
+        "## Per fold",
+        "",
+        _folds_section(report),
+        "",
+        "## Support-aware metrics",
+        "",
+        "Folds without a test clip of a class score 0 recall, precision and F1 for that class "
+        "under the paper's protocol. "
+        "Below: the mean over only the folds that hold the class, and the metric pooled over every "
+        "fold's predictions (summed confusion matrix).",
+        "",
+        _support_section(report),
+        "",
+        "## Nested cross-validation (honest estimate)",
+        "",
+    ]
+    nested = report.get("nested")
+    if nested:
+        parts += [
+            "The hyperparameters above were selected on the same test folds they are scored on. "
+            "Nested CV selects on inner folds only; its outer-fold score is:",
+            "",
+            _table(
+                ("estimate", "accuracy", "cov recall"),
+                [
+                    (
+                        "paper-style (selected on test folds)",
+                        _pm(report["ours"]["accuracy"]),
+                        _pm(report["ours"]["per_class"]["cov"]["recall"]),
+                    ),
+                    ("nested (honest)", _pm(nested.get("accuracy")), _pm(nested.get("cov_recall"))),
+                ],
+            ),
+        ]
+    else:
+        parts += [
+            "NOT AVAILABLE: this export holds no nested cross-validation result, so only the "
+            "paper-style figure (hyperparameters selected on the test folds, optimistic) is shown. "
+            "Run `lushpo tune --nested` to get the honest estimate.",
+        ]
+    parts += ["", "## Plots", ""]
+    for name, path in report["plots"].items():
+        parts += [f"![{name}]({path})", ""]
+    parts += ["## Notes", ""]
+    for note in report["notes"]:
+        parts.append(f"- {note}")
+    return "\n".join(parts) + "\n"
+
+
+# --- plots -------------------------------------------------------------------------------------
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(cm: Sequence[Sequence[int]], path: Path) -> None:
+    """Confusion matrix summed over the folds (rows true, columns predicted)."""
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    ax.imshow(cm, cmap="Blues")
+    names = [_CLASS_NAMES[c] for c in LABELS]
+    ax.set_xticks(range(len(names)), names)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    top = max(max(r) for r in cm) or 1
+    for i, row in enumerate(cm):
+        for j, value in enumerate(row):
+            ax.text(
+                j,
+                i,
+                str(value),
+                ha="center",
+                va="center",
+                color="white" if value > top / 2 else "black",
+            )
+    ax.set_title("confusion matrix, summed over folds")
+    _save(fig, path)
+
+
+def plot_fold_accuracy(accuracies: Sequence[float], paper: dict | None, path: Path) -> None:
+    """Our per-fold accuracy against the paper's mean ± std (it publishes no per-fold values)."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    ax.bar(range(len(accuracies)), accuracies, color="tab:blue", label="ours (per fold)")
+    mean = sum(accuracies) / len(accuracies)
+    ax.axhline(mean, color="tab:blue", linestyle="--", label=f"our mean {mean:.2f}")
+    if paper:
+        m, s = paper["mean"], paper["std"]
+        ax.axhline(m, color="tab:red", label=f"paper mean {m:.2f}")
+        ax.axhspan(
+            max(0.0, m - s), min(1.0, m + s), color="tab:red", alpha=0.15, label="paper ± std"
+        )
+    ax.set_xticks(range(len(accuracies)), [f"fold {i}" for i in range(len(accuracies))])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("test accuracy")
+    ax.legend(loc="lower right", fontsize=8)
+    _save(fig, path)
+
+
+def plot_history(values: Sequence[float], path: Path) -> None:
+    """Objective of each completed trial in order, with the best so far."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    best, running = [], -math.inf
+    for v in values:
+        running = max(running, v)
+        best.append(running)
+    ax.plot(range(len(values)), values, "o", label="trial")
+    ax.plot(range(len(values)), best, "-", color="tab:red", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("mean CV accuracy")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("optimisation history")
+    _save(fig, path)
+
+
+def plot_importances(importances: dict[str, float], path: Path) -> None:
+    """Hyperparameter importances, largest on top."""
+    items = sorted(importances.items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(5.2, 0.35 * len(items) + 1.2))
+    ax.barh([k for k, _ in items], [v for _, v in items], color="tab:green")
+    ax.set_xlabel("importance")
+    ax.set_title("hyperparameter importances")
+    _save(fig, path)
