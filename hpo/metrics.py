@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import classification_report, confusion_matrix
 
 from pipeline.manifest import LABELS
 
@@ -92,6 +91,9 @@ def fold_metrics(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.
         bad = sorted(set(np.unique(y).tolist()) - set(_LABEL_IDS))
         if bad:
             raise ValueError(f"{name} holds labels {bad}; allowed are {_LABEL_IDS} ({LABELS})")
+    # sklearn costs seconds to import; only scoring needs it, not every `lushpo` command.
+    from sklearn.metrics import classification_report, confusion_matrix
+
     report = classification_report(
         y_true,
         y_pred,

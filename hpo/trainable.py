@@ -514,10 +514,13 @@ def _write_json(path: Path, data: Any) -> None:
 
 def _report(metrics: Mapping[str, Any], checkpoint_dir: Path | None = None) -> None:
     """The only caller of Ray's report API (its name moved across Ray versions)."""
+    import ray
     from ray import tune
 
     checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-    tune.report(dict(metrics), checkpoint=checkpoint)
+    # node_id shows where each trial ran (the study's progress view and the cluster tests use it).
+    node_id = ray.get_runtime_context().get_node_id()
+    tune.report({**metrics, "node_id": node_id}, checkpoint=checkpoint)
 
 
 def _epoch_result(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -532,8 +535,12 @@ def write_trial(
     params: Mapping[str, Any],
     feature_set: str,
     split: Split,
+    training: Mapping[str, Any] | None = None,
 ) -> None:
-    """The final checkpoint: ``fold-{i}.h5`` (no optimizer) and, last, ``trial.json``."""
+    """The final checkpoint: ``fold-{i}.h5`` (no optimizer) and, last, ``trial.json``.
+
+    `training` records the settings that shaped the fold models (seed, epochs, class weights,
+    store), so an export can retrain the all-clips model the same way."""
     directory.mkdir(parents=True, exist_ok=True)
     for k, model in enumerate(result.models):
         tmp = directory / f".fold-{k}.tmp.h5"
@@ -543,6 +550,7 @@ def write_trial(
         "params": dict(params),
         "feature_set": feature_set,
         "split": split.to_dict(),
+        "training": dict(training or {}),
         "folds": result.folds,
         "summary": result.summary,
         "metrics": result.metrics,
@@ -551,6 +559,18 @@ def write_trial(
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }
     _write_json(directory / TRIAL_FILE, trial)
+
+
+def training_record(settings: TrialSettings) -> dict[str, Any]:
+    """The settings of `settings` that an export needs to retrain a trial's model."""
+    return {
+        "seed": settings.seed,
+        "max_epochs": settings.max_epochs,
+        "patience": settings.patience,
+        "validation_fraction": settings.validation_fraction,
+        "class_weight": settings.class_weight,
+        "store_uri": settings.store_uri,
+    }
 
 
 def _final_result(result_metrics: Mapping[str, float], epochs: int) -> dict[str, Any]:
@@ -615,5 +635,12 @@ def train_cv(config: dict[str, Any], settings: TrialSettings) -> None:
             on_epoch=on_epoch,
         )
         final_dir = Path(tmp) / "final"
-        write_trial(final_dir, result, params=params, feature_set=key, split=settings.split)
+        write_trial(
+            final_dir,
+            result,
+            params=params,
+            feature_set=key,
+            split=settings.split,
+            training=training_record(settings),
+        )
         _report(_final_result(result.metrics, len(result.epochs)), final_dir)

@@ -71,6 +71,10 @@ class CorruptObjectError(StoreError):
             f"feature set {key!r}{place}: object {name!r} is corrupt: "
             f"expected sha256 {expected}, got {got}"
         )
+        self._args = (key, name, expected, got, where)
+
+    def __reduce__(self):  # Ray ships errors between processes by pickling them
+        return (type(self), self._args)
 
 
 class FeatureSetNotFoundError(StoreError, KeyError):
@@ -84,6 +88,9 @@ class FeatureSetNotFoundError(StoreError, KeyError):
             f"feature set {key!r} not found in store {uri}; "
             f"feature sets it holds for {backbone}: {held}"
         )
+
+    def __reduce__(self):  # Ray ships errors between processes by pickling them
+        return (type(self), (self.key, self.uri, self.same_backbone))
 
     def __str__(self) -> str:  # KeyError would otherwise repr() the message
         return str(self.args[0])

@@ -305,3 +305,17 @@ def test_local_concurrent_put_of_one_key_first_writer_wins(
     monkeypatch.undo()
     assert_same(store.get(key), first)
     assert sorted(p.name for p in (tmp_path / "featuresets").iterdir()) == [key]
+
+
+def test_store_errors_survive_pickling() -> None:
+    """Ray ships a trial's exception to the driver by pickling it."""
+    import pickle
+
+    from pipeline.store import CorruptObjectError, FeatureSetNotFoundError
+
+    for error in (
+        CorruptObjectError("xception-f20-even-0123456789ab", "features.npy", "aa", "bb", "s3://b"),
+        FeatureSetNotFoundError("xception-f20-even-0123456789ab", "s3://b/p", ["other"]),
+    ):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error)

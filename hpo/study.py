@@ -1,0 +1,457 @@
+"""A study: Ray Tune's Tuner driving OptunaSearch (+ optional ASHA) over `hpo.trainable.train_cv`.
+
+The driver does the cheap, fail-fast work itself — resolve the feature set key(s) in the store,
+compute the split on the feature set's clip ids, check the run name — then hands Ray three
+separate objects built from the config: the search (OptunaSearch behind a ConcurrencyLimiter,
+persisted to an Optuna RDB storage so ``optuna-dashboard`` shows it), the run policy (scheduler,
+budget, storage, failure retries) and the per-trial resources. Trials read features from the
+store through their node's cache; nothing large travels from the driver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import optuna
+import pyarrow.fs as pafs
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from hpo import space as hspace
+from hpo.config import StudyConfig
+from hpo.trainable import TrialSettings, train_cv
+from pipeline.manifest import LABELS, Clip, Manifest, Split, paper_split, stratified_split
+from pipeline.store import FeatureSetNotFoundError, open_store
+
+__all__ = [
+    "SAMPLERS",
+    "AllTrialsFailedError",
+    "StudyExistsError",
+    "StudyResult",
+    "TrialRecord",
+    "make_sampler",
+    "run_study",
+    "train_on_node",
+]
+
+OBJECTIVE = "accuracy"  # mean 5-fold CV test accuracy, reported by every result of train_cv
+MODE = "max"
+
+SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
+    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
+    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+    "cmaes": lambda seed: optuna.samplers.CmaEsSampler(seed=seed),
+}
+"""Optuna samplers by name; `make_sampler` lists these names when given another."""
+
+
+class StudyExistsError(RuntimeError):
+    """A study of this name already exists at the storage path and neither --resume nor
+    --overwrite was given."""
+
+
+class AllTrialsFailedError(RuntimeError):
+    """Every trial of the study failed; the message carries the first error and the logs' place."""
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    trial_id: str
+    status: str  # TERMINATED | ERROR
+    params: dict[str, Any]
+    metrics: dict[str, Any]  # the trial's last result
+    folds: list[dict[str, Any]] = field(default_factory=list)  # per-fold metrics (trial.json)
+    error: str | None = None
+    path: str | None = None  # the trial's directory in the run's storage
+
+    @property
+    def value(self) -> float | None:
+        v = self.metrics.get(OBJECTIVE)
+        return None if self.error or v is None else float(v)
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    name: str
+    run_path: str  # <storage_path>/<name>: Ray Tune's experiment dir
+    optuna_storage: str
+    trials: tuple[TrialRecord, ...]
+    already_finished: bool = False  # --resume found nothing left to run
+
+    @property
+    def best(self) -> TrialRecord | None:
+        done = [t for t in self.trials if t.value is not None]
+        return max(done, key=lambda t: t.value) if done else None
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """The seeded Optuna sampler registered under `name`."""
+    try:
+        return SAMPLERS[name](seed)
+    except KeyError:
+        raise ValueError(
+            f"unknown sampler {name!r} (searcher.sampler); valid names: {sorted(SAMPLERS)}"
+        ) from None
+
+
+# --- storage -------------------------------------------------------------------------------------
+
+
+def storage_filesystem(cfg: StudyConfig) -> tuple[pafs.FileSystem | None, str]:
+    """(filesystem, path) for RunConfig: local paths as they are; s3:// through pyarrow's
+    S3FileSystem pointed at the configured endpoint (e.g. MinIO or moto) when there is one."""
+    path = cfg.storage.storage_path
+    if not path.startswith("s3://"):
+        return None, path
+    kwargs: dict[str, Any] = {}
+    if cfg.storage.endpoint_url:
+        endpoint = urlsplit(cfg.storage.endpoint_url)
+        kwargs = {"endpoint_override": endpoint.netloc, "scheme": endpoint.scheme}
+    return pafs.S3FileSystem(**kwargs), path[len("s3://") :].rstrip("/")
+
+
+def _run_exists(fs: pafs.FileSystem | None, run_path: str) -> bool:
+    if fs is None:
+        return Path(run_path).exists() and any(Path(run_path).iterdir())
+    info = fs.get_file_info(pafs.FileSelector(run_path, allow_not_found=True))
+    return len(info) > 0
+
+
+def _delete_run(fs: pafs.FileSystem | None, run_path: str, cfg: StudyConfig) -> None:
+    if fs is None:
+        shutil.rmtree(run_path, ignore_errors=True)
+    else:
+        fs.delete_dir_contents(run_path, missing_dir_ok=True)
+    # KeyError: no such study in the Optuna storage (the sqlite file went with the run dir).
+    with contextlib.suppress(KeyError):
+        optuna.delete_study(study_name=cfg.name, storage=cfg.storage.optuna_storage)
+
+
+def _optuna_storage(url: str) -> optuna.storages.BaseStorage:
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(url)
+
+
+def _optuna_has_study(url: str, name: str) -> bool:
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
+        return False
+    try:
+        return name in optuna.get_all_study_names(storage=url)
+    except Exception:  # an unreachable DB is reported when the study opens it
+        return False
+
+
+# --- driver-side preparation -------------------------------------------------------------------
+
+
+def resolve_feature_sets(cfg: StudyConfig) -> dict[tuple[str, int], str]:
+    """{(backbone, frames): store key} for every feature set the study may read, or a clear error
+    naming the store and what it holds. Runs on the driver before any Ray work."""
+    if cfg.store is None:
+        raise ValueError("no feature store given: set `store` in the config or pass --store")
+    store = open_store(cfg.store)
+    fs_cfg = cfg.feature_set
+    if fs_cfg.key is not None:
+        if not store.exists(fs_cfg.key):
+            raise store._not_found(fs_cfg.key)
+        return {(fs_cfg.backbone[0], fs_cfg.frames[0]): fs_cfg.key}
+    keys: dict[tuple[str, int], str] = {}
+    for backbone in fs_cfg.backbone:
+        for frames in fs_cfg.frames:
+            found = store.find(backbone, frames, fs_cfg.sampling)
+            if not found:
+                held = [m["key"] for m in store.list()]
+                raise FeatureSetNotFoundError(
+                    f"{backbone}-f{frames}-{fs_cfg.sampling}", store.uri, held
+                )
+            if len(found) > 1:
+                raise ValueError(
+                    f"store {store.uri} holds {len(found)} feature sets for {backbone}, "
+                    f"{frames} frames, {fs_cfg.sampling} sampling: {found}; "
+                    "pick one with feature_set.key"
+                )
+            keys[(backbone, frames)] = found[0]
+    return keys
+
+
+def cache_dir_for(cfg: StudyConfig, node_id: str) -> str | None:
+    """The node cache for `node_id`: `cache_dir` with "{node_id}" filled in."""
+    return None if cfg.cache_dir is None else cfg.cache_dir.replace("{node_id}", node_id)
+
+
+def compute_split(cfg: StudyConfig, key: str, node_id: str) -> Split:
+    """The CV split restricted to the feature set's clips (read through this node's cache)."""
+    fs = open_store(cfg.store, cache_dir=cache_dir_for(cfg, node_id)).get(key)
+    frames = int(fs.features.shape[1])
+    manifest = Manifest(
+        clips=tuple(
+            sorted(
+                (
+                    Clip(id=cid, label=LABELS[int(lab)], path=Path(cid), frames=frames)
+                    for cid, lab in zip(fs.clip_ids, fs.labels, strict=True)
+                ),
+                key=lambda c: c.id,
+            )
+        )
+    )
+    if cfg.split.kind == "stratified":
+        return stratified_split(manifest, cfg.split.k, cfg.split.seed)
+    cross_val = cfg.split.cross_val or str(Path(cfg.split.data_dir) / "paper" / "cross_val.json")
+    if not Path(cross_val).is_file():
+        raise FileNotFoundError(
+            f"paper split needs {cross_val} (split.cross_val / split.data_dir / LUSHPO_DATA_DIR)"
+        )
+    return paper_split(manifest, Path(cross_val))
+
+
+def _search_space(cfg: StudyConfig) -> dict[str, optuna.distributions.BaseDistribution]:
+    fs = cfg.feature_set
+    return hspace.search_space(
+        cfg.space,
+        backbones=list(fs.backbone) if len(fs.backbone) > 1 else None,
+        frames=list(fs.frames) if len(fs.frames) > 1 else None,
+    )
+
+
+def _searcher(cfg: StudyConfig) -> ConcurrencyLimiter:
+    space = _search_space(cfg)
+    points = [hspace.paper_best(space)] if cfg.searcher.start_from_paper_best else None
+    search = OptunaSearch(
+        space=space,
+        metric=OBJECTIVE,
+        mode=MODE,
+        points_to_evaluate=points,
+        sampler=make_sampler(cfg.searcher.sampler, cfg.searcher.seed),
+        study_name=cfg.name,
+        storage=_optuna_storage(cfg.storage.optuna_storage),
+    )
+    return ConcurrencyLimiter(search, max_concurrent=cfg.budget.max_concurrent)
+
+
+def _scheduler(cfg: StudyConfig) -> ASHAScheduler | None:
+    if cfg.scheduler.name == "none":
+        return None
+    # Every result of train_cv carries `accuracy` (per epoch: the folds' mean validation
+    # accuracy) and training_iteration counts epochs, so ASHA compares trials epoch by epoch.
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        metric=OBJECTIVE,
+        mode=MODE,
+        max_t=cfg.budget.max_epochs + 1,  # + the final CV result
+        grace_period=cfg.scheduler.grace_period,
+        reduction_factor=cfg.scheduler.reduction_factor,
+    )
+
+
+def train_on_node(config: dict[str, Any], settings: TrialSettings) -> None:
+    """`train_cv` with this node's cache dir: "{node_id}" in `cache_dir` becomes the id of the
+    node the trial runs on, so nodes that share a disk (or a test's loopback cluster) keep
+    separate caches."""
+    if settings.cache_dir and "{node_id}" in settings.cache_dir:
+        node_id = ray.get_runtime_context().get_node_id()
+        settings = dataclasses.replace(
+            settings, cache_dir=settings.cache_dir.replace("{node_id}", node_id)
+        )
+    train_cv(config, settings)
+
+
+def _trainable(cfg: StudyConfig, settings: TrialSettings) -> Any:
+    resources = {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
+    return tune.with_resources(tune.with_parameters(train_on_node, settings=settings), resources)
+
+
+def _run_config(cfg: StudyConfig, callbacks: Sequence[tune.Callback]) -> tune.RunConfig:
+    fs, path = storage_filesystem(cfg)
+    return tune.RunConfig(
+        name=cfg.name,
+        storage_path=path,
+        storage_filesystem=fs,
+        failure_config=tune.FailureConfig(max_failures=cfg.budget.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        callbacks=list(callbacks),
+        verbose=0,
+    )
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+def _read_trial_json(result: Any) -> dict[str, Any]:
+    checkpoint = result.checkpoint
+    if checkpoint is None:
+        return {}
+    try:
+        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/trial.json") as f:
+            return json.loads(f.read())
+    except (FileNotFoundError, OSError, ValueError):
+        return {}
+
+
+def _records(grid: Any) -> tuple[TrialRecord, ...]:
+    records = []
+    for result in grid:
+        metrics = dict(result.metrics or {})
+        trial = _read_trial_json(result)
+        records.append(
+            TrialRecord(
+                trial_id=str(metrics.get("trial_id") or Path(str(result.path)).name),
+                status="ERROR" if result.error else "TERMINATED",
+                params=dict(result.config or {}),
+                metrics=metrics,
+                folds=list(trial.get("folds", [])),
+                error=None if result.error is None else str(result.error),
+                path=str(result.path),
+            )
+        )
+    return tuple(sorted(records, key=lambda r: r.trial_id))
+
+
+def _check_not_all_failed(cfg: StudyConfig, records: Sequence[TrialRecord]) -> None:
+    if records and all(r.error for r in records):
+        first = records[0].error.strip().splitlines()
+        raise AllTrialsFailedError(
+            f"all {len(records)} trials of study {cfg.name!r} failed; first error: "
+            f"{first[-1] if first else records[0].error} (trial {records[0].trial_id}; full "
+            f"tracebacks under {cfg.run_path})"
+        )
+
+
+# --- the study -----------------------------------------------------------------------------------
+
+
+def _start_ray(cfg: StudyConfig) -> bool:
+    """Join cfg.address, or start a local instance; True when this call started Ray."""
+    if ray.is_initialized():
+        return False
+    if cfg.address:
+        ray.init(address=cfg.address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def run_study(
+    cfg: StudyConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    callbacks: Sequence[tune.Callback] = (),
+    log: Callable[[str], None] = print,
+) -> StudyResult:
+    """Run (or resume) the study `cfg` and return every trial's result.
+
+    Raises:
+        FeatureSetNotFoundError: a feature set is missing from the store (before Ray starts).
+        StudyExistsError: the name is taken at the storage path and neither resume nor overwrite.
+        AllTrialsFailedError: every trial failed.
+    """
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    keys = resolve_feature_sets(cfg)
+    fs, storage_path = storage_filesystem(cfg)
+    run_path = f"{storage_path}/{cfg.name}"
+    restorable = tune.Tuner.can_restore(
+        cfg.run_path if fs is None else f"s3://{run_path}", storage_filesystem=fs
+    )
+    exists = restorable or _run_exists(fs, run_path)
+    exists = exists or _optuna_has_study(cfg.storage.optuna_storage, cfg.name)
+    if exists and not (resume or overwrite):
+        raise StudyExistsError(
+            f"study {cfg.name!r} already exists at {cfg.run_path} (Optuna storage "
+            f"{cfg.storage.optuna_storage}); pass --resume to continue it or --overwrite to "
+            "delete it and start again"
+        )
+    if overwrite and exists:
+        log(f"overwriting study {cfg.name!r} at {cfg.run_path}")
+        _delete_run(fs, run_path, cfg)
+        restorable = False
+    if resume and not restorable:
+        log(f"nothing to resume at {cfg.run_path}; starting study {cfg.name!r}")
+
+    started = _start_ray(cfg)
+    try:
+        node_id = ray.get_runtime_context().get_node_id()
+        split = compute_split(cfg, next(iter(keys.values())), node_id)
+        for warning in getattr(split, "warnings", ()):
+            log(f"split: {warning}")
+        settings = TrialSettings(
+            store_uri=cfg.store,
+            cache_dir=cfg.cache_dir,
+            feature_sets=(
+                next(iter(keys.values()))
+                if len(keys) == 1
+                else {f"{b}/{n}": k for (b, n), k in keys.items()}
+            ),
+            split=split,
+            max_epochs=cfg.budget.max_epochs,
+            patience=cfg.budget.patience,
+            validation_fraction=cfg.training.validation_fraction,
+            seed=cfg.training.seed,
+            class_weight=cfg.training.class_weight,
+            gpu_memory_limit_mb=cfg.resources.gpu_memory_limit_mb,
+            intra_op_threads=cfg.resources.intra_op_threads,
+        )
+        trainable = _trainable(cfg, settings)
+        if restorable:
+            tuner = tune.Tuner.restore(
+                cfg.run_path if fs is None else f"s3://{run_path}",
+                trainable=trainable,
+                resume_errored=True,
+                storage_filesystem=fs,
+            )
+            if _finished(cfg, fs, cfg.run_path if fs is None else run_path):
+                grid = tuner.get_results()
+                log(f"study {cfg.name!r} has already finished; nothing to resume")
+                return StudyResult(
+                    cfg.name, cfg.run_path, cfg.storage.optuna_storage, _records(grid), True
+                )
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=_searcher(cfg),
+                    scheduler=_scheduler(cfg),
+                    num_samples=cfg.budget.trials,
+                    time_budget_s=cfg.budget.time_budget_s,
+                    # One worker process per trial slot: TensorFlow is imported once per
+                    # slot, not once per trial (seconds each on a small machine).
+                    reuse_actors=True,
+                ),
+                run_config=_run_config(cfg, callbacks),
+            )
+        if restorable and callbacks:
+            # Tuner.restore unpickles the old RunConfig; show progress through this run's
+            # callbacks (a fresh view), not the unpickled ones.
+            tuner._local_tuner._run_config.callbacks = list(callbacks)
+        start = time.monotonic()
+        grid = tuner.fit()
+        log(f"study {cfg.name!r} ran for {time.monotonic() - start:.1f} s")
+    finally:
+        if started:
+            ray.shutdown()
+    records = _records(grid)
+    _check_not_all_failed(cfg, records)
+    return StudyResult(cfg.name, cfg.run_path, cfg.storage.optuna_storage, records)
+
+
+def _finished(cfg: StudyConfig, fs: pafs.FileSystem | None, path: str) -> bool:
+    """True when the run's saved state holds the whole budget of trials, all ended."""
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(path, storage_filesystem=fs)
+    statuses = [t.status for t in analysis.trials]
+    ended = [s for s in statuses if s in ("TERMINATED", "ERROR")]
+    return len(ended) == len(statuses) and len(ended) >= cfg.budget.trials

@@ -1,0 +1,162 @@
+"""hpo.config: every key has a constraint; bad values fail once, naming key, form, value, fix."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from hpo.config import CONSTRAINTS, InvalidConfigError, config_keys, from_dict, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = {"name": "t", "split": {"kind": "stratified", "k": 3}}
+
+
+def _with(**sections) -> dict:
+    data = {**BASE}
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return data
+
+
+def test_every_field_has_a_constraint():
+    assert set(config_keys()) == set(CONSTRAINTS), set(config_keys()) ^ set(CONSTRAINTS)
+
+
+def test_defaults_and_normalisation(tmp_path):
+    cfg = from_dict(
+        {
+            **BASE,
+            "feature_set": {"backbone": "xception", "frames": 20},
+            "storage": {"storage_path": str(tmp_path / "runs")},
+        }
+    )
+    assert cfg.feature_set.backbone == ("xception",) and cfg.feature_set.frames == (20,)
+    assert cfg.searcher.sampler == "tpe" and cfg.scheduler.name == "none"
+    assert cfg.storage.optuna_storage == f"sqlite:///{tmp_path}/runs/t/optuna.db"
+    assert cfg.run_path == f"{tmp_path}/runs/t"
+    with pytest.raises(AttributeError):  # frozen
+        cfg.name = "other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "got", "allowed"),
+    [
+        (_with(budget={"trials": 0}), "budget.trials", "0", "an int in [1, inf)"),
+        (_with(budget={"trials": True}), "budget.trials", "True", "an int"),
+        (_with(budget={"max_concurrent": 1.5}), "budget.max_concurrent", "1.5", "an int"),
+        (_with(searcher={"sampler": "grid"}), "searcher.sampler", "'grid'", "'cmaes'"),
+        (_with(scheduler={"name": "hyperband"}), "scheduler.name", "'hyperband'", "'asha'"),
+        (_with(resources={"gpu": -0.25}), "resources.gpu", "-0.25", "[0, inf)"),
+        (_with(resources={"cpu": 0}), "resources.cpu", "0", "(0, inf)"),
+        (_with(feature_set={"sampling": "odd"}), "feature_set.sampling", "'odd'", "'even'"),
+        (_with(feature_set={"frames": [20, 0]}), "feature_set.frames", "[20, 0]", "non-empty"),
+        (
+            _with(training={"validation_fraction": 1.0}),
+            "training.validation_fraction",
+            "1.0",
+            "(0, 1)",
+        ),
+        (
+            _with(storage={"optuna_storage": "optuna.db"}),
+            "storage.optuna_storage",
+            "'optuna.db'",
+            "sqlite:///",
+        ),
+        (_with(name="bad name!"), "name", "'bad name!'", "letters"),
+        (_with(budgett={"trials": 3}), "budgett", "{'trials': 3}", "budget.trials"),
+    ],
+)
+def test_invalid_values_name_key_form_value_and_fix(data, key, got, allowed):
+    with pytest.raises(InvalidConfigError) as info:
+        from_dict(data, source="study.yaml")
+    message = str(info.value)
+    assert info.value.key == key
+    assert f"'{key}' key in study.yaml" in message
+    assert f"Got {got} instead" in message
+    assert allowed in message
+    assert isinstance(info.value, ValueError)
+
+
+def test_flag_named_for_keys_a_flag_sets():
+    with pytest.raises(InvalidConfigError, match="or pass --trials"):
+        from_dict(_with(budget={"trials": -1}))
+
+
+def test_cross_field_rules():
+    with pytest.raises(InvalidConfigError, match=r"split.data_dir"):
+        from_dict({"name": "t"})  # paper split without cross_val.json or data dir
+    with pytest.raises(InvalidConfigError, match=r"scheduler.grace_period"):
+        from_dict(_with(scheduler={"name": "asha", "grace_period": 9}, budget={"max_epochs": 3}))
+    with pytest.raises(InvalidConfigError, match=r"storage.optuna_storage"):
+        from_dict(_with(storage={"storage_path": "s3://bucket/runs"}))
+    with pytest.raises(InvalidConfigError, match="'space' key"):
+        from_dict(_with(space={"lstm_unitz": [32]}))
+    with pytest.raises(InvalidConfigError, match="start_from_paper_best"):
+        from_dict(_with(space={"lstm_units": [32]}, searcher={"start_from_paper_best": True}))
+
+
+def test_precedence_flags_over_yaml_over_defaults(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: yaml-name\nstore: file:///yaml\nsplit: {kind: stratified}\n")
+    cfg = load_config(path, {"name": "flag-name"}, {"store": "file:///env", "address": "auto"})
+    assert cfg.name == "flag-name"
+    assert cfg.store == "file:///yaml"  # YAML beats the environment default
+    assert cfg.address == "auto"  # the default fills what the YAML leaves out
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(InvalidConfigError, match="--config"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(InvalidConfigError, match="valid YAML"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize("name", ["paper-xception-20.yaml", "quick.yaml"])
+def test_shipped_configs_validate(name, tmp_path):
+    cfg = load_config(REPO / "configs" / name, defaults={"split.data_dir": str(tmp_path)})
+    assert cfg.feature_set.backbone == ("xception",) and cfg.feature_set.frames == (20,)
+    assert cfg.split.kind == "paper"
+
+
+def test_cli_reads_env_defaults_and_flags(tmp_path):
+    from hpo.commands.tune import config_from_args
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: n\n")
+    args = argparse.Namespace(
+        config=str(path),
+        trials=3,
+        name=None,
+        store=None,
+        storage_path=str(tmp_path / "r"),
+        optuna_storage=None,
+        address=None,
+    )
+    env = {"LUSHPO_STORE": "file:///s", "LUSHPO_DATA_DIR": str(tmp_path), "RAY_ADDRESS": "h:1"}
+    cfg = config_from_args(args, env)
+    assert (cfg.budget.trials, cfg.store, cfg.address) == (3, "file:///s", "h:1")
+    assert cfg.split.data_dir == str(tmp_path.resolve())
+    assert cfg.storage.storage_path == str((tmp_path / "r").resolve())
+
+
+def test_lushpo_tune_reports_bad_config_and_missing_feature_set(tmp_path, capsys):
+    from hpo.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: n\nsplit: {kind: stratified}\nbudget: {trials: 0}\n")
+    assert main(["tune", "--config", str(bad)]) == 2
+    assert "'budget.trials' key" in capsys.readouterr().err
+
+    store = tmp_path / "store"
+    store.mkdir()
+    good = tmp_path / "good.yaml"
+    good.write_text(f"name: n\nsplit: {{kind: stratified}}\nstore: {store.as_uri()}\n")
+    runs = tmp_path / "runs"
+    assert main(["tune", "--config", str(good), "--storage-path", str(runs)]) == 1
+    err = capsys.readouterr().err
+    assert "xception-f20-even" in err and store.as_uri() in err  # names what and where
+    assert not runs.exists()  # failed before any run directory was written

@@ -1,0 +1,148 @@
+"""hpo.study on a local Ray instance with tiny synthetic feature sets: determinism, the Optuna
+storage, all-fail and missing-feature-set errors, name clashes and resume of a finished study."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+import ray
+from ray.tune import Callback
+
+from hpo.config import from_dict
+from hpo.progress import StudyProgress, results_table
+from hpo.study import (
+    SAMPLERS,
+    AllTrialsFailedError,
+    StudyExistsError,
+    make_sampler,
+    run_study,
+)
+from pipeline.store import FeatureSetNotFoundError
+from tests.support.featuresets import put_synthetic
+
+pytestmark = [pytest.mark.slow]
+
+TINY_SPACE = {
+    "lstm_units": [8, 16],
+    "dense_layers": 1,
+    "dense_units_1": [8, 16],
+    "batch_size": [8, 16],
+    "learning_rate": {"low": 1e-3, "high": 3e-2, "log": True},
+}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray instance for the module (run_study joins it instead of starting its own)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    uri, key, _fs = put_synthetic(tmp_path_factory.mktemp("store"), clips=24, frames=4, dim=8)
+    return uri, key
+
+
+def _cfg(tmp_path: Path, store_uri: str, name: str = "s", **sections) -> object:
+    data = {
+        "name": name,
+        "store": store_uri,
+        "feature_set": {"backbone": "synthetic", "frames": 4},
+        "split": {"kind": "stratified", "k": 3, "seed": 0},
+        "space": TINY_SPACE,
+        "budget": {"trials": 3, "max_concurrent": 1, "max_epochs": 2, "patience": 2},
+        "searcher": {"sampler": "tpe", "seed": 7},
+        "resources": {"cpu": 1, "intra_op_threads": 1},
+        "storage": {"storage_path": str(tmp_path / "runs")},
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return from_dict(data, source="test")
+
+
+def _history(cfg) -> list[tuple[dict, float]]:
+    study = optuna.load_study(study_name=cfg.name, storage=cfg.storage.optuna_storage)
+    return [(t.params, t.value) for t in sorted(study.trials, key=lambda t: t.number)]
+
+
+def test_sampler_registry_lists_valid_names():
+    assert isinstance(make_sampler("random", 1), optuna.samplers.RandomSampler)
+    with pytest.raises(ValueError, match="valid names: \\['cmaes', 'random', 'tpe'\\]"):
+        make_sampler("grid", 0)
+    assert set(SAMPLERS) == {"tpe", "random", "cmaes"}
+
+
+def test_missing_feature_set_fails_fast_naming_the_store(tmp_path, store):
+    uri, key = store
+    cfg = _cfg(tmp_path, uri, feature_set={"backbone": "xception", "frames": 20})
+    was_running = ray.is_initialized()
+    with pytest.raises(FeatureSetNotFoundError) as info:
+        run_study(cfg)
+    assert uri in str(info.value) and key in str(info.value)  # names the store and what it holds
+    assert ray.is_initialized() == was_running  # failed before any Ray work
+
+
+def test_same_seed_same_sequence_and_metrics_and_optuna_storage(tmp_path, store, local_ray):
+    uri, _ = store
+    lines: list[str] = []
+    runs = []
+    for i in range(2):
+        cfg = _cfg(tmp_path / f"run{i}", uri, name="det")
+        progress = StudyProgress(3, cfg.run_path, cfg.storage.optuna_storage, write=lines.append)
+        result = run_study(cfg, callbacks=[progress], log=lines.append)
+        runs.append((cfg, result))
+
+    (cfg_a, res_a), (cfg_b, _res_b) = runs
+    hist_a, hist_b = _history(cfg_a), _history(cfg_b)
+    # (c) the Optuna storage lists every finished trial with its params and value
+    assert len(hist_a) == 3 and all(v is not None and params for params, v in hist_a)
+    assert sorted(v for _, v in hist_a) == sorted(t.value for t in res_a.trials)
+    # (b) same seed ⇒ same sampled configs in the same order, same metrics
+    assert [p for p, _ in hist_a] == [p for p, _ in hist_b]
+    for (_, va), (_, vb) in zip(hist_a, hist_b, strict=True):
+        assert va == pytest.approx(vb, abs=1e-6)
+    # every trial reports per-fold metrics, shown in the final table
+    for trial in res_a.trials:
+        assert len(trial.folds) == 3
+        assert trial.metrics["accuracy"] == pytest.approx(
+            sum(f["accuracy"] for f in trial.folds) / 3
+        )
+    table = results_table(res_a)
+    assert all(t.trial_id in table for t in res_a.trials)
+    assert f"optuna-dashboard {cfg_a.storage.optuna_storage}" in table
+    assert any("done 3" in line for line in lines) and any(
+        "best accuracy=" in line for line in lines
+    )
+
+    # a second study under the same name refuses, resume of a finished study does nothing
+    with pytest.raises(StudyExistsError, match="--resume"):
+        run_study(cfg_a)
+    again = run_study(cfg_a, resume=True, log=lines.append)
+    assert again.already_finished and len(again.trials) == 3
+    assert any("already finished" in line for line in lines)
+
+
+class _DeleteStore(Callback):
+    """The feature set disappears after the driver checked it, before any trial reads it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def setup(self, **info) -> None:
+        shutil.rmtree(self.root / "featuresets")
+
+
+def test_all_trials_failing_ends_with_a_clear_error(tmp_path, local_ray):
+    uri, _key, _ = put_synthetic(tmp_path / "store", clips=24, frames=4, dim=8)
+    cfg = _cfg(tmp_path, uri, name="doomed", budget={"trials": 2, "max_failures": 0})
+    with pytest.raises(AllTrialsFailedError) as info:
+        run_study(cfg, callbacks=[_DeleteStore(tmp_path / "store")])
+    message = str(info.value)
+    assert "all 2 trials of study 'doomed' failed" in message
+    assert "FeatureSetNotFoundError" in message and cfg.run_path in message
