@@ -1,10 +1,299 @@
-"""`lushpo features` (not yet implemented)."""
+"""`lushpo features [ls | export-paper KEY]`: extract backbone features into the feature store
+once, list what the store holds, and write a set in the paper's own npy layout.
+
+The only place this verb reads the environment: `LUSHPO_DATA_DIR`, `LUSHPO_STORE`,
+`LUSHPO_WEIGHTS`, `LUSHPO_CACHE_DIR`. Extraction first computes the feature set's key from the
+weights' sha256 and the dataset digest (no TensorFlow, no inference) and stops there when the store
+already holds it, so re-running a pipeline step costs seconds.
+"""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from pipeline.backbones import BACKBONES
+from pipeline.frames import SAMPLINGS, VIDEO_SUFFIXES
+
+__all__ = ["add_parser", "default_store_uri"]
+
+DATA_DIR_ENV = "LUSHPO_DATA_DIR"
+STORE_ENV = "LUSHPO_STORE"
+WEIGHTS_ENV = "LUSHPO_WEIGHTS"
+CACHE_ENV = "LUSHPO_CACHE_DIR"
+DEFAULT_CACHE_DIR = Path("~/.cache/lushpo")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("features", help="(not yet implemented)")
-    parser.set_defaults(handler=lambda args: parser.error("not yet implemented"))
+    parser = subparsers.add_parser(
+        "features",
+        help="extract backbone features into the store (once); ls; export-paper",
+        description=(
+            "Extract per-frame features of every clip with a keras.applications backbone into "
+            "the feature store, unless the store already holds that exact feature set."
+        ),
+    )
+    parser.add_argument(
+        "--backbone",
+        default="xception",
+        choices=list(BACKBONES),
+        metavar="NAME",
+        help=f"one of {', '.join(BACKBONES)} (default: xception)",
+    )
+    parser.add_argument(
+        "--frames", type=_positive_int, default=20, metavar="N", help="frames per clip (20)"
+    )
+    parser.add_argument(
+        "--sampling", choices=SAMPLINGS, default="even", help="frame sampler (default: even)"
+    )
+    parser.add_argument(
+        "--weights",
+        metavar="imagenet|PATH|URI|none",
+        help=f"backbone weights (default: ${WEIGHTS_ENV}, else imagenet)",
+    )
+    _add_store(parser)
+    parser.add_argument(
+        "--data-dir", type=Path, metavar="DIR", help=f"data directory (default: ${DATA_DIR_ENV})"
+    )
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=32, metavar="B", help="frames per batch (32)"
+    )
+    parser.add_argument(
+        "--on-bad-clip",
+        choices=("fail", "skip"),
+        default="fail",
+        help="a clip that cannot be read: stop (fail, default) or leave it out and record it",
+    )
+    parser.set_defaults(handler=_extract)
+
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    ls = actions.add_parser("ls", help="list the feature sets in the store")
+    _add_store(ls, default=argparse.SUPPRESS)
+    ls.add_argument("--json", action="store_true", help="print the manifests as JSON")
+    ls.set_defaults(handler=_ls)
+
+    export = actions.add_parser(
+        "export-paper",
+        help="write a feature set in the paper's npy layout",
+        description=(
+            "Write OUT/features_{N}/{backbone}/{features-D.npy, filenames.npy, labels.npy}, "
+            "read by the paper's DataSource(features_dir='OUT/features_N', model=backbone)."
+        ),
+    )
+    export.add_argument("key", metavar="KEY", help="feature set key (see `lushpo features ls`)")
+    export.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    _add_store(export, default=argparse.SUPPRESS)
+    export.set_defaults(handler=_export_paper)
+
+
+def default_store_uri(data_dir: Path | None, cache_dir: Path) -> tuple[str, str | None]:
+    """``file://<data-dir>/lushpo-store`` when the data dir is writable, else the user cache.
+
+    Returns the URI and a note to print when the fallback was taken.
+    """
+    if data_dir is not None and os.access(data_dir, os.W_OK):
+        return (data_dir.resolve() / "lushpo-store").as_uri(), None
+    fallback = (cache_dir / "store").resolve()
+    why = f"data dir {data_dir} is not writable" if data_dir is not None else "no data dir"
+    note = f"note: {why}; using feature store {fallback.as_uri()} (set --store or ${STORE_ENV})"
+    return fallback.as_uri(), note
+
+
+def _add_store(parser: argparse.ArgumentParser, default: object = None) -> None:
+    parser.add_argument(
+        "--store",
+        metavar="URI",
+        default=default,
+        help=f"feature store, file:///path or s3://bucket/prefix (default: ${STORE_ENV}, "
+        "else file://<data-dir>/lushpo-store)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _fail(message: object) -> int:
+    print(f"lushpo features: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser()
+
+
+def _data_dir(args: argparse.Namespace, required: bool) -> Path | None:
+    if getattr(args, "data_dir", None) is not None:
+        return args.data_dir
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return Path(env)
+    if required:
+        raise SystemExit(
+            f"lushpo features: error: no data directory; pass --data-dir or set ${DATA_DIR_ENV}"
+        )
+    return None
+
+
+def _open_store(args: argparse.Namespace, data_dir: Path | None):
+    from pipeline.store import open_store
+
+    uri = getattr(args, "store", None) or os.environ.get(STORE_ENV)
+    if not uri:
+        uri, note = default_store_uri(data_dir, _cache_dir())
+        if note:
+            print(note, file=sys.stderr)
+    return open_store(uri, cache_dir=_cache_dir())
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from pipeline.backbones import WeightsError, resolve_weights
+    from pipeline.extract import extract, make_spec
+    from pipeline.frames import BadClipError
+    from pipeline.store import StoreError
+
+    data_dir = _data_dir(args, required=True)
+    weights = args.weights or os.environ.get(WEIGHTS_ENV) or "imagenet"
+    try:
+        store = _open_store(args, data_dir)
+        resolved = resolve_weights(args.backbone, weights, cache_dir=_cache_dir())
+        manifest = _manifest(data_dir, args.on_bad_clip, _cache_dir())
+        spec = make_spec(manifest, args.backbone, resolved.sha256, args.frames, args.sampling)
+        key = spec.key()
+        if store.exists(key):
+            print(f"found in store: {key} ({store.uri}); nothing to do")
+            return 0
+        print(f"extracting {key}: {len(manifest)} clips → {store.uri}", file=sys.stderr)
+        fs = extract(
+            manifest,
+            args.backbone,
+            resolved,
+            args.frames,
+            args.sampling,
+            batch_size=args.batch_size,
+            on_bad_clip=args.on_bad_clip,
+            progress=True,
+            cache_dir=_cache_dir(),
+        )
+        key = store.put(fs)
+    except (BadClipError, WeightsError, StoreError, FileNotFoundError, ValueError) as error:
+        return _fail(error)
+    skipped = fs.meta.get("skipped", [])
+    print(f"stored {key}: shape {tuple(fs.features.shape)}, {len(skipped)} clip(s) skipped")
+    for entry in skipped:
+        print(f"  skipped {entry['clip']}: {entry['reason']}")
+    return 0
+
+
+def _ls(args: argparse.Namespace) -> int:
+    from pipeline.store import StoreError
+
+    try:
+        store = _open_store(args, _data_dir(args, required=False))
+        manifests = store.list()
+    except (StoreError, ValueError) as error:
+        return _fail(error)
+    if args.json:
+        print(json.dumps(manifests, indent=1, ensure_ascii=False))
+        return 0
+    print(format_listing(manifests, store.uri))
+    return 0
+
+
+def format_listing(manifests: list[dict], uri: str) -> str:
+    """The table `lushpo features ls` prints: key, backbone, frames, sampling, shape, created."""
+    header = ("key", "backbone", "frames", "sampling", "shape", "created")
+    rows = [
+        (
+            m["key"],
+            m["spec"]["backbone"],
+            str(m["spec"]["frames"]),
+            m["spec"]["sampling"],
+            "×".join(str(n) for n in m["shape"]),
+            str(m.get("meta", {}).get("created_at", "")),
+        )
+        for m in manifests
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [f"store: {uri} ({len(rows)} feature set(s))"]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+              for r in [header, *rows]]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _export_paper(args: argparse.Namespace) -> int:
+    from pipeline.paper_layout import write_paper_layout
+    from pipeline.store import StoreError
+
+    try:
+        store = _open_store(args, _data_dir(args, required=False))
+        fs = store.get(args.key)
+        directory = write_paper_layout(fs, args.out)
+    except (StoreError, KeyError, ValueError, OSError) as error:
+        return _fail(error)
+    clips, frames, dim = fs.features.shape
+    print(f"wrote {directory} ({clips} clips × {frames} frames × {dim})")
+    print(
+        f"paper: DataSource(seq_length={frames}, features_length={dim}, "
+        f"features_dir='{directory.parent}', model='{directory.name}')"
+    )
+    return 0
+
+
+# --- manifest cache ----------------------------------------------------------------------------
+# Counting frames decodes every clip (several seconds for ../shared/data); a re-run over an
+# unchanged data dir reuses the manifest, validated by every input file's size and mtime.
+
+
+def _manifest(data_dir: Path, on_bad_clip: str, cache_dir: Path):
+    from pipeline.manifest import Manifest, build_manifest
+
+    if not (data_dir / "pocus" / "convex").is_dir():  # build_manifest says what is missing
+        return build_manifest(data_dir, on_bad_clip=on_bad_clip)
+    stamp = _stamp(data_dir, on_bad_clip)
+    name = hashlib.sha256(f"{data_dir.resolve()}|{on_bad_clip}".encode()).hexdigest()[:16]
+    path = cache_dir / "manifests" / f"{name}.json"
+    try:
+        cached = json.loads(path.read_text())
+        if cached["stamp"] == stamp:
+            return Manifest.from_json(cached["manifest"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # absent, stale or unreadable: rebuild
+    manifest = build_manifest(data_dir, on_bad_clip=on_bad_clip, progress=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        with os.fdopen(handle, "w") as out:
+            json.dump({"stamp": stamp, "manifest": manifest.to_json()}, out)
+        os.replace(tmp, path)
+    except OSError as error:  # a read-only cache only costs speed
+        print(f"note: cannot cache the manifest in {path.parent}: {error}", file=sys.stderr)
+    return manifest
+
+
+def _stamp(data_dir: Path, on_bad_clip: str) -> dict:
+    """Size and mtime of every clip and paper file that `build_manifest` reads."""
+    clips_dir = data_dir / "pocus" / "convex"
+    files = sorted(
+        p for p in clips_dir.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+    )
+    files += [data_dir / "paper" / "videos.csv", data_dir / "paper" / "cross_val.json"]
+    stats = {}
+    for p in files:
+        try:
+            st = p.stat()
+            stats[str(p.relative_to(data_dir))] = [st.st_size, st.st_mtime_ns]
+        except FileNotFoundError:
+            stats[str(p.relative_to(data_dir))] = None
+    return {"data_dir": str(data_dir.resolve()), "on_bad_clip": on_bad_clip, "files": stats}

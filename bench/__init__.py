@@ -1,0 +1,12 @@
+"""lushpo's benchmarks: each `bench.<id>_*` module measures one number and writes it to
+``bench/results/<module>.json``. Run with ``make bench`` (all) or ``python -m bench p1 ...``."""
+
+from __future__ import annotations
+
+__all__ = ["BENCHMARKS"]
+
+BENCHMARKS: dict[str, str] = {
+    "p1": "bench.p1_extraction",  # extraction frames/s ÷ bare model.predict
+    "p2": "bench.p2_study",  # run_study wall time ÷ plain Optuna loop
+}
+"""Benchmark id → module exposing ``run(argv: list[str] | None) -> dict``."""

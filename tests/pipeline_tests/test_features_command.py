@@ -1,0 +1,93 @@
+"""`lushpo features` end to end on the synthetic clips (MobileNetV2, weights none, 2 frames)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+import pipeline.extract
+from hpo.cli import main
+from hpo.commands.features import default_store_uri
+from pipeline.manifest import build_manifest
+from pipeline.store import open_store
+
+
+@pytest.fixture
+def env(synthetic_clips, tmp_path, monkeypatch):
+    """A writable copy of the synthetic data dir; cache and env confined to tmp_path."""
+    data_dir = tmp_path / "data"
+    shutil.copytree(synthetic_clips.data_dir, data_dir)
+    for name in ("LUSHPO_STORE", "LUSHPO_WEIGHTS", "LUSHPO_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LUSHPO_CACHE_DIR", str(tmp_path / "cache"))
+    return data_dir
+
+
+ARGS = ["features", "--backbone", "mobilenetv2", "--frames", "2", "--batch-size", "5"]
+
+
+def test_extracts_once_then_finds_it_in_the_store(env, tmp_path, capsys, monkeypatch):
+    store_uri = (tmp_path / "store").as_uri()
+    argv = [*ARGS, "--weights", "none", "--data-dir", str(env), "--store", store_uri]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "stored mobilenetv2-f2-even-" in out and "(6, 2, 1280)" in out
+    (key,) = open_store(store_uri).find("mobilenetv2", 2, "even")
+    fs = open_store(store_uri).get(key)
+    assert fs.clip_ids == build_manifest(env).ids and fs.features.shape == (6, 2, 1280)
+
+    calls = []
+    monkeypatch.setattr(pipeline.extract, "extract", lambda *a, **k: calls.append(a))
+    assert main(argv) == 0
+    assert f"found in store: {key}" in capsys.readouterr().out and calls == []
+
+
+def test_environment_supplies_the_defaults_and_the_store_defaults_to_the_data_dir(
+    env, capsys, monkeypatch
+):
+    monkeypatch.setenv("LUSHPO_DATA_DIR", str(env))
+    monkeypatch.setenv("LUSHPO_WEIGHTS", "none")
+    assert main([*ARGS, "--sampling", "first"]) == 0
+    store = open_store((env / "lushpo-store").as_uri())
+    (key,) = store.find("mobilenetv2", 2, "first")
+    assert store.get(key).spec.weights_sha256 == "none"
+
+    assert main(["features", "ls"]) == 0
+    listing = capsys.readouterr().out
+    assert key in listing and "6×2×1280" in listing and "mobilenetv2" in listing
+
+
+def test_export_paper_writes_the_layout(env, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LUSHPO_STORE", (tmp_path / "store").as_uri())
+    assert main([*ARGS, "--weights", "none", "--data-dir", str(env)]) == 0
+    (key,) = open_store((tmp_path / "store").as_uri()).find("mobilenetv2", 2, "even")
+    assert main(["features", "export-paper", key, "--out", str(tmp_path / "paper")]) == 0
+    directory = tmp_path / "paper" / "features_2" / "mobilenetv2"
+    assert np.load(directory / "features-1280.npy").shape == (12, 1280)
+    assert "DataSource(seq_length=2, features_length=1280" in capsys.readouterr().out
+
+
+def test_missing_key_and_bad_weights_are_reported(env, tmp_path, capsys):
+    store = (tmp_path / "store").as_uri()
+    assert main(["features", "export-paper", "xception-f20-even-000000000000", "--out",
+                 str(tmp_path / "x"), "--store", store]) == 1  # fmt: skip
+    assert "not found in store" in capsys.readouterr().err
+    missing = tmp_path / "absent.h5"
+    assert main([*ARGS, "--weights", str(missing), "--data-dir", str(env), "--store", store]) == 1
+    assert f"{missing} does not exist" in capsys.readouterr().err
+
+
+def test_unknown_backbone_lists_the_valid_names(capsys):
+    with pytest.raises(SystemExit):
+        main(["features", "--backbone", "resnet50"])
+    assert "xception" in capsys.readouterr().err
+
+
+def test_default_store_falls_back_to_the_cache_when_the_data_dir_is_not_writable(tmp_path):
+    uri, note = default_store_uri(tmp_path, tmp_path / "cache")
+    assert uri == (tmp_path / "lushpo-store").as_uri() and note is None
+    uri, note = default_store_uri(tmp_path / "no-such-dir", tmp_path / "cache")
+    assert uri == (tmp_path / "cache" / "store").as_uri()
+    assert "not writable" in note and "--store" in note
