@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 VERBS = ("data", "features", "tune", "export", "evaluate", "predict")
@@ -23,9 +22,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) buries lushpo's own output;
-    # a user who wants it back sets TF_CPP_MIN_LOG_LEVEL=0.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
     return int(args.handler(args) or 0)
 
