@@ -190,6 +190,24 @@ def _study_plots(
     return plots
 
 
+def _nested_notes(card: dict) -> list[str]:
+    """Warn when the nested result is not comparable with this export (another outer split)."""
+    nested = card.get("nested")
+    if not nested or "outer_split" not in nested:
+        return []
+    from pipeline.manifest import Split
+
+    ours = Split.from_dict(card["split"]).digest()
+    theirs = nested["outer_split"].get("digest")
+    if theirs == ours:
+        return [f"Nested CV ran on this export's split ({card['split']['name']}, same folds)."]
+    return [
+        f"WARNING: the nested CV's outer split ({nested['outer_split'].get('name')}, digest "
+        f"{str(theirs)[:12]}) differs from this export's split (digest {ours[:12]}); the two "
+        "figures are not on the same folds."
+    ]
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     tmp.write_text(text)
@@ -267,6 +285,8 @@ def evaluate(
                 "0 "
                 "under the paper's protocol; see the support-aware table."
             )
+
+    notes += _nested_notes(card)
 
     plots = {}
     render.plot_confusion(summary["pooled"]["confusion_matrix"], directory / "confusion_matrix.png")

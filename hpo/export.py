@@ -277,6 +277,24 @@ def _masked(study: dict) -> dict:
     return {**study, "optuna_storage": url}
 
 
+def _nested_entry(run: str, endpoint_url: str | None, log: Callable[[str], None]) -> dict | None:
+    """The card's ``nested`` entry from the run's nested.json (``lushpo tune --nested``), if any."""
+    from hpo.nested import card_entry, read_nested
+
+    try:
+        nested = read_nested(run, endpoint_url)
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"cannot read the nested CV result of {run}: {exc}") from exc
+    if nested is None:
+        return None
+    acc = nested["accuracy"]
+    log(
+        f"nested CV result found: accuracy {acc['mean']:.4f} ± {acc['std']:.4f} over "
+        f"{len(nested.get('outer_folds', []))} outer folds"
+    )
+    return card_entry(nested)
+
+
 def _trials_table(refs: list[_TrialRef]) -> list[dict]:
     """Every candidate trial's objective and parameters, for the optimisation-history plot."""
     rows = []
@@ -578,6 +596,7 @@ def export_best(
             },
             "study": _masked(study) if study else _study_location(run),
             "trials": _trials_table(refs),
+            "nested": _nested_entry(run, endpoint_url, log),
         }
         return export_checkpoint(
             Path(tmp) / "checkpoint",
