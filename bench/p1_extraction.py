@@ -17,14 +17,14 @@ container format appears, and the weights in ``$LUSHPO_WEIGHTS`` (else ImageNet)
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench._record import machine, write_record
 
 __all__ = ["run"]
 
@@ -143,30 +143,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "model_load_s": round(load_s, 2),
         "includes": "extract: decode (2 threads, 4 clips ahead) + resize + preprocess_input + "
         "predict_on_batch + output assembly; predict: model.predict on pre-decoded frames",
-        "machine": _machine(),
+        "machine": machine(),
         "versions": library_versions(),
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp_out, args.out)
-    print(json.dumps(record, indent=2))
-    return record
-
-
-def _machine() -> dict[str, Any]:
-    import tensorflow as tf
-
-    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
-    return {
-        "node": platform.node(),
-        "cpus": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-        "platform": platform.platform(),
-        "gpus": gpus,
-        "load_average_1m": round(os.getloadavg()[0], 2),
-    }
+    return write_record(record, args.out)
 
 
 if __name__ == "__main__":

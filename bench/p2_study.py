@@ -17,13 +17,13 @@ and max_epochs are chosen to make the baseline run for minutes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench._record import machine, write_record
 
 __all__ = ["run"]
 
@@ -169,15 +169,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "baseline_accuracies": baseline_values,
         "includes": "lushpo: ray.init + Tuner.fit + checkpoints + Optuna sqlite + shutdown; "
         "baseline: store read + optuna in-memory ask/tell + cross_validate",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp_out, args.out)
-    print(json.dumps(record, indent=2))
-    return record
+    return write_record(record, args.out)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,37 @@
+"""What every benchmark records beside its number, and how its JSON lands (temp + rename)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["machine", "write_record"]
+
+
+def machine() -> dict[str, Any]:
+    """Where the number was measured; the load average says how shared the CPU was."""
+    import tensorflow as tf
+
+    return {
+        "node": platform.node(),
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "platform": platform.platform(),
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+def write_record(record: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Stamp `record`, write it to `out` atomically and print it."""
+    record = {**record, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, out)
+    print(json.dumps(record, indent=2))
+    return record
