@@ -185,6 +185,7 @@ CONSTRAINTS: dict[str, list[_Constraint]] = {
     "budget.patience": [_Interval(Integral, 1, None, "left")],
     "budget.time_budget_s": [_Interval(Real, 0, None, "neither"), _NONE],
     "budget.max_failures": [_Interval(Integral, 0, None, "left")],
+    "budget.checkpoint_every": [_Interval(Integral, 0, None, "left")],
     "scheduler.name": [_Options(SCHEDULERS)],
     "scheduler.grace_period": [_Interval(Integral, 1, None, "left")],
     "scheduler.reduction_factor": [_Interval(Real, 1, None, "neither")],
@@ -242,6 +243,7 @@ class BudgetConfig:
     patience: int = 10
     time_budget_s: float | None = None
     max_failures: int = 1  # retries of a failed trial from its last checkpoint
+    checkpoint_every: int = 5  # epochs between a trial's checkpoints (0: only the final one)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +34,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from hpo import space as hspace
 from hpo.config import StudyConfig
-from hpo.trainable import TrialSettings, train_cv
+from hpo.trainable import STATE_FILE, TRIAL_FILE, TrialSettings, train_cv
 from pipeline.manifest import LABELS, Clip, Manifest, Split, paper_split, stratified_split
 from pipeline.store import FeatureSetNotFoundError, open_store
 
@@ -39,6 +42,7 @@ __all__ = [
     "SAMPLERS",
     "AllTrialsFailedError",
     "StudyExistsError",
+    "StudyInterruptedError",
     "StudyResult",
     "TrialRecord",
     "make_sampler",
@@ -60,6 +64,14 @@ SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
 class StudyExistsError(RuntimeError):
     """A study of this name already exists at the storage path and neither --resume nor
     --overwrite was given."""
+
+
+class StudyInterruptedError(RuntimeError):
+    """Ctrl-C (SIGINT) stopped the study; Ray Tune saved its state, so --resume continues it."""
+
+    def __init__(self, name: str, run_path: str) -> None:
+        self.name, self.run_path = name, run_path
+        super().__init__(f"study {name!r} interrupted; its state is saved at {run_path}")
 
 
 class AllTrialsFailedError(RuntimeError):
@@ -226,10 +238,109 @@ def _search_space(cfg: StudyConfig) -> dict[str, optuna.distributions.BaseDistri
     )
 
 
+# --- the Optuna storage across resumes -------------------------------------------------------
+
+LOST_ATTR = "lushpo_lost"  # user attr of an Optuna trial marked FAIL because Tune lost it
+RETRY_ATTR = "lushpo_retry_of"  # user attr: number of the FAILed Optuna trial this one retries
+
+
+def fail_running_trials(study: optuna.Study, keep: set[int], reason: str) -> list[int]:
+    """Mark FAIL every RUNNING trial of `study` whose storage id is not in `keep`; return
+    their numbers. Such trials were asked by a driver that died: nothing will ever tell them."""
+    storage = study._storage
+    lost = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if trial._trial_id in keep:
+            continue
+        storage.set_trial_user_attr(trial._trial_id, LOST_ATTR, reason)
+        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        lost.append(trial.number)
+    return lost
+
+
+class StudySearch(OptunaSearch):
+    """OptunaSearch whose RDB storage stays true to Ray Tune across driver deaths and resumes.
+
+    Tune pickles the searcher with its experiment state, but the storage is written as trials
+    are asked and told, so after a SIGKILL the two disagree. Two fixes keep the dashboard honest:
+
+    - `restore`: Optuna trials RUNNING in the storage but unknown to the restored searcher were
+      asked after the last saved state; Tune will never run them, so they are marked FAIL with
+      the `lushpo_lost` user attr (Tune samples a fresh trial in their place).
+    - A trial that had errored (told FAIL) and that `Tuner.restore(resume_errored=True)` runs
+      again gets a new Optuna trial with the same params and `lushpo_retry_of`, because a
+      finished Optuna trial cannot change state. Results for a trial whose Optuna record is
+      already finished (it completed just before the driver died) are not reported twice.
+    """
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        known = {t._trial_id for t in self._ot_trials.values()}
+        fail_running_trials(
+            self._ot_study, known, "asked by a driver that died before Ray Tune saved it"
+        )
+
+    def _state(self, trial_id: str) -> optuna.trial.TrialState | None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None:
+            return None
+        return self._ot_study._storage.get_trial(ot_trial._trial_id).state
+
+    def _reopen_if_failed(self, trial_id: str) -> None:
+        if trial_id not in self._completed_trials:
+            return
+        if self._state(trial_id) != optuna.trial.TrialState.FAIL:
+            return
+        old = self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id)
+        self._ot_study.enqueue_trial(old.params, user_attrs={RETRY_ATTR: old.number})
+        self._ot_trials[trial_id] = self._ot_study.ask(fixed_distributions=old.distributions)
+        self._completed_trials.discard(trial_id)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._reopen_if_failed(trial_id)
+        if self._state(trial_id) == optuna.trial.TrialState.RUNNING:
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        self._reopen_if_failed(trial_id)
+        state = self._state(trial_id)
+        if state is not None and state.is_finished():
+            self._completed_trials.add(trial_id)  # told before the driver died
+            return
+        super().on_trial_complete(trial_id, result, error)
+
+
+class StudyLimiter(ConcurrencyLimiter):
+    """ConcurrencyLimiter that keeps telling the searcher about trials a resume runs again.
+
+    The plain limiter drops results of trials it no longer counts as live, and a trial that had
+    errored left that set when it failed: when `Tuner.restore(resume_errored=True)` runs it
+    again, its completion would never reach Optuna. Such a trial rejoins the live set on its
+    first result (the searcher still knows its id)."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        known = trial_id in getattr(self.searcher, "_ot_trials", {})
+        if self._limit_concurrency and known and trial_id not in self.live_trials:
+            self.live_trials.add(trial_id)
+            self.num_unfinished_live_trials += 1
+        super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        known = trial_id in getattr(self.searcher, "_ot_trials", {})
+        if self._limit_concurrency and known and trial_id not in self.live_trials:
+            self.searcher.on_trial_complete(trial_id, result=result, error=error)
+            return
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
 def _searcher(cfg: StudyConfig) -> ConcurrencyLimiter:
     space = _search_space(cfg)
     points = [hspace.paper_best(space)] if cfg.searcher.start_from_paper_best else None
-    search = OptunaSearch(
+    search = StudySearch(
         space=space,
         metric=OBJECTIVE,
         mode=MODE,
@@ -238,7 +349,7 @@ def _searcher(cfg: StudyConfig) -> ConcurrencyLimiter:
         study_name=cfg.name,
         storage=_optuna_storage(cfg.storage.optuna_storage),
     )
-    return ConcurrencyLimiter(search, max_concurrent=cfg.budget.max_concurrent)
+    return StudyLimiter(search, max_concurrent=cfg.budget.max_concurrent)
 
 
 def _scheduler(cfg: StudyConfig) -> ASHAScheduler | None:
@@ -273,6 +384,33 @@ def _trainable(cfg: StudyConfig, settings: TrialSettings) -> Any:
     return tune.with_resources(tune.with_parameters(train_on_node, settings=settings), resources)
 
 
+class CheckpointRepair(tune.Callback):
+    """Points a resumed trial at a checkpoint that exists before Ray restores it.
+
+    With ``num_to_keep=1`` Ray deletes a trial's previous checkpoint as soon as it registers
+    the next one, and uploads the experiment state afterwards (asynchronously on S3): a driver
+    killed in between leaves a state that names a deleted checkpoint, and every restore of that
+    trial fails ("does not exist on storage anymore"). `on_trial_start` runs before Ray's
+    restore, so the trial is moved to its newest complete checkpoint (one holding lockstep.json
+    or trial.json), or, without one, started afresh."""
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        latest = trial.latest_checkpoint_result
+        if latest is None:
+            return
+        fs, path = latest.checkpoint.filesystem, latest.checkpoint.path
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            return
+        trial_dir = path.rsplit("/", 1)[0]
+        infos = fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True))
+        for candidate in sorted((i.path for i in infos if "/checkpoint_" in i.path), reverse=True):
+            names = {f"{candidate}/{STATE_FILE}", f"{candidate}/{TRIAL_FILE}"}
+            if any(fs.get_file_info(n).type == pafs.FileType.File for n in names):
+                latest.checkpoint = tune.Checkpoint(path=candidate, filesystem=fs)
+                return
+        trial.run_metadata.checkpoint_manager._latest_checkpoint_result = None
+
+
 def _run_config(cfg: StudyConfig, callbacks: Sequence[tune.Callback]) -> tune.RunConfig:
     fs, path = storage_filesystem(cfg)
     return tune.RunConfig(
@@ -281,7 +419,7 @@ def _run_config(cfg: StudyConfig, callbacks: Sequence[tune.Callback]) -> tune.Ru
         storage_filesystem=fs,
         failure_config=tune.FailureConfig(max_failures=cfg.budget.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        callbacks=list(callbacks),
+        callbacks=[CheckpointRepair(), *callbacks],
         verbose=0,
     )
 
@@ -350,22 +488,25 @@ def run_study(
     overwrite: bool = False,
     callbacks: Sequence[tune.Callback] = (),
     log: Callable[[str], None] = print,
+    split: Split | None = None,
 ) -> StudyResult:
     """Run (or resume) the study `cfg` and return every trial's result.
+
+    `split` replaces the split computed from ``cfg.split`` (nested CV passes each outer fold's
+    inner split, so the search never sees the outer test clips).
 
     Raises:
         FeatureSetNotFoundError: a feature set is missing from the store (before Ray starts).
         StudyExistsError: the name is taken at the storage path and neither resume nor overwrite.
         AllTrialsFailedError: every trial failed.
+        StudyInterruptedError: the first Ctrl-C stopped the study after saving its state.
     """
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
     keys = resolve_feature_sets(cfg)
     fs, storage_path = storage_filesystem(cfg)
     run_path = f"{storage_path}/{cfg.name}"
-    restorable = tune.Tuner.can_restore(
-        cfg.run_path if fs is None else f"s3://{run_path}", storage_filesystem=fs
-    )
+    restorable = tune.Tuner.can_restore(run_path, storage_filesystem=fs)
     exists = restorable or _run_exists(fs, run_path)
     exists = exists or _optuna_has_study(cfg.storage.optuna_storage, cfg.name)
     if exists and not (resume or overwrite):
@@ -384,7 +525,8 @@ def run_study(
     started = _start_ray(cfg)
     try:
         node_id = ray.get_runtime_context().get_node_id()
-        split = compute_split(cfg, next(iter(keys.values())), node_id)
+        if split is None:
+            split = compute_split(cfg, next(iter(keys.values())), node_id)
         for warning in getattr(split, "warnings", ()):
             log(f"split: {warning}")
         settings = TrialSettings(
@@ -403,16 +545,17 @@ def run_study(
             class_weight=cfg.training.class_weight,
             gpu_memory_limit_mb=cfg.resources.gpu_memory_limit_mb,
             intra_op_threads=cfg.resources.intra_op_threads,
+            checkpoint_every=cfg.budget.checkpoint_every,
         )
         trainable = _trainable(cfg, settings)
         if restorable:
             tuner = tune.Tuner.restore(
-                cfg.run_path if fs is None else f"s3://{run_path}",
+                run_path,
                 trainable=trainable,
                 resume_errored=True,
                 storage_filesystem=fs,
             )
-            if _finished(cfg, fs, cfg.run_path if fs is None else run_path):
+            if _finished(cfg, fs, run_path):
                 grid = tuner.get_results()
                 log(f"study {cfg.name!r} has already finished; nothing to resume")
                 return StudyResult(
@@ -432,26 +575,81 @@ def run_study(
                 ),
                 run_config=_run_config(cfg, callbacks),
             )
-        if restorable and callbacks:
-            # Tuner.restore unpickles the old RunConfig; show progress through this run's
-            # callbacks (a fresh view), not the unpickled ones.
-            tuner._local_tuner._run_config.callbacks = list(callbacks)
+        if restorable:
+            # Tuner.restore unpickles the old RunConfig; use this run's callbacks (a fresh
+            # progress view), never the unpickled ones of the run that died.
+            tuner._local_tuner._run_config.callbacks = [CheckpointRepair(), *callbacks]
         start = time.monotonic()
-        grid = tuner.fit()
+        with _graceful_sigint(log) as interrupted:
+            grid = tuner.fit()
         log(f"study {cfg.name!r} ran for {time.monotonic() - start:.1f} s")
     finally:
         if started:
             ray.shutdown()
+    if interrupted():
+        raise StudyInterruptedError(cfg.name, cfg.run_path)
+    _fail_lost_optuna_trials(cfg, log)
     records = _records(grid)
     _check_not_all_failed(cfg, records)
     return StudyResult(cfg.name, cfg.run_path, cfg.storage.optuna_storage, records)
 
 
+def _fail_lost_optuna_trials(cfg: StudyConfig, log: Callable[[str], None]) -> None:
+    """Once every Tune trial has ended, no Optuna trial may stay RUNNING: any left was asked by
+    an earlier driver and lost with it (see `StudySearch`)."""
+    study = optuna.load_study(study_name=cfg.name, storage=cfg.storage.optuna_storage)
+    lost = fail_running_trials(study, set(), "still RUNNING when the study finished")
+    if lost:
+        log(f"Optuna trials {lost} of study {cfg.name!r} were lost by a killed driver: now FAIL")
+
+
+@contextlib.contextmanager
+def _graceful_sigint(log: Callable[[str], None]):
+    """The first Ctrl-C asks Ray Tune to stop and save its state; the second raises
+    KeyboardInterrupt at once. Yields a callable: did a first Ctrl-C arrive?
+
+    Ray Tune's own SIGINT handler would stop the run as well but leaves no trace the caller can
+    read, so it is switched off (TUNE_DISABLE_SIGINT_HANDLER) and this handler forwards the
+    first SIGINT as SIGUSR1, which Tune always handles by the same graceful stop. A SIGUSR1 that
+    arrives before Tune installs its handler raises KeyboardInterrupt (nothing ran yet)."""
+    hit = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield hit.is_set
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if hit.is_set():
+            raise KeyboardInterrupt
+        hit.set()
+        log("interrupted: stopping trials, saving the study state (Ctrl-C again: quit now)")
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    def before_tune(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGUSR1)
+    env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGUSR1, before_tune)
+    try:
+        yield hit.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGUSR1, previous[1])
+        if env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = env
+
+
 def _finished(cfg: StudyConfig, fs: pafs.FileSystem | None, path: str) -> bool:
-    """True when the run's saved state holds the whole budget of trials, all ended."""
+    """True when the run's saved state holds the whole budget of trials, all completed.
+    Errored trials do not count: a resume (``resume_errored=True``) retries them, e.g. once an
+    unreachable store is back."""
     from ray.tune import ExperimentAnalysis
 
     analysis = ExperimentAnalysis(path, storage_filesystem=fs)
     statuses = [t.status for t in analysis.trials]
-    ended = [s for s in statuses if s in ("TERMINATED", "ERROR")]
-    return len(ended) == len(statuses) and len(ended) >= cfg.budget.trials
+    done = [s for s in statuses if s == "TERMINATED"]
+    return len(done) == len(statuses) and len(done) >= cfg.budget.trials

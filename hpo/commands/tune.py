@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
+from collections.abc import Sequence
 
-__all__ = ["add_parser", "config_from_args"]
+__all__ = ["INTERRUPTED", "add_parser", "config_from_args", "resume_command"]
+
+INTERRUPTED = 130  # exit status after Ctrl-C, as shells report 128 + SIGINT
 
 _ENV_DEFAULTS = {
     "store": "LUSHPO_STORE",
@@ -38,6 +42,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     again = parser.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue the study of this name")
     again.add_argument("--overwrite", action="store_true", help="delete it and start again")
+    parser.add_argument(
+        "--nested",
+        action="store_true",
+        help="nested CV: one study per outer fold on its training clips only (honest estimate)",
+    )
+    parser.add_argument(
+        "--inner-folds", type=int, metavar="K", help="inner folds with --nested (default split.k)"
+    )
     parser.set_defaults(handler=_handle)
 
 
@@ -68,14 +80,91 @@ def _handle(args: argparse.Namespace) -> int:
         return 2
 
     from hpo.progress import StudyProgress, results_table
-    from hpo.study import AllTrialsFailedError, StudyExistsError, run_study
+    from hpo.study import (
+        AllTrialsFailedError,
+        StudyExistsError,
+        StudyInterruptedError,
+        run_study,
+    )
     from pipeline.store import StoreError
 
+    if getattr(args, "nested", False):
+        return _handle_nested(args, cfg)
+    if getattr(args, "inner_folds", None) is not None:
+        print("lushpo tune: --inner-folds needs --nested", file=sys.stderr)
+        return 2
     progress = StudyProgress(cfg.budget.trials, cfg.run_path, cfg.storage.optuna_storage)
     try:
         result = run_study(cfg, resume=args.resume, overwrite=args.overwrite, callbacks=[progress])
+    except (StudyInterruptedError, KeyboardInterrupt) as exc:
+        print(f"lushpo tune: {exc or 'interrupted'}", file=sys.stderr)
+        print(f"resume with: {resume_command(args)}", file=sys.stderr)
+        return INTERRUPTED
     except (StudyExistsError, AllTrialsFailedError, StoreError, ValueError, OSError) as exc:
         print(f"lushpo tune: {exc}", file=sys.stderr)
         return 1
     print(results_table(result))
+    failed = [t for t in result.trials if t.error]
+    if failed:
+        print(
+            f"{len(failed)} of {len(result.trials)} trials failed; after fixing the cause, "
+            f"retry them with: {resume_command(args)}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def resume_command(args: argparse.Namespace, argv: Sequence[str] | None = None) -> str:
+    """The exact command that resumes this study: the command line that started it (`argv`,
+    default sys.argv when it ran `lushpo tune`) without --overwrite and with --resume. When
+    called in-process with other argv, the line is rebuilt from the parsed `args`."""
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) > 1 and argv[1] == "tune":
+        rest = argv[2:]
+    else:
+        rest = []
+        for dest, value in vars(args).items():
+            flag = "--" + dest.replace("_", "-")
+            if dest in ("handler", "verb", "resume", "overwrite") or value in (None, False):
+                continue
+            rest += [flag] if value is True else [flag, str(value)]
+    rest = [a for a in rest if a not in ("--overwrite", "--resume")] + ["--resume"]
+    return shlex.join(["lushpo", "tune", *rest])
+
+
+def _handle_nested(args: argparse.Namespace, cfg) -> int:
+    """`--nested`: hpo.nested.run_nested with a fresh progress view per inner study."""
+    from hpo.nested import NestedLeakError, nested_table, run_nested
+    from hpo.progress import StudyProgress
+    from hpo.study import AllTrialsFailedError, StudyExistsError, StudyInterruptedError
+    from pipeline.store import StoreError
+
+    def progress(inner) -> list:
+        return [StudyProgress(inner.budget.trials, inner.run_path, inner.storage.optuna_storage)]
+
+    try:
+        record = run_nested(
+            cfg,
+            inner_k=args.inner_folds,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            callbacks=progress,
+        )
+    except (StudyInterruptedError, KeyboardInterrupt) as exc:
+        # Finished inner studies are kept; --resume skips them and continues the interrupted one.
+        print(f"lushpo tune: {exc or 'interrupted'}", file=sys.stderr)
+        print(f"resume with: {resume_command(args)}", file=sys.stderr)
+        return INTERRUPTED
+    except (
+        StudyExistsError,
+        AllTrialsFailedError,
+        NestedLeakError,
+        StoreError,
+        ValueError,
+        OSError,
+        RuntimeError,
+    ) as exc:
+        print(f"lushpo tune: {exc}", file=sys.stderr)
+        return 1
+    print(nested_table(record))
     return 0

@@ -1,0 +1,174 @@
+"""Issue 4: a study whose driver dies resumes to exactly its budget, keeping finished trials.
+
+`lushpo tune` runs as a real subprocess (tests.integration.driver) on its own local Ray instance.
+The test SIGKILLs it — and its whole process group, as when a head pod dies — at one of three
+points: while a trial trains, right after a trial finished, right after a trial's mid-run
+checkpoint landed in the run dir. Then `lushpo tune --resume` must end with exactly the budget
+of completed trials, the same results for trials finished before the kill, no finished config
+trained again, and an Optuna storage with no trial left RUNNING.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from ray.tune import ExperimentAnalysis
+
+from tests.integration.driver import Driver, write_config
+from tests.support.featuresets import put_synthetic
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TRIALS = 6
+EPOCHS = 2
+DONE = re.compile(r"trial (\S+) done: accuracy=([0-9.]+)")
+STARTED = re.compile(r"trial (\S+) started")
+
+TINY_SPACE = {
+    "lstm_units": [4, 8],
+    "dense_layers": 1,
+    "dense_units_1": [4, 8],
+    "batch_size": [8, 16],
+    "learning_rate": {"low": 1e-3, "high": 3e-2, "log": True},
+}
+
+
+def study_yaml(tmp_path: Path, store_uri: str, name: str, **extra) -> Path:
+    """A 6-trial study of 2 epochs on 2 folds, a checkpoint after every epoch."""
+    data = {
+        "name": name,
+        "store": store_uri,
+        "num_cpus": 2,
+        "feature_set": {"backbone": "synthetic", "frames": 3},
+        "split": {"kind": "stratified", "k": 2, "seed": 0},
+        "space": TINY_SPACE,
+        "budget": {
+            "trials": TRIALS,
+            "max_concurrent": 1,
+            "max_epochs": EPOCHS,
+            "patience": EPOCHS,
+            "checkpoint_every": 1,
+            "max_failures": 1,
+        },
+        "searcher": {"sampler": "tpe", "seed": 3},
+        "resources": {"cpu": 1, "intra_op_threads": 1},
+        "storage": {"storage_path": str(tmp_path / "runs")},
+        "cache_dir": str(tmp_path / "cache"),
+        **extra,
+    }
+    return write_config(tmp_path / f"{name}.yaml", data)
+
+
+def done_trials(lines: list[str]) -> dict[str, float]:
+    return {m[1]: float(m[2]) for line in lines if (m := DONE.search(line))}
+
+
+def epoch_results(trial_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+    return [r for r in rows if not r.get("final")]
+
+
+def check_resumed_study(run_dir: Path, optuna_url: str, name: str, before: dict[str, float]):
+    """Exactly TRIALS completed trials; the ones done before the kill unchanged and not
+    retrained; distinct configs; the Optuna storage agrees and has nothing RUNNING."""
+    analysis = ExperimentAnalysis(str(run_dir))
+    trials = analysis.trials
+    assert len(trials) == TRIALS, [t.trial_id for t in trials]
+    assert all(t.status == "TERMINATED" for t in trials), [(t.trial_id, t.status) for t in trials]
+    by_id = {t.trial_id: t for t in trials}
+    for trial_id, value in before.items():
+        assert by_id[trial_id].last_result["accuracy"] == pytest.approx(value, abs=5e-5)
+        # trained once: its result log holds EPOCHS epoch results, none replayed after resume
+        assert len(epoch_results(Path(by_id[trial_id].path))) == EPOCHS
+    configs = [tuple(sorted(t.config.items())) for t in trials]
+    assert len(set(configs)) == TRIALS, configs
+
+    study = optuna.load_study(study_name=name, storage=optuna_url)
+    states = [t.state for t in study.trials]
+    assert optuna.trial.TrialState.RUNNING not in states, states
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == TRIALS
+    assert sorted(t.params["learning_rate"] for t in complete) == pytest.approx(
+        sorted(t.config["learning_rate"] for t in trials)
+    )
+    assert sorted(t.value for t in complete) == pytest.approx(
+        sorted(t.last_result["accuracy"] for t in trials), abs=5e-5
+    )
+
+
+def _mid_run_checkpoint(run_dir: Path) -> bool:
+    return any(run_dir.glob("*/checkpoint_*/lockstep.json"))
+
+
+@pytest.mark.parametrize("point", ["during_trial", "between_trials", "after_checkpoint"])
+def test_driver_killed_then_resumed_runs_exactly_the_budget(tmp_path, point):
+    store_uri, _key, _ = put_synthetic(tmp_path / "store", clips=12, frames=3, dim=4)
+    config = study_yaml(tmp_path, store_uri, "killed")
+    run_dir = tmp_path / "runs" / "killed"
+
+    driver = Driver(["--config", str(config)])
+    try:
+        driver.wait_for(lambda lines: len(done_trials(lines)) >= 2, 300, "two trials done")
+        if point == "during_trial":
+            # the third trial started; kill once it has trained for a moment
+            driver.wait_for(
+                lambda lines: len({m[1] for x in lines if (m := STARTED.search(x))}) >= 3,
+                120,
+                "a third trial started",
+            )
+            time.sleep(1.5)  # loading its features / training its first epoch
+        elif point == "after_checkpoint":
+            driver.poll_until(lambda: _mid_run_checkpoint(run_dir), 120, "a mid-run checkpoint")
+        driver.kill()
+    finally:
+        driver.reap()
+    before = done_trials(driver.lines)
+    assert before, driver.output
+
+    resumed = Driver(["--config", str(config), "--resume"])
+    rc = resumed.wait(400)
+    assert rc == 0, resumed.output
+    assert "already finished" not in resumed.output
+    check_resumed_study(run_dir, f"sqlite:///{run_dir}/optuna.db", "killed", before)
+
+
+def test_first_ctrl_c_saves_state_prints_the_resume_command_and_exits_130(tmp_path):
+    store_uri, _key, _ = put_synthetic(tmp_path / "store", clips=12, frames=3, dim=4)
+    config = study_yaml(tmp_path, store_uri, "ctrl-c")
+    run_dir = tmp_path / "runs" / "ctrl-c"
+
+    driver = Driver(["--config", str(config), "--overwrite"])
+    try:
+        driver.wait_for(lambda lines: len(done_trials(lines)) >= 1, 300, "a trial done")
+        os.killpg(driver.proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+        rc = driver.wait(180)
+    finally:
+        driver.reap()
+    assert rc == 130, driver.output
+    assert f"resume with: lushpo tune --config {config} --resume" in driver.output
+    assert "interrupted" in driver.output
+
+    resumed = Driver(["--config", str(config), "--resume"])
+    assert resumed.wait(400) == 0, resumed.output
+    check_resumed_study(run_dir, f"sqlite:///{run_dir}/optuna.db", "ctrl-c", {})
+
+
+def test_resume_command_drops_overwrite_and_adds_resume():
+    from hpo.commands.tune import resume_command
+
+    argv = ["/x/lushpo", "tune", "--config", "a b.yaml", "--overwrite", "--trials", "6"]
+    assert resume_command(None, argv) == "lushpo tune --config 'a b.yaml' --trials 6 --resume"
+    args = argparse.Namespace(
+        config="s.yaml", trials=None, name="n", resume=False, overwrite=True, nested=True
+    )
+    assert (
+        resume_command(args, ["pytest"]) == "lushpo tune --config s.yaml --name n --nested --resume"
+    )
