@@ -49,6 +49,7 @@ from hpo.study import (
     resolve_feature_sets,
     run_study,
     storage_filesystem,
+    trial_settings,
 )
 from hpo.trainable import TrialSettings
 from pipeline.manifest import LABELS, Clip, Manifest, Split, stratified_split
@@ -373,26 +374,6 @@ def _start_ray(cfg: StudyConfig) -> bool:
     return True
 
 
-def _settings(cfg: StudyConfig, keys: Mapping[tuple[str, int], str], split: Split) -> TrialSettings:
-    return TrialSettings(
-        store_uri=cfg.store,
-        cache_dir=cfg.cache_dir,
-        feature_sets=(
-            next(iter(keys.values()))
-            if len(keys) == 1
-            else {f"{b}/{n}": k for (b, n), k in keys.items()}
-        ),
-        split=split,
-        max_epochs=cfg.budget.max_epochs,
-        patience=cfg.budget.patience,
-        validation_fraction=cfg.training.validation_fraction,
-        seed=cfg.training.seed,
-        class_weight=cfg.training.class_weight,
-        gpu_memory_limit_mb=cfg.resources.gpu_memory_limit_mb,
-        intra_op_threads=cfg.resources.intra_op_threads,
-    )
-
-
 def _outer_record(
     k: int,
     outer_test: Sequence[str],
@@ -495,7 +476,7 @@ def run_nested(
             best = _best(result)
             best_epochs = _inner_best_epochs(best)
             epochs = final_epochs(best_epochs)
-            settings = _settings(cfg, keys, inner)
+            settings = trial_settings(cfg, keys, inner)
             test = ray.get(
                 refit.remote(settings, dict(best.params), list(fold.train), list(fold.test), epochs)
             )

@@ -18,7 +18,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -367,6 +367,30 @@ def _scheduler(cfg: StudyConfig) -> ASHAScheduler | None:
     )
 
 
+def trial_settings(
+    cfg: StudyConfig, keys: Mapping[tuple[str, int], str], split: Split
+) -> TrialSettings:
+    """What every trial of this study shares: where its features are, the split, the budget."""
+    return TrialSettings(
+        store_uri=cfg.store,
+        cache_dir=cfg.cache_dir,
+        feature_sets=(
+            next(iter(keys.values()))
+            if len(keys) == 1
+            else {f"{b}/{n}": k for (b, n), k in keys.items()}
+        ),
+        split=split,
+        max_epochs=cfg.budget.max_epochs,
+        patience=cfg.budget.patience,
+        validation_fraction=cfg.training.validation_fraction,
+        seed=cfg.training.seed,
+        class_weight=cfg.training.class_weight,
+        gpu_memory_limit_mb=cfg.resources.gpu_memory_limit_mb,
+        intra_op_threads=cfg.resources.intra_op_threads,
+        checkpoint_every=cfg.budget.checkpoint_every,
+    )
+
+
 def train_on_node(config: dict[str, Any], settings: TrialSettings) -> None:
     """`train_cv` with this node's cache dir: "{node_id}" in `cache_dir` becomes the id of the
     node the trial runs on, so nodes that share a disk (or a test's loopback cluster) keep
@@ -529,24 +553,7 @@ def run_study(
             split = compute_split(cfg, next(iter(keys.values())), node_id)
         for warning in getattr(split, "warnings", ()):
             log(f"split: {warning}")
-        settings = TrialSettings(
-            store_uri=cfg.store,
-            cache_dir=cfg.cache_dir,
-            feature_sets=(
-                next(iter(keys.values()))
-                if len(keys) == 1
-                else {f"{b}/{n}": k for (b, n), k in keys.items()}
-            ),
-            split=split,
-            max_epochs=cfg.budget.max_epochs,
-            patience=cfg.budget.patience,
-            validation_fraction=cfg.training.validation_fraction,
-            seed=cfg.training.seed,
-            class_weight=cfg.training.class_weight,
-            gpu_memory_limit_mb=cfg.resources.gpu_memory_limit_mb,
-            intra_op_threads=cfg.resources.intra_op_threads,
-            checkpoint_every=cfg.budget.checkpoint_every,
-        )
+        settings = trial_settings(cfg, keys, split)
         trainable = _trainable(cfg, settings)
         if restorable:
             tuner = tune.Tuner.restore(
