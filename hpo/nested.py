@@ -48,6 +48,7 @@ from hpo.study import (
     compute_split,
     resolve_feature_sets,
     run_study,
+    start_ray,
     storage_filesystem,
     trial_settings,
 )
@@ -361,19 +362,6 @@ def card_entry(nested: Mapping[str, Any]) -> dict[str, Any]:
 # --- the nested run ----------------------------------------------------------------------------
 
 
-def _start_ray(cfg: StudyConfig) -> bool:
-    if ray.is_initialized():
-        return False
-    if cfg.address:
-        ray.init(address=cfg.address, log_to_driver=False)
-    else:
-        # address="local": a fresh instance, never another user's cluster found on the host.
-        ray.init(
-            address="local", num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=False
-        )
-    return True
-
-
 def _outer_record(
     k: int,
     outer_test: Sequence[str],
@@ -441,7 +429,7 @@ def run_nested(
     if overwrite:
         _remove(cfg)
     start = time.monotonic()
-    started = _start_ray(cfg)
+    started = start_ray(cfg)
     try:
         from pipeline.store import open_store
 

@@ -494,14 +494,18 @@ def _check_not_all_failed(cfg: StudyConfig, records: Sequence[TrialRecord]) -> N
 # --- the study -----------------------------------------------------------------------------------
 
 
-def _start_ray(cfg: StudyConfig) -> bool:
+def start_ray(cfg: StudyConfig) -> bool:
     """Join cfg.address, or start a local instance; True when this call started Ray."""
     if ray.is_initialized():
         return False
     if cfg.address:
         ray.init(address=cfg.address, log_to_driver=False)
     else:
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=False)
+        # address="local": a fresh instance, never a cluster that `ray start` left on the host
+        # (plain ray.init() would join it). Joining a cluster is what --address is for.
+        ray.init(
+            address="local", num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=False
+        )
     return True
 
 
@@ -546,7 +550,7 @@ def run_study(
     if resume and not restorable:
         log(f"nothing to resume at {cfg.run_path}; starting study {cfg.name!r}")
 
-    started = _start_ray(cfg)
+    started = start_ray(cfg)
     try:
         node_id = ray.get_runtime_context().get_node_id()
         if split is None:
