@@ -167,10 +167,18 @@ def test_worker_raylet_killed_mid_trial_is_retried_from_its_checkpoint(tmp_path,
         t for t in ExperimentAnalysis(cfg.run_path).trials if t.trial_id == killer.killed_trial
     ]
     assert trial.status == "TERMINATED" and trial.run_metadata.num_failures == 1
-    # retried to the end; usually from the epoch-1 checkpoint ([1, 2, 3]), but one run in three
-    # here restarted from scratch ([1, 1, 2, 3]) — see the report of issue 4
+    # Retried to the end. The node dies asynchronously, so the first attempt may report a few more
+    # epochs after the kill is requested; the retry then continues after the newest checkpoint
+    # that reached storage ([1, 2, 3, 3] or [1, 2, 3]), or, when none had, from scratch
+    # ([1, 1, 2, 3]; see docs/resume.md).
     epochs = [r["epoch"] for r in _rows(Path(trial.path)) if not r.get("final")]
-    assert epochs[-3:] == [1, 2, 3] or epochs[-2:] == [2, 3], epochs
+    restarts = [i for i in range(1, len(epochs)) if epochs[i] <= epochs[i - 1]]
+    assert len(restarts) <= 1, epochs
+    cut = restarts[0] if restarts else len(epochs)
+    before, after = epochs[:cut], epochs[cut:]
+    assert before == list(range(1, len(before) + 1)), epochs
+    assert after == list(range(after[0], 4)) if after else before[-1] == 3, epochs
+    assert epochs[-1] == 3, epochs
     assert trial.last_result["node_id"] != worker.node_id
 
 
