@@ -186,6 +186,7 @@ CONSTRAINTS: dict[str, list[_Constraint]] = {
     "budget.time_budget_s": [_Interval(Real, 0, None, "neither"), _NONE],
     "budget.max_failures": [_Interval(Integral, 0, None, "left")],
     "budget.checkpoint_every": [_Interval(Integral, 0, None, "left")],
+    "budget.checkpoint_interval_s": [_Interval(Real, 0, None, "left")],
     "scheduler.name": [_Options(SCHEDULERS)],
     "scheduler.grace_period": [_Interval(Integral, 1, None, "left")],
     "scheduler.reduction_factor": [_Interval(Real, 1, None, "neither")],
@@ -197,7 +198,6 @@ CONSTRAINTS: dict[str, list[_Constraint]] = {
     "resources.gpu_memory_limit_mb": [_Interval(Integral, 1, None, "left"), _NONE],
     "resources.intra_op_threads": [_Interval(Integral, 1, None, "left"), _NONE],
     "training.validation_fraction": [_Interval(Real, 0, 1, "neither")],
-    "training.class_weight": [_InstanceOf(bool, "true or false")],
     "training.seed": [_Interval(Integral, 0, None, "left")],
     "storage.storage_path": [_URI],
     "storage.optuna_storage": [
@@ -244,6 +244,7 @@ class BudgetConfig:
     time_budget_s: float | None = None
     max_failures: int = 1  # retries of a failed trial from its last checkpoint
     checkpoint_every: int = 5  # epochs between a trial's checkpoints (0: only the final one)
+    checkpoint_interval_s: float = 60.0  # and at least this many seconds between them
 
 
 @dataclass(frozen=True)
@@ -271,7 +272,6 @@ class ResourcesConfig:
 @dataclass(frozen=True)
 class TrainingConfig:
     validation_fraction: float = 0.2  # of each training fold, for early stopping
-    class_weight: bool = False
     seed: int = 0
 
 

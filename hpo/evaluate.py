@@ -190,6 +190,24 @@ def _study_plots(
     return plots
 
 
+def paper_config_baseline(card: dict, ours: dict) -> dict | None:
+    """The study's trial of the paper's own head and recipe (``searcher.start_from_paper_best``)
+    beside the exported best: both mean CV test accuracies on the same split and features."""
+    rows = [
+        t for t in card.get("trials", []) if t.get("paper_best") and t.get("accuracy") is not None
+    ]
+    if not rows:
+        return None
+    row = rows[0]
+    return {
+        "trial_id": row["trial_id"],
+        "accuracy": row["accuracy"],
+        "accuracy_std": row.get("accuracy_std"),
+        "cov_recall": row.get("cov_recall"),
+        "delta_accuracy": ours["accuracy"]["mean"] - row["accuracy"],
+    }
+
+
 def _nested_notes(card: dict) -> list[str]:
     """Warn when the nested result is not comparable with this export (another outer split)."""
     nested = card.get("nested")
@@ -322,6 +340,7 @@ def evaluate(
         "paper": paper,
         "deltas": _deltas(ours, paper),
         "headline": headline,
+        "paper_config": paper_config_baseline(card, ours),
         "zero_support_folds": zero,
         "support_aware": _support_aware(summary),
         "matches_model_card": matches,

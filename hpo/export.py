@@ -296,7 +296,10 @@ def _nested_entry(run: str, endpoint_url: str | None, log: Callable[[str], None]
 
 
 def _trials_table(refs: list[_TrialRef]) -> list[dict]:
-    """Every candidate trial's objective and parameters, for the optimisation-history plot."""
+    """Every candidate trial's objective, for the optimisation-history plot; ``paper_best``
+    marks the paper's own head and recipe (`hpo.space.PAPER_BEST`), the report's baseline."""
+    from hpo.space import is_paper_best
+
     rows = []
     for ref in refs:
         c = ref.candidate
@@ -307,6 +310,7 @@ def _trials_table(refs: list[_TrialRef]) -> list[dict]:
                 "accuracy": c.accuracy if math.isfinite(c.accuracy) else None,
                 "accuracy_std": c.accuracy_std if math.isfinite(c.accuracy_std) else None,
                 "cov_recall": c.cov_recall if math.isfinite(c.cov_recall) else None,
+                "paper_best": is_paper_best(ref.config),
             }
         )
     return rows
@@ -367,33 +371,6 @@ def _best_epochs(record: dict) -> list[int]:
     if listed and all(isinstance(e, int) for e in listed):  # the contract's plain list
         return [int(e) for e in listed]
     raise ExportError(f"trial.json records no best epoch per fold (folds' best_epoch: {epochs})")
-
-
-def _train_all(fs: Any, params: dict, training: dict, epochs: int, seed: int) -> Any:
-    """The head with the trial's hyperparameters, fit on every clip for `epochs` epochs."""
-    import keras
-
-    from hpo.model import build_model
-
-    keras.utils.set_random_seed(seed)
-    x = np.asarray(fs.features, dtype=np.float32)
-    y = np.asarray(fs.labels, dtype=np.int64)
-    model = build_model(x.shape[1], x.shape[2], params)
-    class_weight = None
-    if training.get("class_weight"):  # "balanced", as hpo.trainable weights each training split
-        counts = np.bincount(y, minlength=3)
-        present = np.flatnonzero(counts)
-        class_weight = {int(c): float(len(y) / (len(present) * counts[c])) for c in present}
-    model.fit(
-        x,
-        y,
-        epochs=epochs,
-        batch_size=int(params.get("batch_size", 32)),
-        class_weight=class_weight,
-        shuffle=True,
-        verbose=0,
-    )
-    return model
 
 
 @dataclass(frozen=True)
@@ -487,7 +464,9 @@ def export_checkpoint(
     epochs = final_epochs(best_epochs)
     n = int(fs.features.shape[0])
     log(f"retraining on all {n} clips for {epochs} epochs (median of {best_epochs})")
-    _save_h5(_train_all(fs, params, training, epochs, seed), out / "model.h5")
+    from hpo.trainable import fit_head
+
+    _save_h5(fit_head(fs.features, fs.labels, params, epochs=epochs, seed=seed), out / "model.h5")
 
     layout_root = out / "features"
     if layout_root.exists():

@@ -4,6 +4,11 @@ Barros et al. feed ``[frames, dim]`` backbone features to one LSTM, then one to 
 layers, then a 3-way softmax (cov, pne, reg). The model uses only built-in Keras layers, so a
 ``model.save("fold-0.h5")`` file loads with plain ``tf.keras.models.load_model(path)`` and no
 ``custom_objects`` — the same way the paper's notebook loads its published models.
+
+Optionally the head starts with a ``Normalization`` layer adapted to its training clips: backbone
+features are unscaled (Xception's pooled activations span orders of magnitude across dimensions),
+and standardising them per dimension lets a small head train on ~100 clips. Its mean and variance
+are layer weights, so the saved model standardises raw features by itself.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import keras
+import numpy as np
 
 from pipeline.manifest import LABELS
 
@@ -51,7 +57,12 @@ def _check(params: Mapping[str, Any]) -> int:
 
 
 def build_model(
-    frames: int, dim: int, params: Mapping[str, Any], *, sparse_labels: bool = True
+    frames: int,
+    dim: int,
+    params: Mapping[str, Any],
+    *,
+    sparse_labels: bool = True,
+    standardize_on: np.ndarray | None = None,
 ) -> keras.Model:
     """Build and compile the head: Input(frames, dim) → LSTM → dense blocks → Dense(3, softmax).
 
@@ -64,6 +75,9 @@ def build_model(
             Extra keys (``batch_size``, ``backbone``, ...) are ignored.
         sparse_labels: integer labels (sparse categorical cross-entropy) when true, one-hot
             labels (categorical cross-entropy, as in the paper's notebook) when false.
+        standardize_on: training features ``[clips, frames, dim]``; when given, the head starts
+            with a ``Normalization`` layer holding their per-dimension mean and variance. Pass
+            only the clips the model trains on, never test clips. None: raw features (paper).
 
     Returns:
         A compiled ``keras.Model`` (Adam, cross-entropy, accuracy).
@@ -75,12 +89,22 @@ def build_model(
         raise ValueError(f"build_model needs frames >= 1 and dim >= 1, got {frames=}, {dim=}")
     layers = _check(params)
     inputs = keras.Input(shape=(frames, dim), name="features")
+    x = inputs
+    if standardize_on is not None:
+        if standardize_on.ndim != 3 or standardize_on.shape[1:] != (frames, dim):
+            raise ValueError(
+                f"standardize_on must have shape [clips, {frames}, {dim}], "
+                f"got {standardize_on.shape}"
+            )
+        norm = keras.layers.Normalization(axis=-1, name="standardize")
+        norm.adapt(np.asarray(standardize_on, dtype=np.float32))
+        x = norm(x)
     x = keras.layers.LSTM(
         int(params["lstm_units"]),
         dropout=float(params["lstm_dropout"]),
         recurrent_dropout=float(params["recurrent_dropout"]),
         name="lstm",
-    )(inputs)
+    )(x)
     for i in range(1, layers + 1):
         x = keras.layers.Dense(
             int(params[f"dense_units_{i}"]), activation="relu", name=f"dense_{i}"

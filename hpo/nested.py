@@ -157,32 +157,18 @@ def refit_and_score(
     *,
     epochs: int,
     seed: int = 0,
-    class_weight: bool = False,
 ) -> dict[str, Any]:
     """Fit the head on (x_train, y_train) for exactly `epochs` epochs and score it once on the
     test clips; the same recipe as the exported ``model.h5`` (`hpo.export`). No Ray."""
-    import keras
-
     from hpo.export import predict_proba
-    from hpo.model import build_model
+    from hpo.trainable import fit_head
 
-    keras.utils.set_random_seed(seed)
-    x_train = np.asarray(x_train, dtype=np.float32)
-    y_train = np.asarray(y_train, dtype=np.int64)
-    model = build_model(x_train.shape[1], x_train.shape[2], dict(params))
-    weights = None
-    if class_weight:  # "balanced", as hpo.trainable weights each training split
-        counts = np.bincount(y_train, minlength=len(LABELS))
-        present = np.flatnonzero(counts)
-        weights = {int(c): float(len(y_train) / (len(present) * counts[c])) for c in present}
-    model.fit(
+    model = fit_head(
         x_train,
         y_train,
-        epochs=int(epochs),
-        batch_size=int(params.get("batch_size", 32)),
-        class_weight=weights,
-        shuffle=True,
-        verbose=0,
+        params,
+        epochs=epochs,
+        seed=seed,
     )
     proba = predict_proba(model, x_test)
     y_pred = proba.argmax(axis=1)
@@ -230,7 +216,6 @@ def _refit_remote(
         params,
         epochs=epochs,
         seed=settings.seed,
-        class_weight=settings.class_weight,
     )
     metrics["test_ids"] = list(test_ids)
     return metrics

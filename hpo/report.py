@@ -35,6 +35,8 @@ _CLASS_NAMES = {"cov": "COVID-19", "pne": "pneumonia", "reg": "healthy"}
 def _pm(stats: dict | None) -> str:
     if not stats or stats.get("mean") is None or not math.isfinite(stats["mean"]):
         return "–"
+    if stats.get("std") is None:
+        return f"{stats['mean']:.3f}"
     return f"{stats['mean']:.3f} ± {stats['std']:.3f}"
 
 
@@ -158,6 +160,32 @@ def _folds_section(report: dict) -> str:
     )
 
 
+def paper_config_section(report: dict) -> str:
+    """The study's trial of the paper's head and recipe vs the exported best, same split."""
+    base = report.get("paper_config")
+    if not base:
+        return (
+            "Not in this study: it did not train the paper's own head and recipe "
+            "(`searcher.start_from_paper_best: true` in the study config runs it first)."
+        )
+    ours = report["ours"]
+    rows = [
+        (
+            f"paper's head and recipe, trained here (trial {base['trial_id']})",
+            _pm({"mean": base["accuracy"], "std": base.get("accuracy_std")}),
+            _num(base.get("cov_recall")),
+            "",
+        ),
+        (
+            f"study best (trial {report['card']['trial_id']})",
+            _pm(ours["accuracy"]),
+            _num(ours["per_class"]["cov"]["recall"]["mean"]),
+            f"{base['delta_accuracy']:+.3f}",
+        ),
+    ]
+    return _table(["model", "accuracy", "cov recall", "Δ accuracy"], rows)
+
+
 def render_markdown(report: dict) -> str:
     """report.md: comparison, per-fold table, support-aware view, plots, nested section, notes."""
     card = report["card"]
@@ -178,6 +206,10 @@ def render_markdown(report: dict) -> str:
         "",
         "The paper's numbers are from its evaluation.csv, on all 185 clips of its split; ours use "
         "the clips present in this feature set, so the folds differ in size.",
+        "",
+        "## The paper's fixed config on this split",
+        "",
+        paper_config_section(report),
         "",
         "## Per fold",
         "",

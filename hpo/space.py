@@ -9,6 +9,11 @@ dimensions too, so one study covers what the paper ran as 68 separate studies.
 Overrides come from the study YAML (``space:``) and replace one dimension's choices or range:
 a list (categorical choices), a mapping ``{low, high[, log]}`` (a range; int-valued dimensions
 take ``step`` too), or a single value (the dimension is fixed).
+
+Two dimensions are the training recipe rather than the architecture, both off in the paper and
+fixed off by default: ``class_weight`` ("balanced" class weights in each training split) and
+``standardize`` (per-dimension feature standardisation fitted to each training split, see
+`hpo.model`). Searching them (``[false, true]``) keeps the paper's own recipe a point of the space.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-__all__ = ["PAPER_BEST", "InvalidSpaceError", "paper_best", "search_space"]
+__all__ = ["PAPER_BEST", "InvalidSpaceError", "is_paper_best", "paper_best", "search_space"]
 
 UNITS = (32, 64, 128, 256, 512, 1024)
 
@@ -48,6 +53,9 @@ PAPER_BEST: dict[str, Any] = {
     # Unused when dense_layers == 2; present so the point is complete in the flat space.
     "dense_units_3": 1024,
     "dense_dropout_3": 0.0,
+    # The notebook fits raw backbone features without class weights.
+    "class_weight": False,
+    "standardize": False,
 }
 """The paper's best Xception-LSTM head (20 frames) as a full point of the default space."""
 
@@ -70,7 +78,13 @@ def _defaults() -> dict[str, BaseDistribution]:
         space[f"dense_dropout_{i}"] = FloatDistribution(0.0, 0.6)
     space["learning_rate"] = FloatDistribution(1e-5, 1e-2, log=True)
     space["batch_size"] = CategoricalDistribution((8, 16, 32))
+    for flag in FLAGS:
+        space[flag] = CategoricalDistribution((False,))
     return space
+
+
+FLAGS = ("class_weight", "standardize")
+"""True/false dimensions: a single value or a list of them, never a range."""
 
 
 # What each dimension may hold: (kind, low, high, high_inclusive), checked on every override.
@@ -117,7 +131,19 @@ def _value(key: str, value: Any, where: str) -> int | float:
     return int(value) if kind is int else float(value)
 
 
+def _flag(key: str, spec: Any) -> CategoricalDistribution:
+    values = list(spec) if isinstance(spec, Sequence) and not isinstance(spec, str) else [spec]
+    if not values or any(not isinstance(v, bool) for v in values) or len(set(values)) < len(values):
+        raise InvalidSpaceError(
+            f"search space override 'space.{key}' must be true, false or a list of distinct "
+            f"true/false values; got {spec!r}"
+        )
+    return CategoricalDistribution(tuple(values))
+
+
 def _override(key: str, spec: Any) -> BaseDistribution:
+    if key in FLAGS:
+        return _flag(key, spec)
     where = f"'space.{key}'"
     kind = _BOUNDS[key][0]
     if isinstance(spec, Mapping):
@@ -185,7 +211,7 @@ def search_space(
     Returns:
         ``{name: distribution}`` with the fixed keys ``lstm_units, lstm_dropout,
         recurrent_dropout, dense_layers, dense_units_{1,2,3}, dense_dropout_{1,2,3},
-        learning_rate, batch_size`` (+ ``backbone``, ``frames``).
+        learning_rate, batch_size, class_weight, standardize`` (+ ``backbone``, ``frames``).
 
     Raises:
         InvalidSpaceError: (a ValueError) naming the key, the allowed forms and the bad value.
@@ -235,3 +261,10 @@ def paper_best(space: Mapping[str, BaseDistribution]) -> dict[str, Any]:
             "widen those dimensions or drop the paper's point from the study"
         )
     return point
+
+
+def is_paper_best(params: Mapping[str, Any]) -> bool:
+    """Whether a trial's params are the paper's head and recipe (`PAPER_BEST`, Xception-20)."""
+    point = {**PAPER_BEST, **PAPER_BEST_FEATURES}
+    shared = [k for k in params if k in point]
+    return set(PAPER_BEST) <= set(params) and all(params[k] == point[k] for k in shared)

@@ -384,10 +384,10 @@ def trial_settings(
         patience=cfg.budget.patience,
         validation_fraction=cfg.training.validation_fraction,
         seed=cfg.training.seed,
-        class_weight=cfg.training.class_weight,
         gpu_memory_limit_mb=cfg.resources.gpu_memory_limit_mb,
         intra_op_threads=cfg.resources.intra_op_threads,
         checkpoint_every=cfg.budget.checkpoint_every,
+        checkpoint_interval_s=cfg.budget.checkpoint_interval_s,
     )
 
 

@@ -11,7 +11,9 @@ result): per epoch it is the mean *inner-validation* accuracy over folds (``fina
 last result (``final`` True) holds the mean *test* accuracy — the study's objective — plus
 ``hpo.metrics.flatten`` of the summary and ``fold_{i}_accuracy``.
 
-Checkpoints. Every ``checkpoint_every`` epochs the lockstep state (``fold-{i}.keras`` with
+Checkpoints. Every ``checkpoint_every`` epochs, but no sooner than ``checkpoint_interval_s``
+after the trial's previous checkpoint (a save of five fold states costs about a second here, and
+Ray copies it to storage; short trials then write none), the lockstep state (``fold-{i}.keras`` with
 optimizer state, ``fold-{i}-best.npz`` best weights, ``lockstep.json`` with the epoch and the
 early-stopping state) goes with the report, so a retried trial resumes from
 ``tune.get_checkpoint()``. The final checkpoint holds ``fold-{i}.h5`` (plain
@@ -27,6 +29,7 @@ import logging
 import math
 import os
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,8 +47,10 @@ __all__ = [
     "CVResult",
     "LockstepCV",
     "TrialSettings",
+    "balanced_class_weights",
     "configure_tensorflow",
     "cross_validate",
+    "fit_head",
     "train_cv",
     "write_trial",
 ]
@@ -72,11 +77,11 @@ class TrialSettings:
     patience: int = 10
     validation_fraction: float = 0.2
     seed: int = 0
-    class_weight: bool = False  # "balanced" weights from each inner training split when true
     gpu_memory_limit_mb: int | None = None  # logical GPU memory cap (fractional GPUs)
     intra_op_threads: int | None = None  # None: TensorFlow's default (all cores)
     inter_op_threads: int | None = None
     checkpoint_every: int = 5  # epochs between lockstep checkpoints; 0 = final checkpoint only
+    checkpoint_interval_s: float = 60.0  # and at least this long after the trial's previous one
 
     def __post_init__(self) -> None:
         checks = {
@@ -84,6 +89,7 @@ class TrialSettings:
             "patience": self.patience >= 1,
             "validation_fraction": 0.0 < self.validation_fraction < 1.0,
             "checkpoint_every": self.checkpoint_every >= 0,
+            "checkpoint_interval_s": self.checkpoint_interval_s >= 0,
             "gpu_memory_limit_mb": self.gpu_memory_limit_mb is None or self.gpu_memory_limit_mb > 0,
             "intra_op_threads": self.intra_op_threads is None or self.intra_op_threads >= 1,
             "inter_op_threads": self.inter_op_threads is None or self.inter_op_threads >= 1,
@@ -250,10 +256,39 @@ def _loss_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray) -> tuple[fl
     return float(-np.mean(np.log(picked))), float(np.mean(proba.argmax(axis=1) == y))
 
 
-def _class_weights(y: np.ndarray) -> dict[int, float]:
+def balanced_class_weights(y: np.ndarray) -> dict[int, float]:
+    """scikit-learn's "balanced" weights, n / (classes present × count), for the labels `y`."""
     counts = np.bincount(y, minlength=len(LABELS))
     present = np.flatnonzero(counts)
     return {int(c): float(len(y) / (len(present) * counts[c])) for c in present}
+
+
+def fit_head(
+    x: np.ndarray,
+    y: np.ndarray,
+    params: Mapping[str, Any],
+    *,
+    epochs: int,
+    seed: int = 0,
+) -> keras.Model:
+    """The head built and fit on ``(x, y)`` for exactly `epochs` epochs, no validation split:
+    the recipe of the exported all-clips ``model.h5`` and of nested CV's outer refits.
+    ``params["class_weight"]`` and ``params["standardize"]`` apply as in `LockstepCV`."""
+    keras.utils.set_random_seed(seed)
+    x = np.asarray(x, dtype=np.float32)
+    y = np.asarray(y, dtype=np.int64)
+    norm = x if params.get("standardize") else None
+    model = build_model(x.shape[1], x.shape[2], params, standardize_on=norm)
+    model.fit(
+        x,
+        y,
+        epochs=int(epochs),
+        batch_size=int(params.get("batch_size", 32)),
+        class_weight=balanced_class_weights(y) if params.get("class_weight") else None,
+        shuffle=True,
+        verbose=0,
+    )
+    return model
 
 
 class LockstepCV:
@@ -272,12 +307,10 @@ class LockstepCV:
         max_epochs: int,
         patience: int,
         seed: int = 0,
-        class_weight: bool = False,
     ) -> None:
         self.folds = list(folds)
         self.params = dict(params)
         self.max_epochs, self.patience, self.seed = max_epochs, patience, seed
-        self.class_weight = class_weight
         self.epoch = 0  # epochs completed
         self.records: list[dict[str, Any]] = []  # one per lockstep epoch, from `step`
         self.states = [FoldState() for _ in self.folds]
@@ -286,7 +319,9 @@ class LockstepCV:
         self.models: list[keras.Model] = []
         for k in range(len(self.folds)):
             keras.utils.set_random_seed(_seed(self.seed, k))
-            self.models.append(build_model(frames, dim, self.params))
+            # Standardised on the fold's inner training clips only: never validation or test.
+            norm = self.folds[k].x_train if self.params.get("standardize") else None
+            self.models.append(build_model(frames, dim, self.params, standardize_on=norm))
 
     @property
     def done(self) -> bool:
@@ -331,7 +366,7 @@ class LockstepCV:
         for i, variable in enumerate(_seed_states(model)):
             variable.assign(np.asarray([_seed(self.seed, k, epoch, i), 0], variable.dtype))
         batch = int(self.params.get("batch_size", 32))
-        weights = _class_weights(data.y_train) if self.class_weight else None
+        weights = balanced_class_weights(data.y_train) if self.params.get("class_weight") else None
         order = np.random.default_rng(_seed(self.seed, k, epoch, 2**20)).permutation(
             len(data.y_train)
         )
@@ -459,7 +494,6 @@ def cross_validate(
     patience: int = 10,
     validation_fraction: float = 0.2,
     seed: int = 0,
-    class_weight: bool = False,
     resume_from: Path | None = None,
     on_epoch: Callable[[LockstepCV, dict[str, Any]], None] | None = None,
 ) -> CVResult:
@@ -470,7 +504,10 @@ def cross_validate(
         labels: int label per clip (0 cov, 1 pne, 2 reg).
         clip_ids: id per clip, matched against ``split``'s fold ids.
         split: train/test clip ids per fold.
-        params: a search-space point (``hpo.space``); ``batch_size`` defaults to 32.
+        params: a search-space point (``hpo.space``); ``batch_size`` defaults to 32;
+            ``class_weight`` true weighs each fold's inner training labels "balanced";
+            ``standardize`` true starts each fold's head with a ``Normalization`` layer adapted
+            to that fold's inner training clips (`hpo.model.build_model`).
         resume_from: a directory written by ``LockstepCV.save``; training continues after
             its epoch, and its epoch records are kept.
         on_epoch: called after each lockstep epoch with the trainer and the epoch record.
@@ -487,7 +524,6 @@ def cross_validate(
         max_epochs=max_epochs,
         patience=patience,
         seed=seed,
-        class_weight=class_weight,
     )
     if resume_from is not None:
         cv.restore(resume_from)
@@ -568,7 +604,6 @@ def training_record(settings: TrialSettings) -> dict[str, Any]:
         "max_epochs": settings.max_epochs,
         "patience": settings.patience,
         "validation_fraction": settings.validation_fraction,
-        "class_weight": settings.class_weight,
         "store_uri": settings.store_uri,
     }
 
@@ -610,13 +645,18 @@ def train_cv(config: dict[str, Any], settings: TrialSettings) -> None:
                 )
         fs = open_store(settings.store_uri, settings.cache_dir).get(key)
 
+        last_checkpoint = [time.monotonic()]
+
         def on_epoch(cv: LockstepCV, record: dict[str, Any]) -> None:
             result = _epoch_result(record)
             every = settings.checkpoint_every
-            if every and cv.epoch % every == 0 and not cv.done:
+            waited = time.monotonic() - last_checkpoint[0]
+            due = every and cv.epoch % every == 0 and not cv.done
+            if due and waited >= settings.checkpoint_interval_s:
                 state_dir = Path(tempfile.mkdtemp(prefix="state-", dir=tmp))
                 cv.save(state_dir, extra)
                 _report(result, state_dir)
+                last_checkpoint[0] = time.monotonic()
             else:
                 _report(result)
 
@@ -630,7 +670,6 @@ def train_cv(config: dict[str, Any], settings: TrialSettings) -> None:
             patience=settings.patience,
             validation_fraction=settings.validation_fraction,
             seed=settings.seed,
-            class_weight=settings.class_weight,
             resume_from=resume,
             on_epoch=on_epoch,
         )

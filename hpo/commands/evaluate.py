@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from hpo.evaluate import REPORT_MD, evaluate
-from hpo.report import comparison_table
+from hpo.report import comparison_table, paper_config_section
 
 __all__ = ["add_parser"]
 
@@ -71,6 +71,8 @@ def _run(args: argparse.Namespace) -> int:
         print((args.directory / "report.json").read_text())
         return 0
     print(comparison_table(report))
+    print()
+    print(paper_config_section(report))
     for note in report["notes"]:
         print(f"- {note}")
     print(f"report: {args.directory / REPORT_MD} (and report.json, plots) in {args.directory}")

@@ -142,3 +142,24 @@ def test_a_missing_sqlite_study_is_noted_not_created(exported, tmp_path):
     assert not missing.exists()
     assert any("not on this machine" in n for n in report["notes"])
     assert "parameter importances" not in report["plots"]
+
+
+def test_paper_config_trial_is_the_baseline_of_the_report(exported):
+    from hpo.evaluate import paper_config_baseline
+    from hpo.report import paper_config_section
+
+    _, card, _ = exported
+    ours = {"accuracy": {"mean": 0.7, "std": 0.1}, "per_class": {"cov": {"recall": {"mean": 0.5}}}}
+    trials = [
+        {"trial_id": "a", "accuracy": 0.7, "accuracy_std": 0.1, "cov_recall": 0.5},
+        {"trial_id": "p", "accuracy": 0.55, "accuracy_std": 0.05, "cov_recall": 0.3},
+    ]
+    assert paper_config_baseline({**card, "trials": trials}, ours) is None
+    report = {"ours": ours, "card": {"trial_id": "a"}, "paper_config": None}
+    assert paper_config_section(report).startswith("Not in this study")
+
+    trials[1]["paper_best"] = True
+    base = paper_config_baseline({**card, "trials": trials}, ours)
+    assert base["trial_id"] == "p" and base["delta_accuracy"] == pytest.approx(0.15)
+    table = paper_config_section({**report, "paper_config": base})
+    assert "trial p" in table and "0.550 ± 0.050" in table and "+0.150" in table

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
@@ -60,7 +61,9 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     uri, key, fs = put_synthetic(root / "store", clips=24, frames=4, dim=8, backbone="xception")
     split = synthetic_split(fs, k=3)
-    checkpoint, _ = make_checkpoint(root / "checkpoint", uri, key, split)
+    # Standardised heads: the fresh-process check below covers the Normalization layer too.
+    params = {**TINY_PARAMS, "standardize": True}
+    checkpoint, _ = make_checkpoint(root / "checkpoint", uri, key, split, params=params)
     out = root / "model"
     result = export_checkpoint(
         checkpoint, out, store=uri, provenance={"run": "local-test", "trial_id": "t0"}
@@ -71,7 +74,7 @@ def exported(tmp_path_factory):
 def test_card_records_what_the_issue_asks(exported):
     out, card, fs, split, checkpoint, _ = exported
     assert read_card(out) == json.loads((out / CARD).read_text())
-    assert card["params"] == TINY_PARAMS
+    assert card["params"] == {**TINY_PARAMS, "standardize": True}
     assert card["backbone"] == "xception" and card["frames"] == 4 and card["sampling"] == "even"
     assert card["weights_sha256"] == fs.spec.weights_sha256
     assert card["feature_set"] == fs.spec.key()
@@ -85,6 +88,9 @@ def test_card_records_what_the_issue_asks(exported):
     best = [f["best_epoch"] for f in trial["folds"]]
     assert card["fold_best_epochs"] == best
     assert card["final_model"]["epochs"] == final_epochs(best)
+    # The all-clips model standardises with the statistics of every clip.
+    norm = keras.models.load_model(out / "model.h5").get_layer("standardize")
+    np.testing.assert_allclose(np.ravel(norm.mean), fs.features.reshape(-1, 8).mean(0), rtol=1e-4)
     # The copied fold files reproduce the trial's own test-fold metrics.
     assert card["trial_metrics_reproduced"] is True
     for ours, theirs in zip(card["folds"], trial["folds"], strict=True):

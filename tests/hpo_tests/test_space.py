@@ -7,7 +7,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from hpo.model import build_model
-from hpo.space import PAPER_BEST, InvalidSpaceError, paper_best, search_space
+from hpo.space import PAPER_BEST, InvalidSpaceError, is_paper_best, paper_best, search_space
 
 KEYS = {
     "lstm_units",
@@ -22,6 +22,8 @@ KEYS = {
     "dense_dropout_3",
     "learning_rate",
     "batch_size",
+    "class_weight",
+    "standardize",
 }
 
 
@@ -36,6 +38,21 @@ def test_default_space_is_the_issue_superset():
         assert space[key] == FloatDistribution(0.0, 0.6)
     assert space["learning_rate"] == FloatDistribution(1e-5, 1e-2, log=True)
     assert space["batch_size"] == CategoricalDistribution((8, 16, 32))
+    # The paper's recipe (raw features, no class weights) unless a study searches them.
+    assert space["class_weight"] == space["standardize"] == CategoricalDistribution((False,))
+
+
+def test_recipe_flags_take_true_false_or_both():
+    space = search_space({"class_weight": True, "standardize": [False, True]})
+    assert space["class_weight"] == CategoricalDistribution((True,))
+    assert space["standardize"] == CategoricalDistribution((False, True))
+    with pytest.raises(InvalidSpaceError, match=r"\['class_weight=False'\]"):
+        paper_best(space)
+    both = search_space({"class_weight": [True, False], "standardize": [True, False]})
+    assert paper_best(both)["class_weight"] is paper_best(both)["standardize"] is False
+    for bad in (1, "yes", [], [True, True], {"low": False, "high": True}):
+        with pytest.raises(InvalidSpaceError, match=r"'space.standardize' must be true, false"):
+            search_space({"standardize": bad})
 
 
 def test_paper_best_is_a_full_point_of_the_default_space():
@@ -141,3 +158,11 @@ def test_optuna_search_starts_from_the_paper_point_then_samples_buildable_points
         model = build_model(2, 3, point)  # every sampled point is a valid head
         assert model.output_shape == (None, 3)
         searcher.on_trial_complete(f"trial-{i}", {"accuracy": 0.5})
+
+
+def test_is_paper_best_recognises_the_paper_point_only():
+    assert is_paper_best(PAPER_BEST)
+    assert is_paper_best({**PAPER_BEST, "backbone": "xception", "frames": 20})
+    assert not is_paper_best({**PAPER_BEST, "frames": 5})
+    assert not is_paper_best({**PAPER_BEST, "standardize": True})
+    assert not is_paper_best({k: v for k, v in PAPER_BEST.items() if k != "class_weight"})

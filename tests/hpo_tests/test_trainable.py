@@ -211,10 +211,26 @@ def test_early_stopping_per_fold_restores_the_best_epoch(split):
     assert all(f["best_epoch"] <= f["epochs_trained"] for f in result.folds)
 
 
+def test_standardize_fits_each_fold_to_its_inner_training_clips_only(fs, split):
+    # Unscaled features, as backbones give them: dimensions differ by orders of magnitude.
+    scaled = replace(fs, features=fs.features * np.logspace(-2, 3, 16, dtype=np.float32) + 7)
+    data = fold_data(scaled.features, scaled.labels, scaled.clip_ids, split)
+    cv = LockstepCV(data, {**TINY, "standardize": True}, max_epochs=1, patience=1, seed=1)
+    for fold, model in zip(data, cv.models, strict=True):
+        norm = model.get_layer("standardize")
+        flat = fold.x_train.reshape(-1, 16)
+        np.testing.assert_allclose(np.ravel(norm.mean), flat.mean(axis=0), rtol=1e-4)
+        np.testing.assert_allclose(np.ravel(norm.variance), flat.var(axis=0), rtol=1e-3)
+        everything = np.concatenate([fold.x_train, fold.x_val, fold.x_test]).reshape(-1, 16)
+        assert not np.allclose(np.ravel(norm.mean), everything.mean(axis=0), rtol=1e-4)
+    plain = LockstepCV(data, TINY, max_epochs=1, patience=1, seed=1)
+    assert "standardize" not in [layer.name for layer in plain.models[0].layers]
+
+
 def test_class_weights_balance_the_inner_training_labels():
-    weights = trainable._class_weights(np.array([0, 0, 0, 1, 2, 2]))
+    weights = trainable.balanced_class_weights(np.array([0, 0, 0, 1, 2, 2]))
     assert weights == pytest.approx({0: 6 / 9, 1: 2.0, 2: 1.0})
-    assert trainable._class_weights(np.array([1, 1, 2])) == pytest.approx({1: 0.75, 2: 1.5})
+    assert trainable.balanced_class_weights(np.array([1, 1, 2])) == pytest.approx({1: 0.75, 2: 1.5})
 
 
 # --- train_cv without a Ray cluster: the report adapter captured ------------------------------
@@ -252,7 +268,16 @@ def trial(tmp_path_factory):
     root = tmp_path_factory.mktemp("trial")
     uri, key, feature_set = put_synthetic(root / "store", clips=30, frames=5, dim=16)
     split = synthetic_split(feature_set, k=2)
-    settings = TrialSettings(uri, key, split, max_epochs=4, patience=10, seed=1, checkpoint_every=2)
+    settings = TrialSettings(
+        uri,
+        key,
+        split,
+        max_epochs=4,
+        patience=10,
+        seed=1,
+        checkpoint_every=2,
+        checkpoint_interval_s=0,
+    )
     return settings, _run(settings, Reports(root / "reported"))
 
 

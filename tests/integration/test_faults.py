@@ -50,6 +50,7 @@ def _study(tmp_path: Path, store: str, name: str, **sections) -> dict:
             "max_epochs": 2,
             "patience": 2,
             "checkpoint_every": 1,
+            "checkpoint_interval_s": 0,
             "max_failures": 1,
         },
         "searcher": {"sampler": "random", "seed": 5},

@@ -56,6 +56,7 @@ def study_yaml(tmp_path: Path, store_uri: str, name: str, **extra) -> Path:
             "max_epochs": EPOCHS,
             "patience": EPOCHS,
             "checkpoint_every": 1,
+            "checkpoint_interval_s": 0,
             "max_failures": 1,
         },
         "searcher": {"sampler": "tpe", "seed": 3},

@@ -49,5 +49,13 @@ def make_checkpoint(
         patience=max_epochs,
         seed=seed,
     )
-    write_trial(directory, result, params=params or TINY_PARAMS, feature_set=key, split=split)
+    training = {"seed": seed, "max_epochs": max_epochs}
+    write_trial(
+        directory,
+        result,
+        params=params or TINY_PARAMS,
+        feature_set=key,
+        split=split,
+        training=training,
+    )
     return directory, fs
