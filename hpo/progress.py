@@ -86,6 +86,11 @@ class StudyProgress(Callback):
         value = result.get(OBJECTIVE)
         if value is None:
             self.write(f"trial {trial.trial_id} ended without {OBJECTIVE}")
+        elif result.get("final") is False:  # ASHA or the time budget stopped it mid-training
+            self.write(
+                f"trial {trial.trial_id} stopped at epoch {result.get('epoch')} "
+                f"(validation {OBJECTIVE}={value:.4f}; no test score)"
+            )
         else:
             self.done[trial.trial_id] = float(value)
             std = result.get(f"{OBJECTIVE}_std")
@@ -118,6 +123,8 @@ def results_table(result: StudyResult) -> str:
         folds = " ".join(f"{f.get('accuracy', float('nan')):.3f}" for f in t.folds)
         if t.error:
             mean_s, std_s, folds = "-", "-", t.error.strip().splitlines()[-1][:60]
+        elif t.value is None:
+            mean_s, std_s, folds = "-", "-", f"stopped at epoch {t.metrics.get('epoch')}"
         else:
             mean_s = f"{mean:.4f}" if isinstance(mean, float) else "-"
             std_s = f"{std:.4f}" if isinstance(std, float) else "-"

@@ -81,7 +81,7 @@ class AllTrialsFailedError(RuntimeError):
 @dataclass(frozen=True)
 class TrialRecord:
     trial_id: str
-    status: str  # TERMINATED | ERROR
+    status: str  # TERMINATED | STOPPED (before its test scores: ASHA, time budget) | ERROR
     params: dict[str, Any]
     metrics: dict[str, Any]  # the trial's last result
     folds: list[dict[str, Any]] = field(default_factory=list)  # per-fold metrics (trial.json)
@@ -90,8 +90,11 @@ class TrialRecord:
 
     @property
     def value(self) -> float | None:
+        """Mean CV test accuracy; None for a failed trial or one stopped before its final
+        result (its last ``accuracy`` is the inner validation's, not comparable)."""
         v = self.metrics.get(OBJECTIVE)
-        return None if self.error or v is None else float(v)
+        stopped = self.metrics.get("final") is False
+        return None if self.error or stopped or v is None else float(v)
 
 
 @dataclass(frozen=True)
@@ -470,7 +473,13 @@ def _records(grid: Any) -> tuple[TrialRecord, ...]:
         records.append(
             TrialRecord(
                 trial_id=str(metrics.get("trial_id") or Path(str(result.path)).name),
-                status="ERROR" if result.error else "TERMINATED",
+                status=(
+                    "ERROR"
+                    if result.error
+                    else "STOPPED"
+                    if metrics.get("final") is False
+                    else "TERMINATED"
+                ),
                 params=dict(result.config or {}),
                 metrics=metrics,
                 folds=list(trial.get("folds", [])),

@@ -146,3 +146,16 @@ def test_all_trials_failing_ends_with_a_clear_error(tmp_path, local_ray):
     message = str(info.value)
     assert "all 2 trials of study 'doomed' failed" in message
     assert "FeatureSetNotFoundError" in message and cfg.run_path in message
+
+
+def test_a_trial_stopped_before_its_test_scores_is_never_the_best():
+    from hpo.study import StudyResult, TrialRecord
+
+    final = TrialRecord("done", "TERMINATED", {}, {"accuracy": 0.7, "final": True})
+    # The time budget (or ASHA) stopped this one: its last accuracy is inner validation's.
+    stopped = TrialRecord("cut", "STOPPED", {}, {"accuracy": 0.9, "final": False, "epoch": 7})
+    result = StudyResult("s", "/runs/s", "sqlite:///x.db", (final, stopped))
+    assert stopped.value is None and result.best is final
+    table = results_table(result)
+    assert "best: done accuracy=0.7000" in table
+    assert "stopped at epoch 7" in table
