@@ -149,8 +149,9 @@ def _delete_run(fs: pafs.FileSystem | None, run_path: str, cfg: StudyConfig) -> 
         shutil.rmtree(run_path, ignore_errors=True)
     else:
         fs.delete_dir_contents(run_path, missing_dir_ok=True)
-    # KeyError: no such study in the Optuna storage (the sqlite file went with the run dir).
-    with contextlib.suppress(KeyError):
+    # The default sqlite file lives in the run dir and went with it; opening its URL now would
+    # fail (no directory), so only a storage that still holds the study is asked to delete it.
+    if _optuna_has_study(cfg.storage.optuna_storage, cfg.name):
         optuna.delete_study(study_name=cfg.name, storage=cfg.storage.optuna_storage)
 
 

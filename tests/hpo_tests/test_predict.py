@@ -18,7 +18,7 @@ from pipeline.manifest import LABELS, Clip, Manifest
 from pipeline.store import open_store
 from tests.support.clips import write_clip
 from tests.support.featuresets import synthetic_split
-from tests.support.trial_checkpoint import make_checkpoint
+from tests.support.trial_checkpoint import TINY_PARAMS, make_checkpoint
 
 FRAMES = 3
 
@@ -35,8 +35,10 @@ def model_dir(tmp_path_factory):
     fs = extract(Manifest(clips=tuple(clips)), "mobilenetv2", "none", FRAMES, progress=False)
     uri = (root / "store").resolve().as_uri()
     key = open_store(uri).put(fs)
+    # A standardised head: predict must feed raw backbone features to the Normalization layer.
+    params = {**TINY_PARAMS, "standardize": True}
     checkpoint, _ = make_checkpoint(
-        root / "checkpoint", uri, key, synthetic_split(fs, k=3), max_epochs=2
+        root / "checkpoint", uri, key, synthetic_split(fs, k=3), params=params, max_epochs=2
     )
     out = root / "model"
     export_checkpoint(checkpoint, out, store=uri, provenance={"run": "r", "trial_id": "t"})

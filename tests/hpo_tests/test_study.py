@@ -126,6 +126,10 @@ def test_same_seed_same_sequence_and_metrics_and_optuna_storage(tmp_path, store,
     again = run_study(cfg_a, resume=True, log=lines.append)
     assert again.already_finished and len(again.trials) == 3
     assert any("already finished" in line for line in lines)
+    # --overwrite deletes the run dir, the sqlite file inside it, and starts the study afresh
+    one = _cfg(tmp_path / "run0", uri, name="det", budget={"trials": 1})
+    fresh = run_study(one, overwrite=True)
+    assert len(fresh.trials) == 1 and len(_history(cfg_a)) == 1
 
 
 class _DeleteStore(Callback):
