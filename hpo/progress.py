@@ -124,7 +124,9 @@ def results_table(result: StudyResult) -> str:
         if t.error:
             mean_s, std_s, folds = "-", "-", t.error.strip().splitlines()[-1][:60]
         elif t.value is None:
-            mean_s, std_s, folds = "-", "-", f"stopped at epoch {t.metrics.get('epoch')}"
+            epoch = t.metrics.get("epoch")
+            mean_s, std_s = "-", "-"
+            folds = f"stopped at epoch {epoch}" if epoch else "stopped before its first epoch"
         else:
             mean_s = f"{mean:.4f}" if isinstance(mean, float) else "-"
             std_s = f"{std:.4f}" if isinstance(std, float) else "-"

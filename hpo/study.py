@@ -93,8 +93,8 @@ class TrialRecord:
         """Mean CV test accuracy; None for a failed trial or one stopped before its final
         result (its last ``accuracy`` is the inner validation's, not comparable)."""
         v = self.metrics.get(OBJECTIVE)
-        stopped = self.metrics.get("final") is False
-        return None if self.error or stopped or v is None else float(v)
+        finished = self.metrics.get("final") is True
+        return None if self.error or not finished or v is None else float(v)
 
 
 @dataclass(frozen=True)
@@ -477,9 +477,9 @@ def _records(grid: Any) -> tuple[TrialRecord, ...]:
                 status=(
                     "ERROR"
                     if result.error
-                    else "STOPPED"
-                    if metrics.get("final") is False
                     else "TERMINATED"
+                    if metrics.get("final") is True
+                    else "STOPPED"
                 ),
                 params=dict(result.config or {}),
                 metrics=metrics,

@@ -158,8 +158,9 @@ def test_a_trial_stopped_before_its_test_scores_is_never_the_best():
     final = TrialRecord("done", "TERMINATED", {}, {"accuracy": 0.7, "final": True})
     # The time budget (or ASHA) stopped this one: its last accuracy is inner validation's.
     stopped = TrialRecord("cut", "STOPPED", {}, {"accuracy": 0.9, "final": False, "epoch": 7})
-    result = StudyResult("s", "/runs/s", "sqlite:///x.db", (final, stopped))
-    assert stopped.value is None and result.best is final
+    unstarted = TrialRecord("late", "STOPPED", {}, {})  # the budget ran out before epoch 1
+    result = StudyResult("s", "/runs/s", "sqlite:///x.db", (final, stopped, unstarted))
+    assert stopped.value is None and unstarted.value is None and result.best is final
     table = results_table(result)
     assert "best: done accuracy=0.7000" in table
-    assert "stopped at epoch 7" in table
+    assert "stopped at epoch 7" in table and "stopped before its first epoch" in table
