@@ -66,6 +66,10 @@ class InvalidSpaceError(ValueError):
     """A search-space override has an unknown key or a value of the wrong form."""
 
 
+FLAGS = ("class_weight", "standardize")
+"""True/false dimensions: a single value or a list of them, never a range."""
+
+
 def _defaults() -> dict[str, BaseDistribution]:
     space: dict[str, BaseDistribution] = {
         "lstm_units": CategoricalDistribution(UNITS),
@@ -81,10 +85,6 @@ def _defaults() -> dict[str, BaseDistribution]:
     for flag in FLAGS:
         space[flag] = CategoricalDistribution((False,))
     return space
-
-
-FLAGS = ("class_weight", "standardize")
-"""True/false dimensions: a single value or a list of them, never a range."""
 
 
 # What each dimension may hold: (kind, low, high, high_inclusive), checked on every override.
