@@ -26,7 +26,7 @@ from hpo.config import from_dict
 from hpo.study import RETRY_ATTR, run_study
 from pipeline.store import open_store
 from tests.integration.driver import Driver, write_config
-from tests.integration.test_resume import TINY_SPACE, done_trials
+from tests.integration.test_resume import done_trials, tiny_study, with_sections
 from tests.support.featuresets import put_synthetic, synthetic_feature_set
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -37,30 +37,16 @@ RUNNING = optuna.trial.TrialState.RUNNING
 
 
 def _study(tmp_path: Path, store: str, name: str, **sections) -> dict:
-    data = {
-        "name": name,
-        "store": store,
-        "num_cpus": 2,
-        "feature_set": {"backbone": "synthetic", "frames": 3},
-        "split": {"kind": "stratified", "k": 2, "seed": 0},
-        "space": TINY_SPACE,
-        "budget": {
-            "trials": 4,
-            "max_concurrent": 1,
-            "max_epochs": 2,
-            "patience": 2,
-            "checkpoint_every": 1,
-            "checkpoint_interval_s": 0,
-            "max_failures": 1,
-        },
-        "searcher": {"sampler": "random", "seed": 5},
-        "resources": {"cpu": 1, "intra_op_threads": 1},
-        "storage": {"storage_path": str(tmp_path / "runs")},
-        "cache_dir": str(tmp_path / "cache-{node_id}"),
-    }
-    for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
-    return data
+    """`tiny_study` with 4 trials sampled at random and a cache per node."""
+    base = tiny_study(
+        tmp_path,
+        store,
+        name,
+        budget={"trials": 4},
+        searcher={"sampler": "random", "seed": 5},
+        cache_dir=str(tmp_path / "cache-{node_id}"),
+    )
+    return with_sections(base, **sections)
 
 
 def _optuna_states(cfg) -> list[optuna.trial.FrozenTrial]:

@@ -41,7 +41,15 @@ TINY_SPACE = {
 }
 
 
-def study_yaml(tmp_path: Path, store_uri: str, name: str, **extra) -> Path:
+def with_sections(data: dict, **sections) -> dict:
+    """`data` with each keyword merged into its section (a mapping) or replacing the value."""
+    data = dict(data)
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return data
+
+
+def tiny_study(tmp_path: Path, store_uri: str, name: str, **sections) -> dict:
     """A 6-trial study of 2 epochs on 2 folds, a checkpoint after every epoch."""
     data = {
         "name": name,
@@ -63,9 +71,12 @@ def study_yaml(tmp_path: Path, store_uri: str, name: str, **extra) -> Path:
         "resources": {"cpu": 1, "intra_op_threads": 1},
         "storage": {"storage_path": str(tmp_path / "runs")},
         "cache_dir": str(tmp_path / "cache"),
-        **extra,
     }
-    return write_config(tmp_path / f"{name}.yaml", data)
+    return with_sections(data, **sections)
+
+
+def study_yaml(tmp_path: Path, store_uri: str, name: str) -> Path:
+    return write_config(tmp_path / f"{name}.yaml", tiny_study(tmp_path, store_uri, name))
 
 
 def done_trials(lines: list[str]) -> dict[str, float]:
