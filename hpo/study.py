@@ -324,9 +324,13 @@ class StudyLimiter(ConcurrencyLimiter):
     again, its completion would never reach Optuna. Such a trial rejoins the live set on its
     first result (the searcher still knows its id)."""
 
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
+    def _rerun(self, trial_id: str) -> bool:
+        """A trial the searcher knows but the limiter dropped from its live set (it errored)."""
         known = trial_id in getattr(self.searcher, "_ot_trials", {})
-        if self._limit_concurrency and known and trial_id not in self.live_trials:
+        return self._limit_concurrency and known and trial_id not in self.live_trials
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if self._rerun(trial_id):
             self.live_trials.add(trial_id)
             self.num_unfinished_live_trials += 1
         super().on_trial_result(trial_id, result)
@@ -334,8 +338,7 @@ class StudyLimiter(ConcurrencyLimiter):
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        known = trial_id in getattr(self.searcher, "_ot_trials", {})
-        if self._limit_concurrency and known and trial_id not in self.live_trials:
+        if self._rerun(trial_id):
             self.searcher.on_trial_complete(trial_id, result=result, error=error)
             return
         super().on_trial_complete(trial_id, result=result, error=error)

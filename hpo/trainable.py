@@ -645,18 +645,19 @@ def train_cv(config: dict[str, Any], settings: TrialSettings) -> None:
                 )
         fs = open_store(settings.store_uri, settings.cache_dir).get(key)
 
-        last_checkpoint = [time.monotonic()]
+        last_checkpoint = time.monotonic()
 
         def on_epoch(cv: LockstepCV, record: dict[str, Any]) -> None:
+            nonlocal last_checkpoint
             result = _epoch_result(record)
             every = settings.checkpoint_every
-            waited = time.monotonic() - last_checkpoint[0]
+            waited = time.monotonic() - last_checkpoint
             due = every and cv.epoch % every == 0 and not cv.done
             if due and waited >= settings.checkpoint_interval_s:
                 state_dir = Path(tempfile.mkdtemp(prefix="state-", dir=tmp))
                 cv.save(state_dir, extra)
                 _report(result, state_dir)
-                last_checkpoint[0] = time.monotonic()
+                last_checkpoint = time.monotonic()
             else:
                 _report(result)
 
