@@ -36,7 +36,14 @@ if TYPE_CHECKING:
 
     import keras
 
-__all__ = ["ON_BAD_CLIP", "PREPROCESSING_VERSION", "extract", "make_spec"]
+__all__ = [
+    "ON_BAD_CLIP",
+    "PREPROCESSING_VERSION",
+    "BatchedInference",
+    "dataset_meta",
+    "extract",
+    "make_spec",
+]
 
 PREPROCESSING_VERSION = "1"
 """Bump when decoding, sampling, resizing or preprocessing changes the bytes of any feature:
@@ -119,7 +126,8 @@ def extract(
     if model is None:
         model = entry.build(resolved.path)
     started = time.perf_counter()
-    run = _Run(entry, model, frames, sampling, batch_size, len(candidates))
+    run = BatchedInference(entry, model, frames, batch_size, len(candidates))
+    kept: list[Clip] = []
     with tqdm(
         total=len(manifest.clips),
         initial=len(skipped),
@@ -136,37 +144,51 @@ def extract(
                 skipped.append({"clip": clip.id, "reason": decoded.reason})
                 _advance(bar, run, started, len(skipped))
                 continue
-            run.add(clip, decoded)
+            kept.append(clip)
+            run.add(decoded)
             _advance(bar, run, started, len(skipped))
         run.flush()
         _advance(bar, run, started, len(skipped))
     elapsed = time.perf_counter() - started
 
-    if not run.kept:
+    if not kept:
         raise BadClipError(
             manifest.clips[0].path.parent, f"none of the {len(manifest.clips)} clips could be read"
         )
     features = run.features()
+    meta = dataset_meta(manifest, resolved, backbone, skipped, batch_size, elapsed)
+    meta["frames_per_s"] = round(features.shape[0] * frames / elapsed, 3) if elapsed > 0 else None
+    return FeatureSet(
+        spec=spec,
+        features=features,
+        clip_ids=tuple(c.id for c in kept),
+        labels=np.array([c.label_index for c in kept], dtype=np.int64),
+        meta=meta,
+    )
+
+
+def dataset_meta(
+    manifest: Manifest,
+    weights: ResolvedWeights,
+    backbone: str,
+    skipped: list[dict[str, str]],
+    batch_size: int,
+    elapsed: float,
+) -> dict[str, Any]:
+    """A feature set's meta: provenance, the clips left out and why, timing."""
+    entry = get_backbone(backbone)
     unreadable = [{"clip": s.id, "reason": s.reason} for s in getattr(manifest, "skipped", ())]
-    meta = {
+    return {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": library_versions(),
         "skipped": unreadable + skipped,  # left out when the manifest was built, then here
         "excluded": [{"clip": s.id, "reason": s.reason} for s in getattr(manifest, "excluded", ())],
-        "weights_source": resolved.source,
+        "weights_source": weights.source,
         "input_size": entry.input_size,
         "interpolation": "cv2.INTER_AREA",
         "batch_size": batch_size,
         "elapsed_s": round(elapsed, 3),
-        "frames_per_s": round(features.shape[0] * frames / elapsed, 3) if elapsed > 0 else None,
     }
-    return FeatureSet(
-        spec=spec,
-        features=features,
-        clip_ids=tuple(c.id for c in run.kept),
-        labels=np.array([c.label_index for c in run.kept], dtype=np.int64),
-        meta=meta,
-    )
 
 
 def library_versions() -> dict[str, str]:
@@ -236,19 +258,19 @@ def _decode_ahead(
 
 
 @dataclass
-class _Run:
-    """Packs decoded clips into fixed-size batches and writes features in arrival order."""
+class BatchedInference:
+    """Packs preprocessed clips into fixed-size batches and writes features in arrival order
+    (the in-process `extract` and the cluster's backbone actors share it)."""
 
     entry: Backbone
     model: Any
     frames: int
-    sampling: str
     batch_size: int
     capacity: int  # clips that may arrive
 
     def __post_init__(self) -> None:
         side = self.entry.input_size
-        self.kept: list[Clip] = []
+        self.clips = 0
         self._batch = np.empty((self.batch_size, side, side, 3), np.float32)
         self._filled = 0
         self._out = np.empty((self.capacity * self.frames, self.entry.dim), np.float32)
@@ -258,8 +280,8 @@ class _Run:
     def frames_done(self) -> int:
         return self._written
 
-    def add(self, clip: Clip, decoded: np.ndarray) -> None:
-        self.kept.append(clip)
+    def add(self, decoded: np.ndarray) -> None:
+        self.clips += 1
         start = 0
         while start < len(decoded):
             take = min(self.batch_size - self._filled, len(decoded) - start)
@@ -280,13 +302,13 @@ class _Run:
         self._filled = 0
 
     def features(self) -> np.ndarray:
-        rows = len(self.kept) * self.frames
+        rows = self.clips * self.frames
         assert self._written == rows, (self._written, rows)
         out = self._out if rows == len(self._out) else self._out[:rows].copy()
-        return out.reshape(len(self.kept), self.frames, self.entry.dim)
+        return out.reshape(self.clips, self.frames, self.entry.dim)
 
 
-def _advance(bar: tqdm, run: _Run, started: float, skipped: int) -> None:
+def _advance(bar: tqdm, run: BatchedInference, started: float, skipped: int) -> None:
     """Clips whose every frame has been through the model, plus skipped ones; and frames/s."""
     done = run.frames_done // run.frames + skipped
     if done > bar.n:

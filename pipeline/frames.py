@@ -21,6 +21,7 @@ __all__ = [
     "BadClipError",
     "count_frames",
     "read_frames",
+    "resize_frames",
     "sample_indices",
 ]
 
@@ -164,7 +165,15 @@ def _ran_out(decoded: int, n: int, expected: int | None) -> str:
 def _to_rgb(bgr: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     if bgr.ndim == 2:
         bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return resize_frames(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size)
+
+
+def resize_frames(rgb: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """Frames ``[..., h, w, 3]`` (or one frame) resized to ``(height, width)`` with
+    `INTERPOLATION`, exactly as `read_frames` does; decoding once at the native size and resizing
+    per backbone afterwards gives the same bytes as decoding at each size."""
+    if rgb.ndim == 4:
+        return np.stack([resize_frames(frame, size) for frame in rgb]) if len(rgb) else rgb
     if size is not None and rgb.shape[:2] != tuple(size):
         height, width = size
         rgb = cv2.resize(rgb, (width, height), interpolation=INTERPOLATION)

@@ -26,6 +26,7 @@ DATA_DIR_ENV = "LUSHPO_DATA_DIR"
 STORE_ENV = "LUSHPO_STORE"
 WEIGHTS_ENV = "LUSHPO_WEIGHTS"
 CACHE_ENV = "LUSHPO_CACHE_DIR"
+ADDRESS_ENV = "RAY_ADDRESS"
 DEFAULT_CACHE_DIR = Path("~/.cache/lushpo")
 
 
@@ -40,13 +41,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--backbone",
-        default="xception",
-        choices=list(BACKBONES),
-        metavar="NAME",
-        help=f"one of {', '.join(BACKBONES)} (default: xception)",
+        default=["xception"],
+        type=_backbones,
+        metavar="NAME[,NAME…]|all",
+        help=f"backbones, comma-separated, or all: {', '.join(BACKBONES)} (default: xception)",
     )
     parser.add_argument(
-        "--frames", type=_positive_int, default=20, metavar="N", help="frames per clip (20)"
+        "--frames",
+        type=_frame_counts,
+        default=[20],
+        metavar="N[,N…]",
+        help="frames per clip, comma-separated, e.g. 5,10,15,20 (default: 20)",
     )
     parser.add_argument(
         "--sampling", choices=SAMPLINGS, default="even", help="frame sampler (default: even)"
@@ -54,7 +59,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--weights",
         metavar="imagenet|PATH|URI|none",
-        help=f"backbone weights (default: ${WEIGHTS_ENV}, else imagenet)",
+        help=f"backbone weights (default: ${WEIGHTS_ENV}, else imagenet); for several backbones, "
+        "NAME=SOURCE items and one bare default, e.g. xception=/w/x.h5,none",
     )
     _add_store(parser)
     parser.add_argument(
@@ -68,6 +74,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=("fail", "skip"),
         default="fail",
         help="a clip that cannot be read: stop (fail, default) or leave it out and record it",
+    )
+    cluster = parser.add_argument_group(
+        "cluster",
+        "Several feature sets (or --address) run as Ray work: one backbone per actor, a GPU per "
+        "actor where the node has one; one set without --address runs in this process.",
+    )
+    cluster.add_argument(
+        "--address", metavar="ADDR", help=f"Ray cluster to join (default: ${ADDRESS_ENV})"
+    )
+    cluster.add_argument(
+        "--cpus-per-actor", type=float, default=1.0, metavar="C", help="CPUs per actor (1)"
+    )
+    cluster.add_argument(
+        "--gpus-per-actor",
+        type=float,
+        metavar="G",
+        help="GPUs per actor (default: 1 when the cluster has GPUs, else 0)",
     )
     parser.set_defaults(handler=_extract)
 
@@ -124,6 +147,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _backbones(text: str) -> list[str]:
+    from pipeline.distributed import parse_backbones
+
+    try:
+        return parse_backbones(text)
+    except (KeyError, ValueError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _frame_counts(text: str) -> list[int]:
+    return list(dict.fromkeys(_positive_int(part) for part in text.split(",") if part.strip()))
+
+
 def _fail(message: object) -> int:
     print(f"lushpo features: error: {message}", file=sys.stderr)
     return 1
@@ -159,40 +195,101 @@ def _open_store(args: argparse.Namespace, data_dir: Path | None):
 
 def _extract(args: argparse.Namespace) -> int:
     from pipeline.backbones import WeightsError, resolve_weights
-    from pipeline.extract import extract, make_spec
+    from pipeline.cluster import ClusterConnectError
+    from pipeline.distributed import parse_weights, plan_feature_sets
+    from pipeline.extract import make_spec
     from pipeline.frames import BadClipError
     from pipeline.store import StoreError
 
     data_dir = _data_dir(args, required=True)
-    weights = args.weights or os.environ.get(WEIGHTS_ENV) or "imagenet"
+    weights_text = args.weights or os.environ.get(WEIGHTS_ENV) or "imagenet"
+    address = args.address or os.environ.get(ADDRESS_ENV) or None
     try:
         store = _open_store(args, data_dir)
-        resolved = resolve_weights(args.backbone, weights, cache_dir=_cache_dir())
+        weights = {
+            backbone: resolve_weights(backbone, source, cache_dir=_cache_dir())
+            for backbone, source in parse_weights(weights_text, args.backbone).items()
+        }
         manifest = _manifest(data_dir, args.on_bad_clip, _cache_dir())
-        spec = make_spec(manifest, args.backbone, resolved.sha256, args.frames, args.sampling)
-        key = spec.key()
-        if store.exists(key):
-            print(f"found in store: {key} ({store.uri}); nothing to do")
+        jobs = plan_feature_sets(manifest, weights, args.frames, args.sampling, make_spec)
+        todo = [job for job in jobs if not store.exists(job.key)]
+        for job in jobs:
+            if job not in todo:
+                print(f"found in store: {job.key} ({store.uri}); nothing to do")
+        if not todo:
             return 0
-        print(f"extracting {key}: {len(manifest)} clips → {store.uri}", file=sys.stderr)
-        fs = extract(
-            manifest,
-            args.backbone,
-            resolved,
-            args.frames,
-            args.sampling,
-            batch_size=args.batch_size,
-            on_bad_clip=args.on_bad_clip,
-            progress=True,
-            cache_dir=_cache_dir(),
-        )
-        key = store.put(fs)
-    except (BadClipError, WeightsError, StoreError, FileNotFoundError, ValueError) as error:
+        if len(todo) == 1 and address is None:
+            return _extract_here(args, store, manifest, todo[0])
+        return _extract_on_cluster(args, store, manifest, todo, address)
+    except (
+        BadClipError,
+        WeightsError,
+        StoreError,
+        ClusterConnectError,
+        FileNotFoundError,
+        ValueError,
+        RuntimeError,
+    ) as error:
         return _fail(error)
+
+
+def _extract_here(args: argparse.Namespace, store, manifest, job) -> int:
+    """One set, no cluster: in this process, decoding overlapped with inference."""
+    from pipeline.extract import extract
+
+    print(f"extracting {job.key}: {len(manifest)} clips → {store.uri}", file=sys.stderr)
+    fs = extract(
+        manifest,
+        job.backbone,
+        job.weights,
+        job.spec.frames,
+        job.spec.sampling,
+        batch_size=args.batch_size,
+        on_bad_clip=args.on_bad_clip,
+        progress=True,
+        cache_dir=_cache_dir(),
+    )
+    key = store.put(fs)
     skipped = fs.meta.get("skipped", [])
     print(f"stored {key}: shape {tuple(fs.features.shape)}, {len(skipped)} clip(s) skipped")
     for entry in skipped:
         print(f"  skipped {entry['clip']}: {entry['reason']}")
+    return 0
+
+
+def _extract_on_cluster(args: argparse.Namespace, store, manifest, todo, address) -> int:
+    """Several sets, or a cluster: Ray actors on the cluster's nodes (local instance without
+    an address); this process only plans, ships clip bytes and writes the finished sets."""
+    import ray
+
+    from pipeline.cluster import connect
+    from pipeline.distributed import extract_on_cluster
+
+    where = address or "a local Ray instance"
+    print(f"extracting {len(todo)} set(s), {len(manifest)} clips, on {where}", file=sys.stderr)
+    started = connect(address)
+    try:
+        result = extract_on_cluster(
+            manifest,
+            todo,
+            store,
+            cpus_per_actor=args.cpus_per_actor,
+            gpus_per_actor=args.gpus_per_actor,
+            batch_size=args.batch_size,
+            on_bad_clip=args.on_bad_clip,
+            cache_dir=os.environ.get(CACHE_ENV) or None,
+            log=lambda line: print(line, file=sys.stderr),
+        )
+    finally:
+        if started:
+            ray.shutdown()
+    for key in result.written:
+        shape = "×".join(str(n) for n in result.shapes[key])
+        print(f"stored {key}: {shape} on node(s) {', '.join(n[:8] for n in result.nodes[key])}")
+    print(
+        f"{len(result.written)} set(s) in {result.elapsed_s:.1f} s, "
+        f"{result.frames_per_s:.1f} frames/s over {result.actor_slots} actor slot(s)"
+    )
     return 0
 
 
