@@ -173,6 +173,7 @@ CONSTRAINTS: dict[str, list[_Constraint]] = {
     "feature_set.frames": [_FRAMES, _NonEmptyListOf(_FRAMES)],
     "feature_set.sampling": [_Options(("even", "first"))],
     "feature_set.key": [_STR, _NONE],
+    "feature_set.grid": [_InstanceOf(bool, "true or false")],
     "split.kind": [_Options(("paper", "stratified"))],
     "split.cross_val": [_PATH, _NONE],
     "split.data_dir": [_PATH, _NONE],
@@ -224,6 +225,9 @@ class FeatureSetConfig:
     frames: tuple[int, ...] = (20,)
     sampling: str = "even"
     key: str | None = None  # a store key; skips the look-up by (backbone, frames, sampling)
+    # false: backbone and frames (when several) are search dimensions of one study; true: one
+    # study per (backbone, frames) cell, each with the whole budget (hpo.grid), as the paper did
+    grid: bool = False
 
 
 @dataclass(frozen=True)
@@ -403,6 +407,8 @@ def _check_space(flat: Mapping[str, Any], source: str) -> None:
 
     backbones = flat.get("feature_set.backbone", ())
     frames = flat.get("feature_set.frames", ())
+    if flat.get("feature_set.grid"):
+        backbones, frames = (), ()  # one study per cell: neither is a search dimension
     try:
         space = search_space(
             flat.get("space"),
@@ -456,6 +462,11 @@ def from_dict(
             None,
             source,
         )
+    if flat.get("feature_set.grid") and flat.get("feature_set.key"):
+        raise InvalidConfigError(
+            "feature_set.key", "unset when feature_set.grid is true", flat["feature_set.key"],
+            source,
+        )  # fmt: skip
     if flat.get("scheduler.name") == "asha" and flat.get("scheduler.grace_period", 5) > flat.get(
         "budget.max_epochs", BudgetConfig.max_epochs
     ):

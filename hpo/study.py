@@ -35,6 +35,7 @@ from ray.tune.search.optuna import OptunaSearch
 from hpo import space as hspace
 from hpo.config import StudyConfig
 from hpo.trainable import STATE_FILE, TRIAL_FILE, TrialSettings, train_cv
+from pipeline.cluster import connect
 from pipeline.manifest import LABELS, Clip, Manifest, Split, paper_split, stratified_split
 from pipeline.store import FeatureSetNotFoundError, open_store
 
@@ -235,6 +236,8 @@ def compute_split(cfg: StudyConfig, key: str, node_id: str) -> Split:
 
 def _search_space(cfg: StudyConfig) -> dict[str, optuna.distributions.BaseDistribution]:
     fs = cfg.feature_set
+    if fs.grid:
+        raise ValueError("a grid config runs one study per cell: use hpo.grid.run_grid")
     return hspace.search_space(
         cfg.space,
         backbones=list(fs.backbone) if len(fs.backbone) > 1 else None,
@@ -508,18 +511,9 @@ def _check_not_all_failed(cfg: StudyConfig, records: Sequence[TrialRecord]) -> N
 
 
 def start_ray(cfg: StudyConfig) -> bool:
-    """Join cfg.address, or start a local instance; True when this call started Ray."""
-    if ray.is_initialized():
-        return False
-    if cfg.address:
-        ray.init(address=cfg.address, log_to_driver=False)
-    else:
-        # address="local": a fresh instance, never a cluster that `ray start` left on the host
-        # (plain ray.init() would join it). Joining a cluster is what --address is for.
-        ray.init(
-            address="local", num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=False
-        )
-    return True
+    """Join cfg.address (token auth as `pipeline.cluster.connect` applies it), or start a local
+    instance; True when this call started Ray."""
+    return connect(cfg.address, num_cpus=cfg.num_cpus)
 
 
 def run_study(

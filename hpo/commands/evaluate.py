@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from hpo.evaluate import REPORT_MD, evaluate
+from hpo.grid import GRID_FILE
 from hpo.report import comparison_table, paper_config_section
 
 __all__ = ["add_parser"]
@@ -56,6 +57,8 @@ def _paper_csv(args: argparse.Namespace) -> Path | None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if (args.directory / GRID_FILE).is_file():
+        return _run_grid(args)
     try:
         report = evaluate(
             args.directory,
@@ -76,4 +79,43 @@ def _run(args: argparse.Namespace) -> int:
     for note in report["notes"]:
         print(f"- {note}")
     print(f"report: {args.directory / REPORT_MD} (and report.json, plots) in {args.directory}")
+    return 0
+
+
+def _run_grid(args: argparse.Namespace) -> int:
+    """A grid export: evaluate every cell, then the paper's whole table (68 rows)."""
+    import json
+
+    from hpo.paper import read_evaluation
+    from hpo.paper_table import grid_table, plot_grid, render_grid_markdown
+
+    paper_csv = _paper_csv(args)
+    if paper_csv is None:
+        print("lushpo evaluate: error: a grid needs the paper's evaluation.csv", file=sys.stderr)
+        return 2
+    grid = json.loads((args.directory / GRID_FILE).read_text())
+    reports = {}
+    try:
+        for cell in grid["cells"]:
+            reports[cell] = evaluate(
+                args.directory / cell,
+                paper_csv=paper_csv,
+                store=args.store or os.environ.get("LUSHPO_STORE"),
+                cache_dir=args.cache_dir or os.environ.get("LUSHPO_CACHE_DIR"),
+                optuna_storage=args.optuna_storage,
+            )
+        table = grid_table(reports, read_evaluation(paper_csv))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"lushpo evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    markdown = render_grid_markdown(table)
+    outputs = {"paper_table.md": markdown, "paper_table.json": json.dumps(table, indent=1)}
+    for name, text in outputs.items():
+        tmp = args.directory / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(args.directory / name)
+    plot_grid(table, args.directory / "paper_table.png")
+    print(json.dumps(table, indent=1) if args.json else markdown)
+    print(f"table: {args.directory / 'paper_table.md'} (and .json, .png); per-cell reports in "
+          f"{args.directory}/<cell>/report.md")  # fmt: skip
     return 0

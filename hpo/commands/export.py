@@ -9,7 +9,8 @@ import argparse
 import os
 import sys
 
-from hpo.export import TIE_BREAK, ExportError, export_best
+from hpo.export import TIE_BREAK, ExportError, _run_filesystem, export_best
+from hpo.grid import export_grid, read_grid
 
 __all__ = ["add_parser"]
 
@@ -56,6 +57,23 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 2
     cache_dir = args.cache_dir or os.environ.get("LUSHPO_CACHE_DIR")
+    endpoint_url = os.environ.get("AWS_ENDPOINT_URL")
+    grid = read_grid(*_run_filesystem(args.run, endpoint_url))
+    if grid is not None:
+        results = export_grid(
+            args.run,
+            args.out,
+            grid,
+            export=export_best,
+            log=lambda msg: print(msg, file=sys.stderr),
+            store=store,
+            cache_dir=cache_dir,
+            overwrite=args.overwrite,
+            endpoint_url=endpoint_url,
+        )
+        done = sum(not isinstance(r, str) for r in results.values())
+        print(f"exported {done} of {len(results)} grid cells to {args.out}")
+        return 0 if done else 1
     try:
         result = export_best(
             args.run,

@@ -86,8 +86,14 @@ def _handle(args: argparse.Namespace) -> int:
         StudyInterruptedError,
         run_study,
     )
+    from pipeline.cluster import ClusterConnectError
     from pipeline.store import StoreError
 
+    if cfg.feature_set.grid:
+        if getattr(args, "nested", False):
+            print("lushpo tune: --nested takes one feature set, not a grid", file=sys.stderr)
+            return 2
+        return _handle_grid(args, cfg)
     if getattr(args, "nested", False):
         return _handle_nested(args, cfg)
     if getattr(args, "inner_folds", None) is not None:
@@ -100,7 +106,14 @@ def _handle(args: argparse.Namespace) -> int:
         print(f"lushpo tune: {exc or 'interrupted'}", file=sys.stderr)
         print(f"resume with: {resume_command(args)}", file=sys.stderr)
         return INTERRUPTED
-    except (StudyExistsError, AllTrialsFailedError, StoreError, ValueError, OSError) as exc:
+    except (
+        StudyExistsError,
+        AllTrialsFailedError,
+        StoreError,
+        ClusterConnectError,
+        ValueError,
+        OSError,
+    ) as exc:
         print(f"lushpo tune: {exc}", file=sys.stderr)
         return 1
     print(results_table(result))
@@ -130,6 +143,41 @@ def resume_command(args: argparse.Namespace, argv: Sequence[str] | None = None) 
             rest += [flag] if value is True else [flag, str(value)]
     rest = [a for a in rest if a not in ("--overwrite", "--resume")] + ["--resume"]
     return shlex.join(["lushpo", "tune", *rest])
+
+
+def _handle_grid(args: argparse.Namespace, cfg) -> int:
+    """A grid config: one study per (backbone, N) cell, resumable cell by cell."""
+    from hpo.grid import run_grid
+    from hpo.progress import StudyProgress
+    from hpo.study import AllTrialsFailedError, StudyExistsError, StudyInterruptedError
+    from pipeline.cluster import ClusterConnectError
+    from pipeline.store import StoreError
+
+    def progress(cell) -> list:
+        return [StudyProgress(cell.budget.trials, cell.run_path, cell.storage.optuna_storage)]
+
+    try:
+        results = run_grid(cfg, resume=args.resume, overwrite=args.overwrite, callbacks=progress)
+    except (StudyInterruptedError, KeyboardInterrupt) as exc:
+        print(f"lushpo tune: {exc or 'interrupted'}", file=sys.stderr)
+        print(f"resume with: {resume_command(args)}", file=sys.stderr)
+        return INTERRUPTED
+    except (
+        StudyExistsError,
+        AllTrialsFailedError,
+        StoreError,
+        ClusterConnectError,
+        ValueError,
+        OSError,
+    ) as exc:
+        print(f"lushpo tune: {exc}", file=sys.stderr)
+        return 1
+    for label, result in results.items():
+        best = result.best
+        score = f"{best.value:.3f}" if best else "no finished trial"
+        print(f"{label}: best mean CV accuracy {score} ({len(result.trials)} trials)")
+    print(f"grid run: {cfg.run_path} (lushpo export {cfg.run_path} --out DIR)")
+    return 0
 
 
 def _handle_nested(args: argparse.Namespace, cfg) -> int:
