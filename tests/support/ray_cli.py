@@ -1,0 +1,110 @@
+"""A Ray cluster started the way users start one: `ray start --head`, then `ray start --address`,
+on loopback, each node with its own CPU count. Token authentication is on unless asked otherwise.
+
+Only this cluster's processes are stopped: every Ray process carries the cluster's own temp dir
+in its command line, so teardown signals exactly those (never `ray stop`, which would end every
+Ray instance on the machine)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.support.s3 import free_port
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+class RayCLICluster:
+    def __init__(self, env: dict[str, str], *, token: bool = True, dashboard: bool = False):
+        # Short: Ray puts unix sockets under the temp dir (107-byte path limit).
+        self.temp_dir = tempfile.mkdtemp(prefix="lr", dir="/tmp")
+        self.token = secrets.token_hex(16) if token else None
+        self.port = free_port()
+        self.dashboard_port = free_port() if dashboard else None
+        self.dashboard = dashboard
+        self.env = dict(env)
+        self.env.pop("RAY_ADDRESS", None)
+        if self.token:
+            self.env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
+        else:
+            self.env |= {"RAY_AUTH_MODE": "disabled"}
+            self.env.pop("RAY_AUTH_TOKEN", None)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def _ray(self, *args: str) -> None:
+        result = subprocess.run(
+            [RAY, *args], env=self.env, capture_output=True, text=True, timeout=180, check=False
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"ray {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+
+    def start(self, worker_cpus: tuple[int, ...] = (1,), head_cpus: int = 1) -> RayCLICluster:
+        common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats",
+                  "--object-store-memory=300000000"]  # fmt: skip
+        head = ["start", "--head", f"--port={self.port}", f"--num-cpus={head_cpus}",
+                f"--temp-dir={self.temp_dir}", *common]  # fmt: skip
+        if self.dashboard:
+            head += ["--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                     f"--dashboard-port={self.dashboard_port}"]  # fmt: skip
+        else:
+            head += ["--include-dashboard=false"]
+        self._ray(*head)
+        for cpus in worker_cpus:
+            self._ray("start", f"--address={self.address}", f"--num-cpus={cpus}", *common)
+        self.wait_for_nodes(1 + len(worker_cpus))
+        return self
+
+    def wait_for_nodes(self, count: int, timeout: float = 60) -> None:
+        code = (
+            "import ray,sys; ray.init(address=sys.argv[1], log_to_driver=False); "
+            "print(sum(n['Alive'] for n in ray.nodes()))"
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            result = subprocess.run(
+                [sys.executable, "-c", code, self.address],
+                env=self.env, capture_output=True, text=True, timeout=120, check=False,
+            )  # fmt: skip
+            if result.returncode == 0 and result.stdout.strip().endswith(str(count)):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cluster has not {count} nodes: {result.stdout}{result.stderr}")
+            time.sleep(1)
+
+    def pids(self) -> list[int]:
+        """Processes whose command line names this cluster's temp dir."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if self.temp_dir.encode() in cmdline and int(entry.name) != os.getpid():
+                found.append(int(entry.name))
+        return found
+
+    def stop(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in self.pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + 10
+            while self.pids() and time.monotonic() < deadline:
+                time.sleep(0.2)
