@@ -138,11 +138,13 @@ def test_entrypoint_steps_parse_and_agree(steps):
     assert cfg.store == env["LUSHPO_STORE"]
 
     features = parsed["features"][1]
-    # The one features step extracts every (backbone, frames) pair the study reads.
+    # The one features step extracts every (backbone, frames) pair the study reads, as Ray
+    # work on the cluster the job runs in (the head has no CPUs: actors go to the workers).
     pairs = set(itertools.product(cfg.feature_set.backbone, cfg.feature_set.frames))
-    assert {(features.backbone, features.frames)} == pairs
+    assert set(itertools.product(features.backbone, features.frames)) == pairs
     assert features.sampling == cfg.feature_set.sampling
     assert features.store == cfg.store
+    assert features.address == "auto"
 
     export = parsed["export"][1]
     assert export.run == cfg.run_path
@@ -218,3 +220,18 @@ def _project_version() -> str:
     match = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M)
     assert match
     return match.group(1)
+
+
+def test_token_authentication_on(overlay, rendered):
+    """KubeRay turns Ray's token auth on from a Secret; the submitter reads the same Secret."""
+    rayjob = find(rendered[overlay], "RayJob")["spec"]
+    auth = rayjob["rayClusterSpec"]["authOptions"]
+    assert auth == {"mode": "token", "secretName": "lushpo-ray-token"}
+    assert ("lushpo-ray-token", "auth_token") in _secret_examples()
+    submitter = rayjob["submitterPodTemplate"]["spec"]["containers"][0]
+    env = {v["name"]: v for v in submitter["env"]}
+    assert env["RAY_AUTH_MODE"]["value"] == "token"
+    ref = env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == ("lushpo-ray-token", "auth_token")
+    head = rayjob["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]
+    assert head["num-cpus"] == "0"

@@ -122,6 +122,25 @@ def test_shipped_configs_validate(name, tmp_path):
     assert cfg.split.kind == "paper"
 
 
+def test_paper_grid_is_every_paper_cell(tmp_path):
+    from hpo.grid import cell_configs
+    from hpo.paper import read_evaluation
+
+    cfg = load_config(REPO / "configs" / "paper-grid.yaml", defaults={"split.data_dir": "d"})
+    cells = cell_configs(cfg)
+    assert cfg.feature_set.grid and len(cells) == 48
+    assert all(c.budget.trials == cfg.budget.trials and not c.feature_set.grid for c in cells)
+    assert {c.run_path for c in cells} == {f"{cfg.run_path}/{c.name}" for c in cells}
+    assert {c.storage.optuna_storage for c in cells} == {cfg.storage.optuna_storage}
+    shared = REPO.parent / "shared" / "data" / "paper" / "evaluation.csv"
+    if shared.is_file():  # the 48 ImageNet rows of evaluation.csv, nothing else
+        rows = {r.model_label for r in read_evaluation(shared)}
+        assert {c.name for c in cells} == {r for r in rows if not r.startswith("base_")}
+    with pytest.raises(InvalidConfigError, match="feature_set.key"):
+        from_dict({"name": "g", "feature_set": {"grid": True, "key": "k"}, "split": {"kind":
+                   "stratified"}})  # fmt: skip
+
+
 def test_cli_reads_env_defaults_and_flags(tmp_path):
     from hpo.commands.tune import config_from_args
 
