@@ -8,5 +8,6 @@ __all__ = ["BENCHMARKS"]
 BENCHMARKS: dict[str, str] = {
     "p1": "bench.p1_extraction",  # extraction frames/s ÷ bare model.predict
     "p2": "bench.p2_study",  # run_study wall time ÷ plain Optuna loop
+    "p3": "bench.p3_cluster_extraction",  # cluster extraction frames/s, 2 nodes ÷ 1 node
 }
 """Benchmark id → module exposing ``run(argv: list[str] | None) -> dict``."""

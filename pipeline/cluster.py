@@ -6,10 +6,11 @@ for *finding* the token is: ``RAY_AUTH_TOKEN``, else the file at ``RAY_AUTH_TOKE
 and ``ray.init(address="auto")`` switch token mode on when a token exists, but
 ``ray.init(address="host:port")`` never does, so a client with the right token in
 ``~/.ray/auth_token`` still connects without it and is refused by a token cluster (after 20 s of
-``InvalidAuthToken`` lines). `connect` applies the ``ray start`` rule to explicit addresses too:
-with ``RAY_AUTH_MODE`` unset and a token available, it sets ``RAY_AUTH_MODE=token`` for this
-process and its children. A token-mode client is accepted by a cluster without auth as well, so
-this never breaks an open cluster. ``RAY_AUTH_MODE=disabled`` is respected as set.
+``InvalidAuthToken`` lines). `connect` probes the address first: when the cluster refuses an
+unauthenticated client, ``RAY_AUTH_MODE`` is unset and a token is available, it switches token
+mode on for this process and its children, as ``ray start`` would. It never does so for an open
+cluster: a token-mode driver demands the token of every worker that calls back into it, so the
+open cluster's actors would fail. ``RAY_AUTH_MODE`` set by the user is respected as set.
 
 Before `ray.init`, a one-second probe of the cluster's GCS tells an unreachable address from a
 refused token, so either failure is one line that says what to set. No token is ever printed.
@@ -122,8 +123,32 @@ def _gcs_address(address: str) -> str | None:
     return address
 
 
+def _gcs_refuses(gcs: str) -> bool:
+    """True when the GCS at `gcs` refuses this process's current credentials."""
+    from ray._raylet import GcsClient
+    from ray.exceptions import AuthenticationError
+
+    try:
+        with _quiet_stderr():
+            client = GcsClient(address=gcs, cluster_id=None)
+            client.internal_kv_get(b"session_name", b"session", timeout=PROBE_TIMEOUT_S)
+    except AuthenticationError:
+        return True
+    except Exception as error:  # answers TCP but not RPC: ray.init reports it in full
+        return "auth" in str(error).lower()
+    return False
+
+
 def probe(address: str) -> None:
-    """Raise ClusterUnreachableError / ClusterAuthError if `address` cannot be joined."""
+    """Check that `address` can be joined, switching token mode on when (and only when) the
+    cluster requires it and a token is available.
+
+    Only when required: a token-mode driver also demands the token of every worker that calls
+    back into it, so joining an open cluster in token mode makes its actors fail.
+
+    Raises:
+        ClusterUnreachableError, ClusterAuthError.
+    """
     gcs = _gcs_address(address)
     if gcs is None:
         return
@@ -136,18 +161,13 @@ def probe(address: str) -> None:
             f"no Ray cluster answers at {address} ({error}); start one with `ray start --head` "
             "or fix --address / RAY_ADDRESS"
         ) from None
-    from ray._raylet import GcsClient
-    from ray.exceptions import AuthenticationError
-
-    try:
-        with _quiet_stderr():
-            client = GcsClient(address=gcs, cluster_id=None)
-            client.internal_kv_get(b"session_name", b"session", timeout=PROBE_TIMEOUT_S)
-    except AuthenticationError:
-        raise ClusterAuthError(_how_to_fix(address)) from None
-    except Exception as error:  # the GCS answers TCP but not RPC: ray.init reports it fully
-        if "auth" in str(error).lower():
-            raise ClusterAuthError(_how_to_fix(address)) from None
+    if not _gcs_refuses(gcs):
+        return
+    if os.environ.get(AUTH_MODE_ENV) is None and token_source() is not None:
+        _use_token_if_available()
+        if not _gcs_refuses(gcs):
+            return
+    raise ClusterAuthError(_how_to_fix(address))
 
 
 def connect(
@@ -164,7 +184,6 @@ def connect(
     if ray.is_initialized():
         return False
     if address:
-        _use_token_if_available()
         probe(address)
         try:
             ray.init(address=address, log_to_driver=False)

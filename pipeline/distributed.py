@@ -346,7 +346,9 @@ def extract_on_cluster(
             calls: dict[str, int] = defaultdict(int)  # actor calls per set
             for job in wave_jobs:
                 clips = clips_by_plan[job.plan]
-                per_call = max(1, batch_size // job.spec.frames)  # about one batch per call
+                # about one batch per call, and at least two calls per actor (load balance)
+                per_call = min(batch_size // job.spec.frames, len(clips) // (2 * per_backbone))
+                per_call = max(1, per_call)
                 for index, start in enumerate(range(0, len(clips), per_call)):
                     queue.append((job, index, clips[start : start + per_call]))
                     calls[job.key] += 1
