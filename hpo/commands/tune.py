@@ -81,13 +81,8 @@ def _handle(args: argparse.Namespace) -> int:
 
     from hpo.progress import StudyProgress, results_table
     from hpo.study import (
-        AllTrialsFailedError,
-        StudyExistsError,
-        StudyInterruptedError,
         run_study,
     )
-    from pipeline.cluster import ClusterConnectError
-    from pipeline.store import StoreError
 
     if cfg.feature_set.grid:
         if getattr(args, "nested", False):
@@ -100,22 +95,12 @@ def _handle(args: argparse.Namespace) -> int:
         print("lushpo tune: --inner-folds needs --nested", file=sys.stderr)
         return 2
     progress = StudyProgress(cfg.budget.trials, cfg.run_path, cfg.storage.optuna_storage)
-    try:
-        result = run_study(cfg, resume=args.resume, overwrite=args.overwrite, callbacks=[progress])
-    except (StudyInterruptedError, KeyboardInterrupt) as exc:
-        print(f"lushpo tune: {exc or 'interrupted'}", file=sys.stderr)
-        print(f"resume with: {resume_command(args)}", file=sys.stderr)
-        return INTERRUPTED
-    except (
-        StudyExistsError,
-        AllTrialsFailedError,
-        StoreError,
-        ClusterConnectError,
-        ValueError,
-        OSError,
-    ) as exc:
-        print(f"lushpo tune: {exc}", file=sys.stderr)
-        return 1
+    code, result = _guarded(
+        args,
+        lambda: run_study(cfg, resume=args.resume, overwrite=args.overwrite, callbacks=[progress]),
+    )
+    if code is not None:
+        return code
     print(results_table(result))
     failed = [t for t in result.trials if t.error]
     if failed:
@@ -145,23 +130,18 @@ def resume_command(args: argparse.Namespace, argv: Sequence[str] | None = None) 
     return shlex.join(["lushpo", "tune", *rest])
 
 
-def _handle_grid(args: argparse.Namespace, cfg) -> int:
-    """A grid config: one study per (backbone, N) cell, resumable cell by cell."""
-    from hpo.grid import run_grid
-    from hpo.progress import StudyProgress
+def _guarded(args: argparse.Namespace, run):
+    """(None, what `run()` returns), or (exit code, None) after one line on stderr."""
     from hpo.study import AllTrialsFailedError, StudyExistsError, StudyInterruptedError
     from pipeline.cluster import ClusterConnectError
     from pipeline.store import StoreError
 
-    def progress(cell) -> list:
-        return [StudyProgress(cell.budget.trials, cell.run_path, cell.storage.optuna_storage)]
-
     try:
-        results = run_grid(cfg, resume=args.resume, overwrite=args.overwrite, callbacks=progress)
+        return None, run()
     except (StudyInterruptedError, KeyboardInterrupt) as exc:
         print(f"lushpo tune: {exc or 'interrupted'}", file=sys.stderr)
         print(f"resume with: {resume_command(args)}", file=sys.stderr)
-        return INTERRUPTED
+        return INTERRUPTED, None
     except (
         StudyExistsError,
         AllTrialsFailedError,
@@ -171,7 +151,23 @@ def _handle_grid(args: argparse.Namespace, cfg) -> int:
         OSError,
     ) as exc:
         print(f"lushpo tune: {exc}", file=sys.stderr)
-        return 1
+        return 1, None
+
+
+def _handle_grid(args: argparse.Namespace, cfg) -> int:
+    """A grid config: one study per (backbone, N) cell, resumable cell by cell."""
+    from hpo.grid import run_grid
+    from hpo.progress import StudyProgress
+
+    def progress(cell) -> list:
+        return [StudyProgress(cell.budget.trials, cell.run_path, cell.storage.optuna_storage)]
+
+    code, results = _guarded(
+        args,
+        lambda: run_grid(cfg, resume=args.resume, overwrite=args.overwrite, callbacks=progress),
+    )
+    if code is not None:
+        return code
     for label, result in results.items():
         best = result.best
         score = f"{best.value:.3f}" if best else "no finished trial"
