@@ -136,7 +136,7 @@ def test_paper_grid_is_every_paper_cell(tmp_path):
     if shared.is_file():  # the 48 ImageNet rows of evaluation.csv, nothing else
         rows = {r.model_label for r in read_evaluation(shared)}
         assert {c.name for c in cells} == {r for r in rows if not r.startswith("base_")}
-    with pytest.raises(InvalidConfigError, match="feature_set.key"):
+    with pytest.raises(InvalidConfigError, match=r"feature_set\.key"):
         from_dict({"name": "g", "feature_set": {"grid": True, "key": "k"}, "split": {"kind":
                    "stratified"}})  # fmt: skip
 
