@@ -35,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.backbones import BACKBONES, ResolvedWeights, get_backbone, resolve_weights
+from pipeline.extract import dataset_meta
 from pipeline.frames import BadClipError, read_frames, resize_frames
 from pipeline.manifest import Clip, Manifest
 from pipeline.store import FeatureSet, FeatureSetSpec, FeatureStore
@@ -260,8 +261,6 @@ def extract_on_cluster(
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from pipeline.extract import dataset_meta
-
     if not jobs:
         return ClusterExtraction([], {}, {}, 0.0, 0.0, 0)
     if gpus_per_actor is None:
@@ -386,7 +385,7 @@ def extract_on_cluster(
                 if len(parts[job.key]) == calls[job.key]:
                     fs = _assemble(
                         job, parts.pop(job.key), skipped[job.plan], manifest, batch_size,
-                        sorted(nodes[job.key]), time.perf_counter() - started, dataset_meta,
+                        sorted(nodes[job.key]), time.perf_counter() - started,
                     )  # fmt: skip
                     written.append(store.put(fs))
                     shapes[written[-1]] = tuple(fs.features.shape)
@@ -417,7 +416,6 @@ def _assemble(
     batch_size: int,
     nodes: list[str],
     elapsed: float,
-    dataset_meta: Callable[..., dict],
 ) -> FeatureSet:
     kept: list[Clip] = []
     rows: list[np.ndarray] = []
