@@ -15,6 +15,7 @@ RUN_CONFIG ?= configs/quick.yaml
 RUN_NAME ?= quick
 RUNS_DIR ?= $(abspath .lushpo/runs)
 RUN_OUT ?= $(abspath .lushpo/out/$(RUN_NAME))
+RUN_FLAGS ?=
 LUSHPO := env LUSHPO_DATA_DIR=$(LUSHPO_DATA_DIR) LUSHPO_STORE=$(LUSHPO_STORE) \
 	LUSHPO_WEIGHTS=$(LUSHPO_WEIGHTS) $(BIN)/lushpo
 
@@ -34,14 +35,11 @@ lock:
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
 		--python-platform x86_64-unknown-linux-gnu -o $(LOCK)
 
-# data → features (once; a second run finds them in the store) → study → export → evaluate.
+# data → features (once; a second run finds them in the store) → study (resumed; RUN_FLAGS=--overwrite
+# starts it anew) → export (replaced) → evaluate: `lushpo run`, the verb the RayJob and compose call.
 run: setup
-	@test -f $(LUSHPO_DATA_DIR)/paper/cross_val.json || $(LUSHPO) data fetch --data-dir $(LUSHPO_DATA_DIR)
-	$(LUSHPO) data check
-	$(LUSHPO) features --backbone xception --frames 20 --sampling even --weights $(LUSHPO_WEIGHTS)
-	$(LUSHPO) tune --config $(RUN_CONFIG) --name $(RUN_NAME) --storage-path $(RUNS_DIR) --overwrite
-	$(LUSHPO) export $(RUNS_DIR)/$(RUN_NAME) --out $(RUN_OUT)
-	$(LUSHPO) evaluate $(RUN_OUT)
+	$(LUSHPO) run --config $(RUN_CONFIG) --name $(RUN_NAME) --storage-path $(RUNS_DIR) \
+		--out $(RUN_OUT) $(RUN_FLAGS)
 
 test: setup tools
 	$(BIN)/python -m pytest

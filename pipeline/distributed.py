@@ -8,8 +8,9 @@ So:
 - `plan_feature_sets` computes every requested set's store key on the driver (weights sha256 and
   dataset digest, no TensorFlow) and keeps the ones the store lacks.
 - Clip *bytes* travel through Ray's object store (the clips need not be on the workers' disks).
-  Each clip is decoded once per sampling plan (frames N, sampling) by a task placed on the node of
-  an actor that consumes it, and resized there once per input size the plan's backbones need.
+  Each clip is decoded once per sampling plan (frames N, sampling), by a decoder actor on the node
+  of a backbone actor that consumes it, and resized there once per input size the plan's
+  backbones need; decoding runs ahead of inference, and models load while the first clips decode.
   `pipeline.frames.resize_frames` makes that byte-identical to decoding at each size.
 - One actor holds one backbone (`num_cpus` / `num_gpus` per actor, a GPU where the node has one)
   and turns decoded clips into features in fixed batches, as `pipeline.extract` does in-process.
@@ -21,6 +22,7 @@ So:
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import tempfile
@@ -35,7 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.backbones import BACKBONES, ResolvedWeights, get_backbone, resolve_weights
-from pipeline.extract import dataset_meta
+from pipeline.extract import BatchedInference, dataset_meta, library_versions
 from pipeline.frames import BadClipError, read_frames, resize_frames
 from pipeline.manifest import Clip, Manifest
 from pipeline.store import FeatureSet, FeatureSetSpec, FeatureStore
@@ -48,6 +50,8 @@ __all__ = [
     "parse_weights",
     "plan_feature_sets",
 ]
+
+DECODE_THREADS = 2  # concurrent decodes per node (OpenCV and NumPy release the GIL)
 
 
 @dataclass(frozen=True)
@@ -129,27 +133,43 @@ def plan_feature_sets(
 # --- Ray side -----------------------------------------------------------------------------------
 
 
-def _decode(
-    data: bytes, suffix: str, count: int, frames: int, sampling: str, sizes: tuple[int, ...]
-) -> dict[int, np.ndarray] | BadClipError:
-    """One clip's N frames at each input size (uint8 RGB), or the clip's error (returned, so the
-    driver decides whether to skip it)."""
-    handle, path = tempfile.mkstemp(suffix=suffix, prefix="lushpo-clip-")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        native = read_frames(path, frames, sampling, None, count=count)
-        return {size: resize_frames(native, (size, size)) for size in sizes}
-    except BadClipError as error:
-        return error
-    finally:
-        os.unlink(path)
+class _Decoder:
+    """A Ray actor, one per node that runs backbone actors: decodes clips for them."""
+
+    @staticmethod
+    def decode(
+        data: bytes, suffix: str, count: int, frames: int, sampling: str, sizes: tuple[int, ...]
+    ) -> dict[int, np.ndarray] | BadClipError:
+        """One clip's N frames at each input size (uint8 RGB), or the clip's error (returned,
+        so the driver decides whether to skip it)."""
+        handle, path = tempfile.mkstemp(suffix=suffix, prefix="lushpo-clip-")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(data)
+            native = read_frames(path, frames, sampling, None, count=count)
+            return {size: resize_frames(native, (size, size)) for size in sizes}
+        except BadClipError as error:
+            return error
+        finally:
+            os.unlink(path)
 
 
 class _BackboneWorker:
-    """A Ray actor holding one backbone; `run` turns decoded clips into features."""
+    """A Ray actor holding one backbone; `run` turns decoded clips into features.
 
-    def __init__(
+    The constructor only records where the actor landed, so the driver can place decoding next
+    to it at once; `load` (TensorFlow, the weights, the model: seconds) runs as the actor's first
+    call, while the first clips decode."""
+
+    def __init__(self) -> None:
+        import ray
+
+        self.node_id = ray.get_runtime_context().get_node_id()
+
+    def where(self) -> str:
+        return self.node_id
+
+    def load(
         self,
         backbone: str,
         weights_source: str,
@@ -157,11 +177,11 @@ class _BackboneWorker:
         cache_dir: str | None,
         threads: int | None,
         batch_size: int,
-    ) -> None:
-        import ray
+    ) -> tuple[str, dict[str, str]]:
+        """Build the model; returns the device ("CPU" or "GPU") and the library versions that
+        compute the features (recorded in each set's meta)."""
         import tensorflow as tf
 
-        self.node_id = ray.get_runtime_context().get_node_id()
         if threads:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(threads)
@@ -179,16 +199,12 @@ class _BackboneWorker:
         self.entry = get_backbone(backbone)
         self.model = self.entry.build(resolved.path)
         self.batch_size = batch_size
-        self.device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
-
-    def where(self) -> tuple[str, str]:
-        return self.node_id, self.device
+        device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+        return device, library_versions()
 
     def run(self, frames: int, *decoded: dict[int, np.ndarray] | BadClipError) -> list[Any]:
         """Per clip, in order: features ``float32 [frames, dim]``, or the clip's BadClipError.
         Frames go through the model in batches of `batch_size` packed across clip boundaries."""
-        from pipeline.extract import BatchedInference
-
         size = self.entry.input_size
         good = [d for d in decoded if not isinstance(d, BadClipError)]
         run = BatchedInference(self.entry, self.model, frames, self.batch_size, len(good))
@@ -272,9 +288,12 @@ def extract_on_cluster(
             "free for one backbone actor; lower --cpus-per-actor / --gpus-per-actor or add nodes"
         )
     worker_cls = ray.remote(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)(_BackboneWorker)
-    # Decoding is light next to inference: it takes no CPU slot (the actors hold them), and is
-    # placed on the node of the actor that first consumes the clip.
-    decode = ray.remote(num_cpus=0)(_decode)
+    # Decoding is light next to inference: it takes no CPU slot (the actors hold them) and runs
+    # in one long-lived decoder actor per node, next to the backbone actors that consume it.
+    # (Bare tasks made Ray start a new worker process for every burst of decodes, which cost
+    # more CPU than the decoding on small nodes.)
+    decoder_cls = ray.remote(num_cpus=0, max_concurrency=DECODE_THREADS)(_Decoder)
+    decoders: dict[str, Any] = {}  # node id → its decoder actor
     threads = max(1, int(cpus_per_actor)) if gpus_per_actor == 0 else None
 
     clips_by_plan: dict[tuple[int, str], list[Clip]] = {}
@@ -305,6 +324,7 @@ def extract_on_cluster(
     written: list[str] = []
     shapes: dict[str, tuple[int, ...]] = {}
     nodes: dict[str, set[str]] = defaultdict(set)
+    versions: dict[str, dict[str, str]] = {}  # backbone → libraries on its actors
     bad: dict[str, str] = {}
     done_frames = 0
 
@@ -313,9 +333,11 @@ def extract_on_cluster(
         if ref is None:
             if clip.id not in blobs:
                 blobs[clip.id] = ray.put(Path(clip.path).read_bytes())
-            ref = decode.options(
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)
-            ).remote(
+            if node not in decoders:
+                decoders[node] = decoder_cls.options(
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
+                ).remote()
+            ref = decoders[node].decode.remote(
                 blobs[clip.id], Path(clip.path).suffix, clip.frames, plan[0], plan[1],
                 sizes_by_plan[plan],
             )  # fmt: skip
@@ -326,20 +348,18 @@ def extract_on_cluster(
         for wave in _waves(jobs, slots):
             per_backbone = max(1, slots // len(wave))
             actors: dict[str, list[tuple[Any, str]]] = {}
+            loading: dict[str, list[Any]] = {}  # backbone → its actors' `load` results
             for backbone in wave:
                 weights = next(j.weights for j in jobs if j.backbone == backbone)
-                handles = [
-                    worker_cls.remote(
+                handles = [worker_cls.remote() for _ in range(per_backbone)]
+                where = ray.get([h.where.remote() for h in handles])
+                actors[backbone] = list(zip(handles, where, strict=True))
+                loading[backbone] = [
+                    h.load.remote(
                         backbone, weights.source, weights.sha256, cache_dir, threads, batch_size
                     )
-                    for _ in range(per_backbone)
+                    for h in handles
                 ]
-                where = ray.get([h.where.remote() for h in handles])
-                actors[backbone] = [(h, w[0]) for h, w in zip(handles, where, strict=True)]
-                log(
-                    f"{backbone}: {per_backbone} actor(s) on "
-                    + ", ".join(f"{w[0][:8]} ({w[1]})" for w in where)
-                )
             wave_jobs = [j for j in jobs if j.backbone in wave]
             queue: deque[tuple[FeatureJob, int, list[Clip]]] = deque()
             calls: dict[str, int] = defaultdict(int)  # actor calls per set
@@ -361,6 +381,24 @@ def extract_on_cluster(
                     refs = [decoded_ref(job.plan, c, node) for c in chunk]
                     ref = actor.run.remote(job.spec.frames, *refs)
                     inflight[ref] = (job, index, chunk, node)
+                for job, index, chunk in itertools.islice(queue, window):  # decode ahead
+                    node = actors[job.backbone][index % len(actors[job.backbone])][1]
+                    for clip in chunk:
+                        decoded_ref(job.plan, clip, node)
+                if loading:  # the first calls and their decoding are queued: now wait for models
+                    for backbone, refs in loading.items():
+                        loaded = ray.get(refs)
+                        versions[backbone] = loaded[0][1]
+                        log(
+                            f"{backbone}: {len(refs)} actor(s) on "
+                            + ", ".join(
+                                f"{node[:8]} ({device})"
+                                for (_, node), (device, _) in zip(
+                                    actors[backbone], loaded, strict=True
+                                )
+                            )
+                        )
+                    loading = {}
                 ready, _ = ray.wait(list(inflight), num_returns=1)
                 job, index, chunk, node = inflight.pop(ready[0])
                 features = ray.get(ready[0])
@@ -386,6 +424,7 @@ def extract_on_cluster(
                     fs = _assemble(
                         job, parts.pop(job.key), skipped[job.plan], manifest, batch_size,
                         sorted(nodes[job.key]), time.perf_counter() - started,
+                        versions[job.backbone],
                     )  # fmt: skip
                     written.append(store.put(fs))
                     shapes[written[-1]] = tuple(fs.features.shape)
@@ -397,6 +436,8 @@ def extract_on_cluster(
                     ray.kill(handle)
     finally:
         bar.close()
+        for decoder in decoders.values():
+            ray.kill(decoder)
     elapsed = time.perf_counter() - started
     return ClusterExtraction(
         written,
@@ -416,6 +457,7 @@ def _assemble(
     batch_size: int,
     nodes: list[str],
     elapsed: float,
+    versions: dict[str, str],
 ) -> FeatureSet:
     kept: list[Clip] = []
     rows: list[np.ndarray] = []
@@ -431,7 +473,9 @@ def _assemble(
     if not kept:
         raise BadClipError(manifest.clips[0].path.parent, "none of the clips could be read")
     features = np.stack(rows)
-    meta = dataset_meta(manifest, job.weights, job.backbone, skipped + bad, batch_size, elapsed)
+    meta = dataset_meta(
+        manifest, job.weights, job.backbone, skipped + bad, batch_size, elapsed, versions
+    )
     meta["frames_per_s"] = None  # sets share actors and decoding: see the run's own figure
     meta["computed_on"] = {"nodes": nodes, "via": "ray"}
     return FeatureSet(

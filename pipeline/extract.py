@@ -174,13 +174,15 @@ def dataset_meta(
     skipped: list[dict[str, str]],
     batch_size: int,
     elapsed: float,
+    versions: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A feature set's meta: provenance, the clips left out and why, timing."""
+    """A feature set's meta: provenance, the clips left out and why, timing. `versions`: those
+    of the process that ran the backbone (default: this one's)."""
     entry = get_backbone(backbone)
     unreadable = [{"clip": s.id, "reason": s.reason} for s in getattr(manifest, "skipped", ())]
     return {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "versions": library_versions(),
+        "versions": versions or library_versions(),
         "skipped": unreadable + skipped,  # left out when the manifest was built, then here
         "excluded": [{"clip": s.id, "reason": s.reason} for s in getattr(manifest, "excluded", ())],
         "weights_source": weights.source,

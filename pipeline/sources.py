@@ -230,6 +230,7 @@ def fetch(
     exponential backoff, resume a partial ``.part`` file with an HTTP Range request and are
     renamed into place when complete. Pinned files are verified (`ChecksumMismatchError`); a clip
     the source lacks (404) is reported in `FetchReport.missing`. Files already present are kept.
+    ``paper/cross_val.json`` is written last, so its presence means a fetch has finished.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
@@ -257,17 +258,24 @@ def fetch(
                 fetched.append(rel)
                 nbytes += entry["size"]
 
+    def place_pinned(item: PinnedFile) -> None:
+        origin = (
+            source / item.dest
+            if source is not None
+            else urllib.parse.urljoin(bases[item.source], item.url_path)
+        )
+        entry, was_present = _place(
+            getter, origin, dest, item.dest, expected_sha256=item.sha256, known=checksums
+        )
+        record(item.dest, entry, was_present)
+
+    # cross_val.json is placed last, after every clip: its presence tells `lushpo run` that a
+    # fetch into this folder has finished (an interrupted one is completed by the next run).
+    last = [item for item in pinned if item.dest == CROSS_VAL_JSON.as_posix()]
     try:
         for item in pinned:
-            origin = (
-                source / item.dest
-                if source is not None
-                else urllib.parse.urljoin(bases[item.source], item.url_path)
-            )
-            entry, was_present = _place(
-                getter, origin, dest, item.dest, expected_sha256=item.sha256, known=checksums
-            )
-            record(item.dest, entry, was_present)
+            if item not in last:
+                place_pinned(item)
 
         clip_names = list(read_videos_csv(dest / VIDEOS_CSV))
         if source is not None and (source / CLIPS_DIR).is_dir():
@@ -307,6 +315,8 @@ def fetch(
                 disable=not progress,
             ):
                 future.result()
+        for item in last:
+            place_pinned(item)
     finally:
         _write_json_atomic(dest / CHECKSUMS_JSON, dict(sorted(checksums.items())))
     return FetchReport(

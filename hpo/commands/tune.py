@@ -39,6 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--storage-path", metavar="URI", help="Ray Tune results: path or s3://")
     parser.add_argument("--optuna-storage", metavar="URL", help="Optuna storage URL")
     parser.add_argument("--address", metavar="ADDR", help="Ray cluster to join (env RAY_ADDRESS)")
+    parser.add_argument("--data-dir", metavar="DIR", help="split.data_dir (env LUSHPO_DATA_DIR)")
     again = parser.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue the study of this name")
     again.add_argument("--overwrite", action="store_true", help="delete it and start again")
@@ -65,6 +66,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         "storage.storage_path": args.storage_path,
         "storage.optuna_storage": args.optuna_storage,
         "address": args.address,
+        "split.data_dir": getattr(args, "data_dir", None),
     }
     defaults = {key: environ.get(env) or None for key, env in _ENV_DEFAULTS.items()}
     return load_config(args.config, overrides, defaults)
@@ -114,9 +116,12 @@ def _handle(args: argparse.Namespace) -> int:
 
 def resume_command(args: argparse.Namespace, argv: Sequence[str] | None = None) -> str:
     """The exact command that resumes this study: the command line that started it (`argv`,
-    default sys.argv when it ran `lushpo tune`) without --overwrite and with --resume. When
-    called in-process with other argv, the line is rebuilt from the parsed `args`."""
+    default sys.argv when it ran `lushpo tune`) without --overwrite and with --resume; for
+    `lushpo run`, which resumes by default, that line without --overwrite. When called
+    in-process with other argv, the line is rebuilt from the parsed `args`."""
     argv = list(sys.argv if argv is None else argv)
+    if len(argv) > 1 and argv[1] == "run":
+        return shlex.join(["lushpo", *[a for a in argv[1:] if a != "--overwrite"]])
     if len(argv) > 1 and argv[1] == "tune":
         rest = argv[2:]
     else:

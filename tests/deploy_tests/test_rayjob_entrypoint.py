@@ -1,9 +1,10 @@
 """The rendered RayJob runs commands the real CLI accepts, with the env and config the pods get.
 
 The entrypoint is parsed the way it is executed: KubeRay's submitter shell sees it first (it must
-be a single `bash -c '<script>'`), then the head's bash runs the script, whose `&&`-chained
-commands are expanded with the head container's environment (ConfigMap + Secret references) and
-handed to `hpo.cli.build_parser()`; the tune step's config goes through `hpo.config`."""
+be a single `bash -c '<script>'`), then the head's bash runs the script, whose one command,
+`lushpo run`, is expanded with the head container's environment (ConfigMap + Secret references)
+and handed to `hpo.cli.build_parser()`; `hpo.commands.run.pipeline_steps` then gives the verbs it
+calls, each parsed by the real parser; the study config goes through `hpo.config`."""
 
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ import pytest
 import yaml
 
 from hpo.cli import build_parser
+from hpo.commands.run import pipeline_steps
 from hpo.commands.tune import config_from_args
 from hpo.config import load_config
 from tests.conftest import REPO
 from tests.deploy_tests.conftest import OVERLAYS, find, lock_versions
 
-VERBS = ["data", "features", "tune", "export", "evaluate"]
+STEPS = ["data", "data", "features", "tune", "export", "evaluate"]
 _VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 
 
@@ -86,18 +88,20 @@ def overlay(request) -> str:
 
 @pytest.fixture
 def steps(overlay, rendered, tmp_path):
-    """{verb: (argv, parsed args)} of the overlay's entrypoint, the study file at a local path."""
+    """{verb: (argv, parsed args)} of the steps the overlay's `lushpo run` takes (the first of
+    each verb), the study file at a local path."""
     docs = rendered[overlay]
     env = head_environment(docs)
     study_path = _mounted_study(docs, tmp_path)
     commands = entrypoint_commands(find(docs, "RayJob")["spec"]["entrypoint"], env)
-    assert [c[0] for c in commands] == ["lushpo"] * len(commands)
-    assert [c[1] for c in commands] == VERBS
+    assert [c[:2] for c in commands] == [["lushpo", "run"]], "one verb: lushpo run"
     parser = build_parser()
+    argv = [study_path if arg == "/etc/lushpo/study.yaml" else arg for arg in commands[0][1:]]
+    _, calls = pipeline_steps(_parse(parser, argv), environ=env)
+    assert [argv[0] for _, argv in calls] == STEPS
     parsed = {}
-    for command in commands:
-        argv = [study_path if arg == "/etc/lushpo/study.yaml" else arg for arg in command[1:]]
-        parsed[command[1]] = (argv, _parse(parser, argv))
+    for _, call in calls:
+        parsed.setdefault(call[0], (call, _parse(parser, call)))
     return docs, env, parsed
 
 
@@ -125,7 +129,7 @@ def _mounted_study(docs: list[dict[str, Any]], tmp_path: Path) -> str:
 
 def test_entrypoint_steps_parse_and_agree(steps):
     _, env, parsed = steps
-    data = parsed["data"][1]
+    data = parsed["data"][1]  # the PVC starts empty: the first attempt fetches
     assert data.action == "fetch" and Path(data.data_dir) == Path(env["LUSHPO_DATA_DIR"])
 
     tune_args = parsed["tune"][1]

@@ -242,6 +242,12 @@ def test_fetch_gives_up_after_its_attempts_but_keeps_checksums(server, tmp_path)
     checksums = json.loads((tmp_path / "checksums.json").read_text())
     assert "paper/videos.csv" in checksums  # what did arrive is recorded
     assert f"pocus/convex/{name}" not in checksums
+    # cross_val.json comes last: without it `lushpo run` knows to fetch again.
+    assert not (tmp_path / "paper" / "cross_val.json").exists()
+    _serve(server, _paper_files(), CLIPS)
+    server.state.plan.clear()
+    _fetch(server, tmp_path, attempts=3)
+    assert (tmp_path / "paper" / "cross_val.json").is_file()
 
 
 def test_fetch_resumes_a_partial_file_with_range(server, tmp_path):

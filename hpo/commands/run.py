@@ -1,0 +1,176 @@
+"""`lushpo run --config FILE`: the whole pipeline as one idempotent, resumable verb.
+
+data (fetched when the data dir lacks paper/cross_val.json, which `data fetch` writes last, or
+always with --fetch) → features
+(every feature set the config needs; found in the store on a rerun) → tune (resumed, or started
+anew with --overwrite) → export (replacing the previous export) → evaluate. Each step is the verb
+of the same name, called in this process with the arguments printed before it, so a step can be
+rerun by hand. A run interrupted at any step finishes when started again: extraction writes a set's
+manifest last, the study resumes from its run storage, and the export is replaced.
+
+`make run`, the RayJob entrypoint and deploy/compose.yaml all call this verb. Reads the same
+environment as the verbs it calls, and `LUSHPO_RESULTS_DIR` (default .lushpo/out) for --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+from hpo.commands import data, evaluate, export, features, tune
+
+__all__ = ["add_parser", "pipeline_steps"]
+
+RESULTS_ENV = "LUSHPO_RESULTS_DIR"
+DEFAULT_RESULTS_DIR = Path(".lushpo/out")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="the whole pipeline: data, features, tune, export, evaluate (idempotent, resumable)",
+        description=(
+            "Run every step of the study in FILE: fetch the data if the data dir lacks it, "
+            "extract the feature sets the store lacks, run or resume the study (--overwrite "
+            "starts it anew), export its best trial into --out (replacing an earlier export) "
+            "and evaluate that export. Rerunning skips what is done."
+        ),
+    )
+    parser.add_argument("--config", required=True, metavar="FILE", help="study YAML")
+    parser.add_argument("--name", help="study name (run dir, Optuna study, export folder)")
+    parser.add_argument("--trials", type=int, metavar="N", help="budget.trials")
+    parser.add_argument("--data-dir", metavar="DIR", help="data directory (env LUSHPO_DATA_DIR)")
+    parser.add_argument("--store", metavar="URI", help="feature store (env LUSHPO_STORE)")
+    parser.add_argument(
+        "--weights",
+        metavar="imagenet|PATH|URI|none",
+        help="backbone weights for extraction (env LUSHPO_WEIGHTS, else imagenet)",
+    )
+    parser.add_argument("--storage-path", metavar="URI", help="Ray Tune results: path or s3://")
+    parser.add_argument("--optuna-storage", metavar="URL", help="Optuna storage URL")
+    parser.add_argument("--address", metavar="ADDR", help="Ray cluster to join (env RAY_ADDRESS)")
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help=f"export folder (default: ${RESULTS_ENV}/<name>, else {DEFAULT_RESULTS_DIR}/<name>)",
+    )
+    parser.add_argument(
+        "--fetch",
+        action="store_true",
+        help="always run `data fetch` first (it keeps files already present); default: only "
+        "when the data dir lacks paper/cross_val.json, which a finished fetch writes last",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="start the study anew instead of resuming it"
+    )
+    parser.set_defaults(handler=_run)
+
+
+def _absolute(location: str) -> str:
+    """A local path made absolute (the verbs' URIs need it); URIs pass through."""
+    return location if "://" in location else str(Path(location).expanduser().resolve())
+
+
+def pipeline_steps(
+    args: argparse.Namespace, environ: dict[str, str] | None = None
+) -> tuple[object, list[tuple[ModuleType, list[str]]]]:
+    """The validated study config, and the verbs `run` calls in order, each with its full
+    argument list. Raises InvalidConfigError for a bad config or flag."""
+    environ = dict(os.environ if environ is None else environ)
+    study_args = argparse.Namespace(
+        config=args.config,
+        trials=args.trials,
+        name=args.name,
+        store=args.store,
+        storage_path=args.storage_path,
+        optuna_storage=args.optuna_storage,
+        address=args.address,
+        data_dir=args.data_dir,
+    )
+    cfg = tune.config_from_args(study_args, environ)
+    data_dir = _absolute(cfg.split.data_dir) if cfg.split.data_dir else None
+    run_path = _absolute(cfg.run_path)
+    results = environ.get(RESULTS_ENV) or DEFAULT_RESULTS_DIR
+    out = _absolute(args.out or str(Path(results) / cfg.name))
+    shared = {"--store": cfg.store, "--data-dir": data_dir}
+
+    steps: list[tuple[ModuleType, list[str]]] = []
+    fetched = data_dir is not None and (Path(data_dir) / "paper" / "cross_val.json").is_file()
+    if data_dir is not None and (args.fetch or not fetched):
+        steps.append((data, ["data", "fetch", "--data-dir", data_dir]))
+    if data_dir is not None:
+        steps.append((data, ["data", "check", "--data-dir", data_dir]))
+    if cfg.feature_set.key is None:  # a pinned key names a set that is already in the store
+        extract = {
+            "--backbone": ",".join(cfg.feature_set.backbone),
+            "--frames": ",".join(str(n) for n in cfg.feature_set.frames),
+            "--sampling": cfg.feature_set.sampling,
+            "--weights": args.weights,
+            "--address": cfg.address,
+            **shared,
+        }
+        steps.append((features, ["features", *_flags(extract)]))
+    study = {
+        "--config": args.config,
+        "--name": cfg.name,
+        "--trials": args.trials,
+        "--storage-path": _absolute(cfg.storage.storage_path),
+        "--optuna-storage": args.optuna_storage,
+        "--address": cfg.address,
+        **shared,
+    }
+    again = "--overwrite" if args.overwrite else "--resume"
+    steps.append((tune, ["tune", *_flags(study), again]))
+    steps.append(
+        (
+            export,
+            [
+                "export",
+                run_path,
+                *_flags({"--out": out, "--store": cfg.store}),
+                *_flags({"--optuna-storage": args.optuna_storage}),
+                "--overwrite",
+            ],
+        )
+    )
+    steps.append((evaluate, ["evaluate", out, *_flags(shared)]))
+    return cfg, steps
+
+
+def _flags(values: dict[str, object]) -> list[str]:
+    """--flag value pairs, leaving out the unset ones."""
+    pairs = [(flag, str(value)) for flag, value in values.items() if value is not None]
+    return [part for pair in pairs for part in pair]
+
+
+def _call(module: ModuleType, argv: Sequence[str]) -> int:
+    """One verb, parsed by its own parser, as `lushpo <argv>` would run it."""
+    parser = argparse.ArgumentParser(prog="lushpo")
+    module.add_parser(parser.add_subparsers(dest="verb", required=True))
+    args = parser.parse_args(list(argv))
+    return int(args.handler(args) or 0)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from hpo.config import InvalidConfigError
+
+    try:
+        _, steps = pipeline_steps(args)
+    except InvalidConfigError as exc:
+        print(f"lushpo run: {exc}", file=sys.stderr)
+        return 2
+    for number, (module, argv) in enumerate(steps, start=1):
+        step = " ".join(argv[:2]) if argv[0] == "data" else argv[0]
+        print(f"lushpo run [{number}/{len(steps)}] {step}: {shlex.join(['lushpo', *argv])}",
+              file=sys.stderr, flush=True)  # fmt: skip
+        code = _call(module, argv)
+        if code:
+            print(f"lushpo run: step {step!r} failed (exit {code}); fix it and run the same "
+                  f"command again: finished steps are skipped", file=sys.stderr)  # fmt: skip
+            return code
+    return 0
