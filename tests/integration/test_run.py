@@ -1,0 +1,150 @@
+"""`lushpo run`, the verb `make run` calls, on the shared clips with a tiny study: a second run
+extracts nothing, finds the study finished and replaces the export; a run killed (SIGKILL)
+during its study finishes when started again, with exactly the configured number of trials."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+LUSHPO = str(Path(sys.executable).with_name("lushpo"))
+TRIALS = 3
+
+
+@pytest.fixture
+def ray_tmp():
+    """The Ray temp dir of this test's runs; short, since Ray puts unix sockets under it."""
+    path = Path(tempfile.mkdtemp(prefix="lr", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def env(tmp_path, shared_data_dir, ray_tmp) -> dict[str, str]:
+    """A user's shell: the shared data, a home and a Ray temp dir of the test's own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "LUSHPO_"))}
+    env |= {
+        "HOME": str(tmp_path / "home"),
+        "RAY_TMPDIR": str(ray_tmp),
+        "LUSHPO_DATA_DIR": str(shared_data_dir),
+        "LUSHPO_CACHE_DIR": str(tmp_path / "cache"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    (tmp_path / "home").mkdir()
+    return env
+
+
+def _config(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "feature_set": {"backbone": "mobilenetv2", "frames": 5, "sampling": "even"},
+                "split": {"kind": "paper"},
+                "space": {
+                    "lstm_units": [8, 16],
+                    "dense_layers": 1,
+                    "dense_units_1": [8],
+                    "batch_size": [16],
+                },
+                "budget": {"trials": TRIALS, "max_concurrent": 1, "max_epochs": 3, "patience": 2},
+                "resources": {"cpu": 1, "intra_op_threads": 1},
+                "num_cpus": 2,
+            }
+        )
+    )
+    return path
+
+
+def _argv(tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        LUSHPO, "run", "--config", str(_config(tmp_path)), "--weights", "none",
+        "--store", (tmp_path / "store").as_uri(), "--storage-path", str(tmp_path / "runs"),
+        "--out", str(tmp_path / "out"), *extra,
+    ]  # fmt: skip
+
+
+def _run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done
+
+
+def _complete(optuna_db: Path) -> int:
+    if not optuna_db.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(optuna_db)) as db:
+        try:
+            rows = db.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()
+        except sqlite3.OperationalError:
+            return 0
+    return rows[0]
+
+
+def _ray_pids(ray_tmp: Path) -> list[int]:
+    """Processes of the Ray instance this test's runs started (their temp dir is ours)."""
+    marker = str(ray_tmp).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if marker in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return found
+
+
+def test_run_twice_then_killed_mid_study_and_rerun(env, tmp_path, ray_tmp):
+    out = tmp_path / "out"
+    first = _run(_argv(tmp_path), env)
+    assert "stored " in first.stdout, first.stdout[-2000:]
+    assert "lushpo run [5/5] evaluate" in first.stderr
+    card = json.loads((out / "model_card.json").read_text())
+    assert (card["backbone"], card["frames"]) == ("mobilenetv2", 5)
+    assert (out / "report.md").is_file()
+    (out / "stale.txt").write_text("from an earlier export")
+
+    second = _run(_argv(tmp_path), env)
+    assert "found in store" in second.stdout and "stored " not in second.stdout
+    assert "already finished" in second.stderr, second.stderr[-3000:]
+    assert not (out / "stale.txt").exists(), "the export was not replaced"
+    assert json.loads((out / "model_card.json").read_text())["trial_id"] == card["trial_id"]
+
+    # Started anew, killed once a trial has finished, then run again as it was first typed.
+    optuna_db = tmp_path / "runs" / "tiny" / "optuna.db"
+    killed = subprocess.Popen(_argv(tmp_path, "--overwrite"), env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        overwritten = False  # the finished study's trials are gone: the new study runs
+        while not (overwritten and _complete(optuna_db) >= 1):
+            overwritten = overwritten or _complete(optuna_db) < TRIALS
+            assert killed.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no trial finished within 600 s"
+            time.sleep(0.5)
+        assert _complete(optuna_db) < TRIALS
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait(30)
+    finally:
+        for pid in _ray_pids(ray_tmp):  # the killed run's Ray instance
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    third = _run(_argv(tmp_path), env)
+    assert "found in store" in third.stdout
+    assert _complete(optuna_db) == TRIALS, "the rerun did not finish the study's budget exactly"
+    assert (out / "model_card.json").is_file() and (out / "report.md").is_file()
+    assert not _ray_pids(ray_tmp), "a run left Ray processes behind"
