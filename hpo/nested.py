@@ -53,7 +53,7 @@ from hpo.study import (
     trial_settings,
 )
 from hpo.trainable import TrialSettings
-from pipeline.manifest import LABELS, Clip, Manifest, Split, stratified_split
+from pipeline.manifest import LABELS, Clip, Manifest, Split, check_split, stratified_split
 
 __all__ = [
     "NESTED_FILE",
@@ -115,11 +115,13 @@ def inner_split(
         )
     )
     split = stratified_split(manifest, k, _mix(seed, outer))
-    return Split(
+    inner = Split(
         f"inner-{outer}",
         split.folds,
         tuple(f"outer fold {outer}, inner {w}" for w in split.warnings),
     )
+    check_split(inner, train_ids, source=f"outer fold {outer}: inner split")
+    return inner
 
 
 def _check_no_leak(outer: int, test_ids: Sequence[str], inner: Split) -> None:

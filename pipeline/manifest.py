@@ -15,7 +15,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +35,9 @@ __all__ = [
     "PaperClip",
     "SkippedClip",
     "Split",
+    "SplitLeakError",
     "build_manifest",
+    "check_split",
     "label_from_name",
     "paper_split",
     "read_cross_val",
@@ -187,6 +190,46 @@ class Split:
             name=data["name"],
             folds=tuple(Fold(tuple(f["train"]), tuple(f["test"])) for f in data["folds"]),
         )
+
+
+class SplitLeakError(ValueError):
+    """A split that would train on a test clip, test a clip twice or never, or name clips the
+    feature set lacks. The message names the split, the fold and the clips."""
+
+
+def check_split(split: Split, available: Iterable[str] | None = None, source: str = "") -> None:
+    """Refuse a split that leaks: in every fold train ∩ test = ∅; every clip of the split is
+    tested exactly once; with `available` (the feature set's clip ids), every clip is in it.
+
+    Raises:
+        SplitLeakError: one line naming `source` (default: the split's name), folds and clips.
+    """
+    problems: list[str] = []
+    tested: Counter[str] = Counter()
+    for i, fold in enumerate(split.folds):
+        both = sorted(set(fold.train) & set(fold.test))
+        if both:
+            problems.append(f"fold {i} has {_few(both)} in both train and test")
+        tested.update(fold.test)
+    twice = sorted(c for c, n in tested.items() if n > 1)
+    if twice:
+        problems.append(f"{_few(twice)} tested in more than one fold")
+    never = sorted({c for fold in split.folds for c in fold.train} - set(tested))
+    if never:
+        problems.append(f"{_few(never)} never tested")
+    if available is not None:
+        absent = sorted({c for f in split.folds for c in (*f.train, *f.test)} - set(available))
+        if absent:
+            problems.append(f"{_few(absent)} not in the feature set")
+    if problems:
+        raise SplitLeakError(f"{source or split.name + ' split'}: " + "; ".join(problems))
+
+
+def _few(ids: Sequence[str], shown: int = 5) -> str:
+    """'clip a, b' or 'N clips: a, b, … (+k more)'."""
+    more = f", … (+{len(ids) - shown} more)" if len(ids) > shown else ""
+    noun = "clip" if len(ids) == 1 else f"{len(ids)} clips:"
+    return f"{noun} {', '.join(ids[:shown])}{more}"
 
 
 @dataclass(frozen=True)
@@ -354,6 +397,7 @@ def paper_split(manifest: Manifest, cross_val_path: Path | str) -> Split:
                         f"fold {i}: {part} set has no {label} clip "
                         f"(all of the paper's {label} clips in it are missing)"
                     )
+    check_split(Split("paper", folds), source=str(cross_val_path))  # the file itself
     in_split = {c for fold in folds for c in (*fold.train, *fold.test)}
     outside = sorted(set(labels) - in_split)
     if outside:
@@ -361,7 +405,9 @@ def paper_split(manifest: Manifest, cross_val_path: Path | str) -> Split:
             f"{len(outside)} clip(s) present are not in the paper's split and are left out: "
             + ", ".join(outside)
         )
-    return Split("paper", tuple(restricted), tuple(warnings))
+    split = Split("paper", tuple(restricted), tuple(warnings))
+    check_split(split, labels, source=f"{cross_val_path} restricted to the clips present")
+    return split
 
 
 def stratified_split(manifest: Manifest, k: int = 5, seed: int = 0) -> Split:
@@ -392,7 +438,9 @@ def stratified_split(manifest: Manifest, k: int = 5, seed: int = 0) -> Split:
         for label in LABELS
         if by_label.get(label) and label not in {labels[c] for c in fold.test}
     ]
-    return Split("stratified", tuple(folds), tuple(warnings))
+    split = Split("stratified", tuple(folds), tuple(warnings))
+    check_split(split, labels)
+    return split
 
 
 def _ids_by_label(clips: Iterable[Clip]) -> dict[str, list[str]]:

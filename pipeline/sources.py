@@ -40,6 +40,8 @@ from pipeline.manifest import (
     CROSS_VAL_JSON,
     LABELS,
     VIDEOS_CSV,
+    Split,
+    check_split,
     read_cross_val,
     read_videos_csv,
 )
@@ -338,6 +340,7 @@ def check(data_dir: Path | str, *, pinned: Iterable[PinnedFile] = PINNED_FILES) 
             )
     paper = read_videos_csv(data_dir / VIDEOS_CSV)
     folds = read_cross_val(data_dir / CROSS_VAL_JSON)
+    check_split(Split("paper", folds), source=str(data_dir / CROSS_VAL_JSON))
     clips_dir = data_dir / CLIPS_DIR
     on_disk = (
         {p.name for p in clips_dir.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES}

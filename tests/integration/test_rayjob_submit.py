@@ -129,10 +129,10 @@ def _finished_trials(optuna_db: Path) -> int:
             return 0
 
 
-def _wait(condition, timeout: float, what: str, logs) -> None:
+def _wait(condition, timeout: float, what: str, logs, failed=lambda: False) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
-        if time.monotonic() > deadline:
+        if failed() or time.monotonic() > deadline:
             pytest.fail(f"{what} within {timeout:.0f} s; job logs:\n{logs()[-4000:]}")
         time.sleep(2)
 
@@ -150,6 +150,7 @@ def test_rayjob_entrypoint_through_the_jobs_api_resumes_after_a_stop(
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "LUSHPO_", "AWS_"))}
     env["HOME"] = str(tmp_path_factory.mktemp("home"))  # no ~/.ray/auth_token of the host
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # as in the image
     env |= _environment(docs, s3, tmp_path, shared_data_dir, xception_weights)
     cluster = RayCLICluster(env, token=True, dashboard=True)
     try:
@@ -158,7 +159,8 @@ def test_rayjob_entrypoint_through_the_jobs_api_resumes_after_a_stop(
 
         _submit(cluster, entrypoint, "lushpo-study-1")
         logs1 = lambda: _job(cluster, "logs", "lushpo-study-1")  # noqa: E731
-        _wait(lambda: _finished_trials(optuna_db) >= 1, 900, "no trial finished", logs1)
+        ended = lambda: _status(cluster, "lushpo-study-1") in ("FAILED", "SUCCEEDED")  # noqa: E731
+        _wait(lambda: _finished_trials(optuna_db) >= 1, 900, "no trial finished", logs1, ended)
         assert _finished_trials(optuna_db) < TRIALS, "the study ended before it was stopped"
         assert "lushpo run [" in logs1() and "tune" in logs1()
         _job(cluster, "stop", "lushpo-study-1")

@@ -116,12 +116,16 @@ def test_run_twice_then_killed_mid_study_and_rerun(env, tmp_path, ray_tmp):
     card = json.loads((out / "model_card.json").read_text())
     assert (card["backbone"], card["frames"]) == ("mobilenetv2", 5)
     assert (out / "report.md").is_file()
-    (out / "stale.txt").write_text("from an earlier export")
+    stale = out / "fold-9.h5"  # as if an earlier export had more folds
+    stale.write_text("from an earlier export")
+    notes = out / "notes.txt"  # the user's own file: an export never deletes it
+    notes.write_text("mine")
 
     second = _run(_argv(tmp_path), env)
     assert "found in store" in second.stdout and "stored " not in second.stdout
-    assert "already finished" in second.stderr, second.stderr[-3000:]
-    assert not (out / "stale.txt").exists(), "the export was not replaced"
+    assert "already finished" in second.stdout, second.stdout[-3000:]
+    assert not stale.exists(), "the export was not replaced"
+    assert notes.read_text() == "mine"
     assert json.loads((out / "model_card.json").read_text())["trial_id"] == card["trial_id"]
 
     # Started anew, killed once a trial has finished, then run again as it was first typed.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,3 +109,5 @@ class RayCLICluster:
             deadline = time.monotonic() + 10
             while self.pids() and time.monotonic() < deadline:
                 time.sleep(0.2)
+        if not self.pids():
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
