@@ -1,7 +1,7 @@
 """`lushpo run --config FILE`: the whole pipeline as one idempotent, resumable verb.
 
-data (fetched when the data dir lacks paper/cross_val.json, which `data fetch` writes last, or
-always with --fetch) → features
+data (fetched when the data dir lacks its clips, or the paper's split lacks paper/cross_val.json,
+which `data fetch` writes last; always with --fetch; then checked, leaks included) → features
 (every feature set the config needs; found in the store on a rerun) → tune (resumed, or started
 anew with --overwrite) → export (replacing the previous export) → evaluate. Each step is the verb
 of the same name, called in this process with the arguments printed before it, so a step can be
@@ -100,11 +100,16 @@ def pipeline_steps(
     shared = {"--store": cfg.store, "--data-dir": data_dir}
 
     steps: list[tuple[ModuleType, list[str]]] = []
-    fetched = data_dir is not None and (Path(data_dir) / "paper" / "cross_val.json").is_file()
-    if data_dir is not None and (args.fetch or not fetched):
-        steps.append((data, ["data", "fetch", "--data-dir", data_dir]))
     if data_dir is not None:
-        steps.append((data, ["data", "check", "--data-dir", data_dir]))
+        # The paper's split reads the paper's files; a stratified split of one's own clips
+        # needs only the clips folder.
+        needs_paper = cfg.split.kind == "paper" and not cfg.split.cross_val
+        fetched = (Path(data_dir) / "paper" / "cross_val.json").is_file()
+        has_clips = (Path(data_dir) / "pocus" / "convex").is_dir()
+        if args.fetch or not has_clips or (needs_paper and not fetched):
+            steps.append((data, ["data", "fetch", "--data-dir", data_dir]))
+        if needs_paper or fetched or args.fetch:
+            steps.append((data, ["data", "check", "--data-dir", data_dir]))
     if cfg.feature_set.key is None:  # a pinned key names a set that is already in the store
         extract = {
             "--backbone": ",".join(cfg.feature_set.backbone),

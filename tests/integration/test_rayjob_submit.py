@@ -34,7 +34,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 RAY = str(Path(sys.executable).with_name("ray"))
 BUCKET = "lushpo-job"
 TRIALS = 4
-IMAGENET_FILE = "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +73,9 @@ def _environment(docs, s3: S3Endpoint, tmp: Path, data_dir: Path, weights: Path)
     """The head container's environment, every place in it made local."""
     env = head_environment(docs)
     cache = tmp / "cache"
-    # A node whose cache already holds Keras' ImageNet file: `--weights imagenet` finds it there.
-    (cache / "weights" / "imagenet").mkdir(parents=True)
-    (cache / "weights" / "imagenet" / IMAGENET_FILE).symlink_to(weights)
     local = {
         "LUSHPO_DATA_DIR": str(data_dir),
+        "LUSHPO_WEIGHTS": str(weights),  # the shared copy of Keras' Xception ImageNet file
         "LUSHPO_STORE": f"s3://{BUCKET}/store",
         "LUSHPO_STORAGE_PATH": f"s3://{BUCKET}/runs",
         "LUSHPO_OPTUNA_STORAGE": f"sqlite:///{tmp / 'optuna.db'}",
@@ -112,9 +109,15 @@ def _job(cluster: RayCLICluster, *args: str) -> str:
     return done.stdout + done.stderr
 
 
+_STATUS = {"succeeded": "SUCCEEDED", "failed": "FAILED", "was stopped": "STOPPED"}
+
+
 def _status(cluster: RayCLICluster, submission_id: str) -> str:
-    """PENDING, RUNNING, STOPPED, SUCCEEDED or FAILED, as `ray job status` reports it."""
-    out = _job(cluster, "status", submission_id)
+    """PENDING, RUNNING, STOPPED, SUCCEEDED or FAILED, as `ray job status` words it."""
+    out = re.sub(r"\x1b\[[0-9;]*m", "", _job(cluster, "status", submission_id))
+    match = re.search(rf"Job '{submission_id}' (succeeded|failed|was stopped)", out)
+    if match:
+        return _STATUS[match.group(1)]
     match = re.search(rf"Status for job '{submission_id}': (\w+)", out)
     return match.group(1) if match else out
 

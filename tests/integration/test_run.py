@@ -1,6 +1,7 @@
-"""`lushpo run`, the verb `make run` calls, on the shared clips with a tiny study: a second run
-extracts nothing, finds the study finished and replaces the export; a run killed (SIGKILL)
-during its study finishes when started again, with exactly the configured number of trials."""
+"""`lushpo run`, the verb `make run` calls, on a folder of a user's own clips (stratified split,
+no paper files, so no fetch) with a tiny study: a second run extracts nothing, finds the study
+finished and replaces the export; a run killed (SIGKILL) during its study finishes when started
+again, with exactly the configured number of trials."""
 
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.clips import write_clip
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 LUSHPO = str(Path(sys.executable).with_name("lushpo"))
-TRIALS = 3
+TRIALS = 4
 
 
 @pytest.fixture
@@ -34,13 +37,24 @@ def ray_tmp():
 
 
 @pytest.fixture
-def env(tmp_path, shared_data_dir, ray_tmp) -> dict[str, str]:
-    """A user's shell: the shared data, a home and a Ray temp dir of the test's own."""
+def data_dir(tmp_path) -> Path:
+    """Twelve 12-frame clips, four per class, and nothing else."""
+    root = tmp_path / "data"
+    names = [f"{p}-own-{i}.{ext}" for p in ("Cov", "Pneu", "Reg")
+             for i, ext in enumerate(("mp4", "avi", "gif", "mp4"))]  # fmt: skip
+    for k, name in enumerate(names):
+        write_clip(root / "pocus" / "convex" / name, 12, first_index=4 * k)
+    return root
+
+
+@pytest.fixture
+def env(tmp_path, data_dir, ray_tmp) -> dict[str, str]:
+    """A user's shell: the data dir, a home and a Ray temp dir of the test's own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "LUSHPO_"))}
     env |= {
         "HOME": str(tmp_path / "home"),
         "RAY_TMPDIR": str(ray_tmp),
-        "LUSHPO_DATA_DIR": str(shared_data_dir),
+        "LUSHPO_DATA_DIR": str(data_dir),
         "LUSHPO_CACHE_DIR": str(tmp_path / "cache"),
         "PYTHONUNBUFFERED": "1",
     }
@@ -55,7 +69,7 @@ def _config(tmp_path: Path) -> Path:
             {
                 "name": "tiny",
                 "feature_set": {"backbone": "mobilenetv2", "frames": 5, "sampling": "even"},
-                "split": {"kind": "paper"},
+                "split": {"kind": "stratified", "k": 3},
                 "space": {
                     "lstm_units": [8, 16],
                     "dense_layers": 1,
@@ -112,7 +126,8 @@ def test_run_twice_then_killed_mid_study_and_rerun(env, tmp_path, ray_tmp):
     out = tmp_path / "out"
     first = _run(_argv(tmp_path), env)
     assert "stored " in first.stdout, first.stdout[-2000:]
-    assert "lushpo run [5/5] evaluate" in first.stderr
+    assert "lushpo run [1/4] features" in first.stderr, "a data step ran without paper files"
+    assert "lushpo run [4/4] evaluate" in first.stderr
     card = json.loads((out / "model_card.json").read_text())
     assert (card["backbone"], card["frames"]) == ("mobilenetv2", 5)
     assert (out / "report.md").is_file()
