@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = ["StudyProgress", "results_table", "storage_banner"]
 
-OBJECTIVE = "accuracy"
+OBJECTIVE = "accuracy"  # in a final result: the mean test accuracy (= test_accuracy)
 _HIDDEN = {"backbone", "frames"}
 
 
@@ -84,13 +84,15 @@ class StudyProgress(Callback):
         self.running.discard(trial.trial_id)
         result = trial.last_result or {}
         value = result.get(OBJECTIVE)
-        if value is None:
-            self.write(f"trial {trial.trial_id} ended without {OBJECTIVE}")
-        elif result.get("final") is False:  # ASHA or the time budget stopped it mid-training
+        if result.get("final") is False:  # ASHA or the time budget stopped it mid-training
+            val = result.get("val_accuracy")
+            val_text = f"validation accuracy {val:.4f}; " if isinstance(val, float) else ""
             self.write(
                 f"trial {trial.trial_id} stopped at epoch {result.get('epoch')} "
-                f"(validation {OBJECTIVE}={value:.4f}; no test score)"
+                f"({val_text}no test score)"
             )
+        elif value is None:
+            self.write(f"trial {trial.trial_id} ended without {OBJECTIVE}")
         else:
             self.done[trial.trial_id] = float(value)
             std = result.get(f"{OBJECTIVE}_std")

@@ -28,6 +28,7 @@ import optuna
 import pyarrow.fs as pafs
 import ray
 from ray import tune
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
@@ -51,7 +52,11 @@ __all__ = [
     "train_on_node",
 ]
 
-OBJECTIVE = "accuracy"  # mean 5-fold CV test accuracy, reported by every result of train_cv
+# The study's objective, what Optuna records: the mean k-fold CV *test* accuracy, in a trial's
+# final result only (every earlier result carries it as None, since Ray Tune wants the searcher's
+# metric in every result). ASHA and Optuna's intermediate values use the validation curve.
+OBJECTIVE = "test_accuracy"
+VALIDATION = "val_accuracy"  # per epoch: the folds' mean inner-validation accuracy
 MODE = "max"
 
 SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
@@ -92,8 +97,8 @@ class TrialRecord:
     @property
     def value(self) -> float | None:
         """Mean CV test accuracy; None for a failed trial or one stopped before its final
-        result (its last ``accuracy`` is the inner validation's, not comparable)."""
-        v = self.metrics.get(OBJECTIVE)
+        result (it has only validation scores, not comparable)."""
+        v = self.metrics.get(OBJECTIVE, self.metrics.get("accuracy"))  # runs before test_accuracy
         finished = self.metrics.get("final") is True
         return None if self.error or not finished or v is None else float(v)
 
@@ -247,66 +252,99 @@ def _search_space(cfg: StudyConfig) -> dict[str, optuna.distributions.BaseDistri
 
 # --- the Optuna storage across resumes -------------------------------------------------------
 
-LOST_ATTR = "lushpo_lost"  # user attr of an Optuna trial marked FAIL because Tune lost it
-RETRY_ATTR = "lushpo_retry_of"  # user attr: number of the FAILed Optuna trial this one retries
+PRUNED_ATTR = "lushpo_pruned"  # user attr of a PRUNED Optuna trial: why it has no test result
+RETRY_ATTR = "lushpo_retry_of"  # user attr: number of the failed Optuna trial this one retries
+TUNE_ID_ATTR = "tune_trial_id"  # user attr: the Ray Tune trial id (run dir, progress, export)
+
+# Why a trial ended without its final test result (the value of PRUNED_ATTR).
+TIME_BUDGET = "time budget: stopped when budget.time_budget_s ran out"
+SCHEDULER = "scheduler: stopped early by ASHA on its validation accuracy"
+STOPPED = "stopped before its final test result"
+FAILURE = "failure: the trial raised (its error.txt is in the run dir); --resume retries it"
+DRIVER_LOST = "driver lost: asked by a driver that died before Ray Tune saved it"
 
 
-def fail_running_trials(study: optuna.Study, keep: set[int], reason: str) -> list[int]:
-    """Mark FAIL every RUNNING trial of `study` whose storage id is not in `keep`; return
-    their numbers. Such trials were asked by a driver that died: nothing will ever tell them."""
+def prune_running_trials(study: optuna.Study, keep: set[int], reason: str) -> list[int]:
+    """Mark PRUNED, with `reason`, every RUNNING trial of `study` whose storage id is not in
+    `keep`; return their numbers. Nothing will ever tell such trials a result."""
     storage = study._storage
     lost = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if trial._trial_id in keep:
             continue
-        storage.set_trial_user_attr(trial._trial_id, LOST_ATTR, reason)
-        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        storage.set_trial_user_attr(trial._trial_id, PRUNED_ATTR, reason)
+        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.PRUNED)
         lost.append(trial.number)
     return lost
 
 
 class StudySearch(OptunaSearch):
-    """OptunaSearch whose RDB storage stays true to Ray Tune across driver deaths and resumes.
+    """OptunaSearch that keeps Optuna's record true to the study.
 
-    Tune pickles the searcher with its experiment state, but the storage is written as trials
-    are asked and told, so after a SIGKILL the two disagree. Two fixes keep the dashboard honest:
-
-    - `restore`: Optuna trials RUNNING in the storage but unknown to the restored searcher were
-      asked after the last saved state; Tune will never run them, so they are marked FAIL with
-      the `lushpo_lost` user attr (Tune samples a fresh trial in their place).
-    - A trial that had errored (told FAIL) and that `Tuner.restore(resume_errored=True)` runs
-      again gets a new Optuna trial with the same params and `lushpo_retry_of`, because a
-      finished Optuna trial cannot change state. Results for a trial whose Optuna record is
-      already finished (it completed just before the driver died) are not reported twice.
+    - Only a trial's final result, with its test accuracy, makes it COMPLETE. A trial that ends
+      without one (time budget, ASHA, an error, a driver that died) is PRUNED, and the
+      `lushpo_pruned` user attr says why. Intermediate values are the validation curve only.
+    - Every Optuna trial carries its Ray Tune trial id (`tune_trial_id`).
+    - Tune pickles the searcher with its experiment state, but the storage is written as trials
+      are asked and told, so after a SIGKILL the two disagree. `restore` prunes Optuna trials
+      RUNNING in the storage but unknown to the restored searcher (driver lost): Tune samples a
+      fresh trial in their place.
+    - A trial that had failed and that `Tuner.restore(resume_errored=True)` runs again gets a
+      new Optuna trial with the same params and `lushpo_retry_of`, because a finished Optuna
+      trial cannot change state. Results for a trial whose Optuna record is already finished
+      (it completed just before the driver died) are not reported twice.
     """
+
+    def __init__(
+        self, *args: Any, time_budget_s: float | None = None, scheduler: bool = False, **kw: Any
+    ) -> None:
+        super().__init__(*args, **kw)
+        self._time_budget_s = time_budget_s
+        self._scheduler = scheduler
+        self._started = time.monotonic()
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
+        self._started = time.monotonic()  # the budget counts from this run's start, as Tune's
         known = {t._trial_id for t in self._ot_trials.values()}
-        fail_running_trials(
-            self._ot_study, known, "asked by a driver that died before Ray Tune saved it"
-        )
+        prune_running_trials(self._ot_study, known, DRIVER_LOST)
 
-    def _state(self, trial_id: str) -> optuna.trial.TrialState | None:
+    def suggest(self, trial_id: str) -> dict | None:
+        suggestion = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None:
+            self._ot_study._storage.set_trial_user_attr(ot_trial._trial_id, TUNE_ID_ATTR, trial_id)
+        return suggestion
+
+    def _stored(self, trial_id: str) -> optuna.trial.FrozenTrial | None:
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is None:
             return None
-        return self._ot_study._storage.get_trial(ot_trial._trial_id).state
+        return self._ot_study._storage.get_trial(ot_trial._trial_id)
+
+    def _state(self, trial_id: str) -> optuna.trial.TrialState | None:
+        stored = self._stored(trial_id)
+        return None if stored is None else stored.state
 
     def _reopen_if_failed(self, trial_id: str) -> None:
         if trial_id not in self._completed_trials:
             return
-        if self._state(trial_id) != optuna.trial.TrialState.FAIL:
+        old = self._stored(trial_id)
+        if old is None or old.user_attrs.get(PRUNED_ATTR) != FAILURE:
             return
-        old = self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id)
-        self._ot_study.enqueue_trial(old.params, user_attrs={RETRY_ATTR: old.number})
+        self._ot_study.enqueue_trial(
+            old.params, user_attrs={RETRY_ATTR: old.number, TUNE_ID_ATTR: trial_id}
+        )
         self._ot_trials[trial_id] = self._ot_study.ask(fixed_distributions=old.distributions)
         self._completed_trials.discard(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._reopen_if_failed(trial_id)
-        if self._state(trial_id) == optuna.trial.TrialState.RUNNING:
-            super().on_trial_result(trial_id, result)
+        if self._state(trial_id) != optuna.trial.TrialState.RUNNING:
+            return
+        if result.get("final") is True or result.get(VALIDATION) is None:
+            return  # the final result is the test score: never an intermediate value
+        self._ot_trials[trial_id].report(float(result[VALIDATION]), result[TRAINING_ITERATION])
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
@@ -316,7 +354,23 @@ class StudySearch(OptunaSearch):
         if state is not None and state.is_finished():
             self._completed_trials.add(trial_id)  # told before the driver died
             return
+        final = bool(result) and result.get("final") is True and result.get(OBJECTIVE) is not None
+        if error or not final:
+            stored = self._stored(trial_id)
+            if stored is not None:
+                self._ot_study._storage.set_trial_user_attr(
+                    stored._trial_id, PRUNED_ATTR, FAILURE if error else self._why_stopped()
+                )
+            result, error = None, False  # no value, not an error: OptunaSearch tells PRUNED
         super().on_trial_complete(trial_id, result, error)
+
+    def _why_stopped(self) -> str:
+        # getattr: a searcher pickled by an older lushpo lacks these
+        budget = getattr(self, "_time_budget_s", None)
+        elapsed = time.monotonic() - getattr(self, "_started", time.monotonic())
+        if budget is not None and elapsed >= 0.95 * budget:
+            return TIME_BUDGET
+        return SCHEDULER if getattr(self, "_scheduler", False) else STOPPED
 
 
 class StudyLimiter(ConcurrencyLimiter):
@@ -351,6 +405,8 @@ def _searcher(cfg: StudyConfig) -> ConcurrencyLimiter:
     space = _search_space(cfg)
     points = [hspace.paper_best(space)] if cfg.searcher.start_from_paper_best else None
     search = StudySearch(
+        time_budget_s=cfg.budget.time_budget_s,
+        scheduler=cfg.scheduler.name != "none",
         space=space,
         metric=OBJECTIVE,
         mode=MODE,
@@ -365,11 +421,12 @@ def _searcher(cfg: StudyConfig) -> ConcurrencyLimiter:
 def _scheduler(cfg: StudyConfig) -> ASHAScheduler | None:
     if cfg.scheduler.name == "none":
         return None
-    # Every result of train_cv carries `accuracy` (per epoch: the folds' mean validation
-    # accuracy) and training_iteration counts epochs, so ASHA compares trials epoch by epoch.
+    # Every result of train_cv carries `val_accuracy` (the folds' mean validation accuracy; the
+    # final result repeats the last epoch's) and training_iteration counts epochs, so ASHA
+    # compares trials epoch by epoch on validation only, never on a test score.
     return ASHAScheduler(
         time_attr="training_iteration",
-        metric=OBJECTIVE,
+        metric=VALIDATION,
         mode=MODE,
         max_t=cfg.budget.max_epochs + 1,  # + the final CV result
         grace_period=cfg.scheduler.grace_period,
@@ -600,25 +657,31 @@ def run_study(
         start = time.monotonic()
         with _graceful_sigint(log) as interrupted:
             grid = tuner.fit()
-        log(f"study {cfg.name!r} ran for {time.monotonic() - start:.1f} s")
+        elapsed = time.monotonic() - start
+        log(f"study {cfg.name!r} ran for {elapsed:.1f} s")
     finally:
         if started:
             ray.shutdown()
     if interrupted():
         raise StudyInterruptedError(cfg.name, cfg.run_path)
-    _fail_lost_optuna_trials(cfg, log)
+    _prune_unfinished_optuna_trials(cfg, elapsed, log)
     records = _records(grid)
     _check_not_all_failed(cfg, records)
     return StudyResult(cfg.name, cfg.run_path, cfg.storage.optuna_storage, records)
 
 
-def _fail_lost_optuna_trials(cfg: StudyConfig, log: Callable[[str], None]) -> None:
-    """Once every Tune trial has ended, no Optuna trial may stay RUNNING: any left was asked by
-    an earlier driver and lost with it (see `StudySearch`)."""
+def _prune_unfinished_optuna_trials(
+    cfg: StudyConfig, elapsed_s: float, log: Callable[[str], None]
+) -> None:
+    """Once every Tune trial has ended, no Optuna trial may stay RUNNING. Those left were
+    running when the time budget ended the study (Tune stops them without telling the searcher),
+    or, without a budget, stopped with the study."""
+    budget = cfg.budget.time_budget_s
+    reason = TIME_BUDGET if budget is not None and elapsed_s >= 0.95 * budget else STOPPED
     study = optuna.load_study(study_name=cfg.name, storage=cfg.storage.optuna_storage)
-    lost = fail_running_trials(study, set(), "still RUNNING when the study finished")
-    if lost:
-        log(f"Optuna trials {lost} of study {cfg.name!r} were lost by a killed driver: now FAIL")
+    pruned = prune_running_trials(study, set(), reason)
+    if pruned:
+        log(f"Optuna trials {pruned} of study {cfg.name!r}: PRUNED ({reason})")
 
 
 @contextlib.contextmanager

@@ -6,10 +6,12 @@ one report of the mean validation loss and accuracy, so ASHA can stop a bad tria
 finally scores every fold model on its test fold with the paper's metrics. Ray glue is thin: the
 maths lives in `cross_validate` (no Ray), and `_report` is the only caller of Ray's report API.
 
-Reported results. Every result carries ``accuracy`` (Ray checks the study's metric is in every
-result): per epoch it is the mean *inner-validation* accuracy over folds (``final`` False); the
-last result (``final`` True) holds the mean *test* accuracy — the study's objective — plus
-``hpo.metrics.flatten`` of the summary and ``fold_{i}_accuracy``.
+Reported results. Validation and test never share a key. Per epoch (``final`` False):
+``val_accuracy``, the mean *inner-validation* accuracy over folds (ASHA's metric and Optuna's
+intermediate values), and ``test_accuracy`` None (Ray checks the searcher's metric is in every
+result). The last result (``final`` True): ``test_accuracy``, the mean *test* accuracy — the
+study's objective — plus ``hpo.metrics.flatten`` of the summary (``accuracy`` is the same test
+mean), ``fold_{i}_accuracy``, and the last epoch's ``val_accuracy``.
 
 Checkpoints. Every ``checkpoint_every`` epochs, but no sooner than ``checkpoint_interval_s``
 after the trial's previous checkpoint (a save of five fold states costs about a second here, and
@@ -560,8 +562,10 @@ def _report(metrics: Mapping[str, Any], checkpoint_dir: Path | None = None) -> N
 
 
 def _epoch_result(record: Mapping[str, Any]) -> dict[str, Any]:
+    """An epoch's report: validation only. `test_accuracy` is None until the final result (Ray
+    Tune wants the searcher's metric in every result)."""
     result = {k: v for k, v in record.items() if k != "folds"}
-    return {**result, "accuracy": record["val_accuracy"], "final": False}
+    return {**result, "test_accuracy": None, "final": False}
 
 
 def write_trial(
@@ -608,8 +612,20 @@ def training_record(settings: TrialSettings) -> dict[str, Any]:
     }
 
 
-def _final_result(result_metrics: Mapping[str, float], epochs: int) -> dict[str, Any]:
-    return {**result_metrics, "epoch": epochs, "final": True}
+def _final_result(
+    result_metrics: Mapping[str, float], epochs: list[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """The trial's last report: the test scores (`test_accuracy`, the study's objective, is the
+    mean test accuracy; `accuracy` and the rest are `hpo.metrics.flatten` of the summary) and the
+    last epoch's validation accuracy, so ASHA's metric is present without being a test score."""
+    val = epochs[-1].get("val_accuracy") if epochs else None
+    return {
+        **result_metrics,
+        "test_accuracy": result_metrics["accuracy"],
+        "val_accuracy": val,
+        "epoch": len(epochs),
+        "final": True,
+    }
 
 
 def train_cv(config: dict[str, Any], settings: TrialSettings) -> None:
@@ -632,7 +648,7 @@ def train_cv(config: dict[str, Any], settings: TrialSettings) -> None:
             resume = Path(checkpoint.to_directory(os.path.join(tmp, "restored")))
             if (resume / TRIAL_FILE).exists():
                 trial = json.loads((resume / TRIAL_FILE).read_text())
-                _report(_final_result(trial["metrics"], len(trial["epochs"])), resume)
+                _report(_final_result(trial["metrics"], trial["epochs"]), resume)
                 return
         extra = {"feature_set": key, "split_digest": settings.split.digest()}
         if resume is not None:
@@ -683,4 +699,4 @@ def train_cv(config: dict[str, Any], settings: TrialSettings) -> None:
             split=settings.split,
             training=training_record(settings),
         )
-        _report(_final_result(result.metrics, len(result.epochs)), final_dir)
+        _report(_final_result(result.metrics, result.epochs), final_dir)

@@ -155,12 +155,85 @@ def test_all_trials_failing_ends_with_a_clear_error(tmp_path, local_ray):
 def test_a_trial_stopped_before_its_test_scores_is_never_the_best():
     from hpo.study import StudyResult, TrialRecord
 
-    final = TrialRecord("done", "TERMINATED", {}, {"accuracy": 0.7, "final": True})
-    # The time budget (or ASHA) stopped this one: its last accuracy is inner validation's.
-    stopped = TrialRecord("cut", "STOPPED", {}, {"accuracy": 0.9, "final": False, "epoch": 7})
+    final = TrialRecord(
+        "done", "TERMINATED", {}, {"test_accuracy": 0.7, "accuracy": 0.7, "final": True}
+    )
+    # The time budget (or ASHA) stopped this one: it has only a validation score.
+    cut = {"val_accuracy": 0.9, "test_accuracy": None, "final": False, "epoch": 7}
+    stopped = TrialRecord("cut", "STOPPED", {}, cut)
     unstarted = TrialRecord("late", "STOPPED", {}, {})  # the budget ran out before epoch 1
     result = StudyResult("s", "/runs/s", "sqlite:///x.db", (final, stopped, unstarted))
     assert stopped.value is None and unstarted.value is None and result.best is final
     table = results_table(result)
     assert "best: done accuracy=0.7000" in table
     assert "stopped at epoch 7" in table and "stopped before its first epoch" in table
+
+
+def test_optuna_record_through_optuna_dashboard(tmp_path, store, local_ray):
+    """A study cut short by ASHA and its time budget, read back through optuna-dashboard's HTTP
+    API: only COMPLETE trials with their final test score, PRUNED trials with a reason, each
+    with its Tune trial id, and intermediate values that are the validation curve only."""
+    import json
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from hpo.study import PRUNED_ATTR, SCHEDULER, TIME_BUDGET, TUNE_ID_ATTR
+    from tests.support.s3 import free_port
+
+    uri, _ = store
+    cfg = _cfg(
+        tmp_path, uri, name="record",
+        budget={"trials": 40, "max_concurrent": 2, "max_epochs": 4, "patience": 4,
+                "time_budget_s": 60},
+        scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2},
+    )  # fmt: skip
+    result = run_study(cfg, log=lambda _line: None)
+    by_id = {t.trial_id: t for t in result.trials}
+
+    port = free_port()
+    dashboard = subprocess.Popen(
+        [str(Path(sys.executable).with_name("optuna-dashboard")), cfg.storage.optuna_storage,
+         "--port", str(port), "--host", "127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}/api/studies"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                studies = json.loads(urllib.request.urlopen(base, timeout=5).read())["study_summaries"]
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "optuna-dashboard did not answer"
+                time.sleep(0.5)
+        (study,) = [s for s in studies if s["study_name"] == "record"]
+        detail = json.loads(urllib.request.urlopen(f"{base}/{study['study_id']}").read())
+    finally:
+        dashboard.terminate()
+        dashboard.wait(30)
+
+    trials = detail["trials"]
+    states = {t["state"] for t in trials}
+    assert states <= {"Complete", "Pruned"}, states
+    reasons = []
+    for trial in trials:
+        attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
+        record = by_id[attrs[TUNE_ID_ATTR]]
+        results = Path(record.path, "result.json")  # absent: stopped before its first epoch
+        lines = results.read_text().splitlines() if results.exists() else []
+        epochs = [json.loads(line) for line in lines]
+        curve = [e["val_accuracy"] for e in epochs if e.get("final") is False]
+        steps = [e["training_iteration"] for e in epochs if e.get("final") is False]
+        intermediate = trial["intermediate_values"]
+        assert [v["step"] for v in intermediate] == steps[: len(intermediate)]
+        assert [v["value"] for v in intermediate] == pytest.approx(curve[: len(intermediate)])
+        if trial["state"] == "Complete":
+            assert record.value is not None and trial["values"][0] == pytest.approx(record.value)
+            assert PRUNED_ATTR not in attrs
+        else:
+            assert record.value is None, "a trial with a test score was pruned"
+            reasons.append(attrs[PRUNED_ATTR])
+    assert {"Complete", "Pruned"} <= states
+    assert set(reasons) <= {TIME_BUDGET, SCHEDULER} and SCHEDULER in reasons, reasons

@@ -285,13 +285,16 @@ def test_train_cv_reports_each_epoch_then_the_final_result(trial):
     settings, reports = trial
     epochs, (final, final_dir) = reports[:-1], reports[-1]
     assert [m["epoch"] for m, _ in epochs] == [1, 2, 3, 4]
-    assert all(m["final"] is False and m["accuracy"] == m["val_accuracy"] for m, _ in epochs)
+    # Validation and test never share a key: epochs carry validation only.
+    assert all(m["final"] is False and m["test_accuracy"] is None for m, _ in epochs)
+    assert all("accuracy" not in m and 0 <= m["val_accuracy"] <= 1 for m, _ in epochs)
     assert [d is not None for _, d in epochs] == [False, True, False, False]  # epoch 2; 4 is last
     assert (epochs[1][1] / "lockstep.json").exists()
     assert final["final"] is True and final["epoch"] == 4
     trial_json = json.loads((final_dir / "trial.json").read_text())
     assert final["accuracy"] == pytest.approx(trial_json["summary"]["accuracy"]["mean"])
-    assert final["accuracy"] >= 0.8
+    assert final["test_accuracy"] == final["accuracy"] >= 0.8
+    assert final["val_accuracy"] == epochs[-1][0]["val_accuracy"]
     assert trial_json["feature_set"] == settings.feature_sets and trial_json["params"] == TINY
     assert trial_json["split"] == settings.split.to_dict()
     assert [f["test_ids"] for f in trial_json["folds"]] == [
@@ -378,7 +381,7 @@ def test_ray_tune_retries_a_failed_trial_from_its_checkpoint(trial, tmp_path):
         tuner = tune.Tuner(
             tune.with_parameters(_crash_once_after_epoch_3, settings=settings, marker=str(marker)),
             param_space=dict(TINY),
-            tune_config=tune.TuneConfig(num_samples=1, metric="accuracy", mode="max"),
+            tune_config=tune.TuneConfig(num_samples=1, metric="test_accuracy", mode="max"),
             run_config=tune.RunConfig(
                 name="resume",
                 storage_path=str(tmp_path / "ray"),
