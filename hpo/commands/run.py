@@ -41,19 +41,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "and evaluate that export. Rerunning skips what is done."
         ),
     )
-    parser.add_argument("--config", required=True, metavar="FILE", help="study YAML")
-    parser.add_argument("--name", help="study name (run dir, Optuna study, export folder)")
-    parser.add_argument("--trials", type=int, metavar="N", help="budget.trials")
-    parser.add_argument("--data-dir", metavar="DIR", help="data directory (env LUSHPO_DATA_DIR)")
-    parser.add_argument("--store", metavar="URI", help="feature store (env LUSHPO_STORE)")
+    tune.add_study_arguments(parser)
     parser.add_argument(
         "--weights",
         metavar="imagenet|PATH|URI|none",
         help="backbone weights for extraction (env LUSHPO_WEIGHTS, else imagenet)",
     )
-    parser.add_argument("--storage-path", metavar="URI", help="Ray Tune results: path or s3://")
-    parser.add_argument("--optuna-storage", metavar="URL", help="Optuna storage URL")
-    parser.add_argument("--address", metavar="ADDR", help="Ray cluster to join (env RAY_ADDRESS)")
     parser.add_argument(
         "--out",
         metavar="DIR",
@@ -82,17 +75,7 @@ def pipeline_steps(
     """The validated study config, and the verbs `run` calls in order, each with its full
     argument list. Raises InvalidConfigError for a bad config or flag."""
     environ = dict(os.environ if environ is None else environ)
-    study_args = argparse.Namespace(
-        config=args.config,
-        trials=args.trials,
-        name=args.name,
-        store=args.store,
-        storage_path=args.storage_path,
-        optuna_storage=args.optuna_storage,
-        address=args.address,
-        data_dir=args.data_dir,
-    )
-    cfg = tune.config_from_args(study_args, environ)
+    cfg = tune.config_from_args(args, environ)
     data_dir = _absolute(cfg.split.data_dir) if cfg.split.data_dir else None
     run_path = _absolute(cfg.run_path)
     results = environ.get(RESULTS_ENV) or DEFAULT_RESULTS_DIR

@@ -13,7 +13,13 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-__all__ = ["INTERRUPTED", "add_parser", "config_from_args", "resume_command"]
+__all__ = [
+    "INTERRUPTED",
+    "add_parser",
+    "add_study_arguments",
+    "config_from_args",
+    "resume_command",
+]
 
 INTERRUPTED = 130  # exit status after Ctrl-C, as shells report 128 + SIGINT
 
@@ -32,14 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="run a Ray Tune + Optuna study of the CNN-LSTM head",
         description="Run the study in FILE on a local Ray instance, or on --address.",
     )
-    parser.add_argument("--config", required=True, metavar="FILE", help="study YAML")
-    parser.add_argument("--trials", type=int, metavar="N", help="budget.trials")
-    parser.add_argument("--name", help="study name (run dir and Optuna study)")
-    parser.add_argument("--store", metavar="URI", help="feature store (env LUSHPO_STORE)")
-    parser.add_argument("--storage-path", metavar="URI", help="Ray Tune results: path or s3://")
-    parser.add_argument("--optuna-storage", metavar="URL", help="Optuna storage URL")
-    parser.add_argument("--address", metavar="ADDR", help="Ray cluster to join (env RAY_ADDRESS)")
-    parser.add_argument("--data-dir", metavar="DIR", help="split.data_dir (env LUSHPO_DATA_DIR)")
+    add_study_arguments(parser)
     again = parser.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue the study of this name")
     again.add_argument("--overwrite", action="store_true", help="delete it and start again")
@@ -54,6 +53,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_handle)
 
 
+def add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that override a study config's keys (`tune` and `run` share them)."""
+    parser.add_argument("--config", required=True, metavar="FILE", help="study YAML")
+    parser.add_argument("--trials", type=int, metavar="N", help="budget.trials")
+    parser.add_argument("--name", help="study name (run dir and Optuna study)")
+    parser.add_argument("--store", metavar="URI", help="feature store (env LUSHPO_STORE)")
+    parser.add_argument("--storage-path", metavar="URI", help="Ray Tune results: path or s3://")
+    parser.add_argument("--optuna-storage", metavar="URL", help="Optuna storage URL")
+    parser.add_argument("--address", metavar="ADDR", help="Ray cluster to join (env RAY_ADDRESS)")
+    parser.add_argument("--data-dir", metavar="DIR", help="split.data_dir (env LUSHPO_DATA_DIR)")
+
+
 def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None):
     """The validated StudyConfig: flags > YAML > environment > built-in defaults."""
     from hpo.config import load_config
@@ -66,7 +77,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         "storage.storage_path": args.storage_path,
         "storage.optuna_storage": args.optuna_storage,
         "address": args.address,
-        "split.data_dir": getattr(args, "data_dir", None),
+        "split.data_dir": args.data_dir,
     }
     defaults = {key: environ.get(env) or None for key, env in _ENV_DEFAULTS.items()}
     return load_config(args.config, overrides, defaults)

@@ -154,6 +154,7 @@ def test_cli_reads_env_defaults_and_flags(tmp_path):
         storage_path=str(tmp_path / "r"),
         optuna_storage=None,
         address=None,
+        data_dir=None,
     )
     env = {"LUSHPO_STORE": "file:///s", "LUSHPO_DATA_DIR": str(tmp_path), "RAY_ADDRESS": "h:1"}
     cfg = config_from_args(args, env)
