@@ -203,12 +203,12 @@ def test_optuna_record_through_optuna_dashboard(tmp_path, store, local_ray):
         deadline = time.monotonic() + 60
         while True:
             try:
-                studies = json.loads(urllib.request.urlopen(base, timeout=5).read())["study_summaries"]
+                listing = json.loads(urllib.request.urlopen(base, timeout=5).read())
                 break
             except OSError:
                 assert time.monotonic() < deadline, "optuna-dashboard did not answer"
                 time.sleep(0.5)
-        (study,) = [s for s in studies if s["study_name"] == "record"]
+        (study,) = [s for s in listing["study_summaries"] if s["study_name"] == "record"]
         detail = json.loads(urllib.request.urlopen(f"{base}/{study['study_id']}").read())
     finally:
         dashboard.terminate()
