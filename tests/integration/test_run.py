@@ -1,7 +1,7 @@
 """`lushpo run`, the verb `make run` calls, on a folder of a user's own clips (stratified split,
-no paper files, so no fetch) with a tiny study: a second run extracts nothing, finds the study
-finished and replaces the export; a run killed (SIGKILL) during its study finishes when started
-again, with exactly the configured number of trials."""
+no paper files, so no fetch) with a tiny study: a run killed (SIGKILL) during its study finishes
+when started again, with exactly the configured number of trials; a further run extracts
+nothing, finds the study finished and replaces the export."""
 
 from __future__ import annotations
 
@@ -122,36 +122,15 @@ def _ray_pids(ray_tmp: Path) -> list[int]:
     return found
 
 
-def test_run_twice_then_killed_mid_study_and_rerun(env, tmp_path, ray_tmp):
+def test_run_killed_mid_study_then_rerun_twice(env, tmp_path, ray_tmp):
     out = tmp_path / "out"
-    first = _run(_argv(tmp_path), env)
-    assert "stored " in first.stdout, first.stdout[-2000:]
-    assert "lushpo run [1/4] features" in first.stderr, "a data step ran without paper files"
-    assert "lushpo run [4/4] evaluate" in first.stderr
-    card = json.loads((out / "model_card.json").read_text())
-    assert (card["backbone"], card["frames"]) == ("mobilenetv2", 5)
-    assert (out / "report.md").is_file()
-    stale = out / "fold-9.h5"  # as if an earlier export had more folds
-    stale.write_text("from an earlier export")
-    notes = out / "notes.txt"  # the user's own file: an export never deletes it
-    notes.write_text("mine")
-
-    second = _run(_argv(tmp_path), env)
-    assert "found in store" in second.stdout and "stored " not in second.stdout
-    assert "already finished" in second.stdout, second.stdout[-3000:]
-    assert not stale.exists(), "the export was not replaced"
-    assert notes.read_text() == "mine"
-    assert json.loads((out / "model_card.json").read_text())["trial_id"] == card["trial_id"]
-
-    # Started anew, killed once a trial has finished, then run again as it was first typed.
     optuna_db = tmp_path / "runs" / "tiny" / "optuna.db"
-    killed = subprocess.Popen(_argv(tmp_path, "--overwrite"), env=env, start_new_session=True,
+    # Killed (SIGKILL, with its Ray instance) once the study's first trial has finished.
+    killed = subprocess.Popen(_argv(tmp_path), env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         deadline = time.monotonic() + 600
-        overwritten = False  # the finished study's trials are gone: the new study runs
-        while not (overwritten and _complete(optuna_db) >= 1):
-            overwritten = overwritten or _complete(optuna_db) < TRIALS
+        while _complete(optuna_db) < 1:
             assert killed.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline, "no trial finished within 600 s"
             time.sleep(0.5)
@@ -162,8 +141,28 @@ def test_run_twice_then_killed_mid_study_and_rerun(env, tmp_path, ray_tmp):
         for pid in _ray_pids(ray_tmp):  # the killed run's Ray instance
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-    third = _run(_argv(tmp_path), env)
-    assert "found in store" in third.stdout
+
+    # Run again as first typed: extraction is found in the store, the study resumes and ends
+    # with exactly its budget, then export and evaluate.
+    second = _run(_argv(tmp_path), env)
+    assert "found in store" in second.stdout and "stored " not in second.stdout
+    assert "lushpo run [1/4] features" in second.stderr, "a data step ran without paper files"
+    assert "lushpo run [4/4] evaluate" in second.stderr
     assert _complete(optuna_db) == TRIALS, "the rerun did not finish the study's budget exactly"
-    assert (out / "model_card.json").is_file() and (out / "report.md").is_file()
+    card = json.loads((out / "model_card.json").read_text())
+    assert (card["backbone"], card["frames"]) == ("mobilenetv2", 5)
+    assert (out / "report.md").is_file()
+    stale = out / "fold-9.h5"  # as if an earlier export had more folds
+    stale.write_text("from an earlier export")
+    notes = out / "notes.txt"  # the user's own file: an export never deletes it
+    notes.write_text("mine")
+
+    # Once more: nothing extracted, the finished study reused, the export replaced.
+    third = _run(_argv(tmp_path), env)
+    assert "found in store" in third.stdout and "stored " not in third.stdout
+    assert "already finished" in third.stdout, third.stdout[-3000:]
+    assert _complete(optuna_db) == TRIALS
+    assert not stale.exists(), "the export was not replaced"
+    assert notes.read_text() == "mine"
+    assert json.loads((out / "model_card.json").read_text())["trial_id"] == card["trial_id"]
     assert not _ray_pids(ray_tmp), "a run left Ray processes behind"
