@@ -56,7 +56,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--fetch",
         action="store_true",
         help="always run `data fetch` first (it keeps files already present); default: only "
-        "when the data dir lacks paper/cross_val.json, which a finished fetch writes last",
+        "when the data dir lacks its clips, or the paper's split lacks paper/cross_val.json "
+        "(a finished fetch writes it last)",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="start the study anew instead of resuming it"
@@ -114,18 +115,8 @@ def pipeline_steps(
     }
     again = "--overwrite" if args.overwrite else "--resume"
     steps.append((tune, ["tune", *_flags(study), again]))
-    steps.append(
-        (
-            export,
-            [
-                "export",
-                run_path,
-                *_flags({"--out": out, "--store": cfg.store}),
-                *_flags({"--optuna-storage": args.optuna_storage}),
-                "--overwrite",
-            ],
-        )
-    )
+    exported = {"--out": out, "--store": cfg.store, "--optuna-storage": args.optuna_storage}
+    steps.append((export, ["export", run_path, *_flags(exported), "--overwrite"]))
     steps.append((evaluate, ["evaluate", out, *_flags(shared)]))
     return cfg, steps
 
