@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hpo import report as render
-from hpo.export import predict_proba, read_card
+from hpo.export import atomic_write_text, predict_proba, read_card
 from hpo.metrics import CLASS_METRICS, fold_metrics, summarize
 from hpo.paper import (
     PAPER_HEADLINE,
@@ -226,12 +224,6 @@ def _nested_notes(card: dict) -> list[str]:
     ]
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def evaluate(
     directory: Path | str,
     *,
@@ -349,8 +341,9 @@ def evaluate(
         "notes": notes,
     }
     report["markdown"] = REPORT_MD
-    _atomic_write(directory / REPORT_MD, render.render_markdown(report))
-    _atomic_write(directory / REPORT_JSON, json.dumps(_jsonable(report), indent=1, sort_keys=True))
+    atomic_write_text(directory / REPORT_MD, render.render_markdown(report))
+    report_json = json.dumps(_jsonable(report), indent=1, sort_keys=True)
+    atomic_write_text(directory / REPORT_JSON, report_json)
     return report
 
 

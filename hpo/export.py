@@ -47,6 +47,7 @@ __all__ = [
     "Candidate",
     "ExportError",
     "ExportResult",
+    "atomic_write_text",
     "export_best",
     "export_checkpoint",
     "final_epochs",
@@ -319,7 +320,9 @@ def _trials_table(refs: list[_TrialRef]) -> list[dict]:
 # --- writing the folder ------------------------------------------------------------------------
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` under a temporary name, then rename: readers see the old file or
+    the new one, never a part."""
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -521,7 +524,7 @@ def export_checkpoint(
     card.update(provenance or {})
     if not reproduced:
         card["trial_folds"] = record["folds"]
-    _atomic_write_text(out / CARD, json.dumps(card, indent=1, sort_keys=True, default=str))
+    atomic_write_text(out / CARD, json.dumps(card, indent=1, sort_keys=True, default=str))
     log(f"wrote {out / CARD}")
     return ExportResult(out, card)
 

@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from hpo.config import StudyConfig
+from hpo.export import atomic_write_text
 
 __all__ = ["GRID_FILE", "cell_configs", "cell_label", "read_grid", "run_grid"]
 
@@ -141,7 +142,5 @@ def export_grid(
     exported = [c for c, r in results.items() if not isinstance(r, str)]
     record = {"name": grid["name"], "run": run, "cells": exported, "not_exported": {
         c: r for c, r in results.items() if isinstance(r, str)}}  # fmt: skip
-    tmp = out / f".{GRID_FILE}.tmp"
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(out / GRID_FILE)
+    atomic_write_text(out / GRID_FILE, json.dumps(record, indent=1))
     return results

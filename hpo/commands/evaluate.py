@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from hpo.evaluate import REPORT_MD, evaluate
+from hpo.export import atomic_write_text
 from hpo.grid import GRID_FILE
 from hpo.report import comparison_table, paper_config_section
 
@@ -111,9 +112,7 @@ def _run_grid(args: argparse.Namespace) -> int:
     markdown = render_grid_markdown(table)
     outputs = {"paper_table.md": markdown, "paper_table.json": json.dumps(table, indent=1)}
     for name, text in outputs.items():
-        tmp = args.directory / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(args.directory / name)
+        atomic_write_text(args.directory / name, text)
     plot_grid(table, args.directory / "paper_table.png")
     print(json.dumps(table, indent=1) if args.json else markdown)
     print(f"table: {args.directory / 'paper_table.md'} (and .json, .png); per-cell reports in "

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shlex
-import sqlite3
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import yaml
 
 from tests.deploy_tests.conftest import find, render
 from tests.deploy_tests.test_rayjob_entrypoint import head_environment
-from tests.support.ray_cli import RayCLICluster
+from tests.support.ray_cli import RayCLICluster, complete_trials
 from tests.support.s3 import S3Endpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -122,16 +121,6 @@ def _status(cluster: RayCLICluster, submission_id: str) -> str:
     return match.group(1) if match else out
 
 
-def _finished_trials(optuna_db: Path) -> int:
-    if not optuna_db.exists():
-        return 0
-    with sqlite3.connect(optuna_db) as db:
-        try:
-            return db.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
-        except sqlite3.OperationalError:  # tables not created yet
-            return 0
-
-
 def _wait(condition, timeout: float, what: str, logs, failed=lambda: False) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -163,8 +152,8 @@ def test_rayjob_entrypoint_through_the_jobs_api_resumes_after_a_stop(
         _submit(cluster, entrypoint, "lushpo-study-1")
         logs1 = lambda: _job(cluster, "logs", "lushpo-study-1")  # noqa: E731
         ended = lambda: _status(cluster, "lushpo-study-1") in ("FAILED", "SUCCEEDED")  # noqa: E731
-        _wait(lambda: _finished_trials(optuna_db) >= 1, 900, "no trial finished", logs1, ended)
-        assert _finished_trials(optuna_db) < TRIALS, "the study ended before it was stopped"
+        _wait(lambda: complete_trials(optuna_db) >= 1, 900, "no trial finished", logs1, ended)
+        assert complete_trials(optuna_db) < TRIALS, "the study ended before it was stopped"
         assert "lushpo run [" in logs1() and "tune" in logs1()
         _job(cluster, "stop", "lushpo-study-1")
         _wait(lambda: _status(cluster, "lushpo-study-1") == "STOPPED", 120, "no stop", logs1)
@@ -183,7 +172,7 @@ def test_rayjob_entrypoint_through_the_jobs_api_resumes_after_a_stop(
 
     assert "found in store" in output, "the second attempt extracted again"
     assert s3.count("PUT", "features.npy") == 1
-    assert _finished_trials(optuna_db) == TRIALS, "the resumed study ran a different budget"
+    assert complete_trials(optuna_db) == TRIALS, "the resumed study ran a different budget"
     name = env["LUSHPO_STUDY"]
     runs = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1",
                         aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip

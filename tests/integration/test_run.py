@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import pytest
 import yaml
 
 from tests.support.clips import write_clip
+from tests.support.ray_cli import complete_trials, pids_naming
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -99,29 +99,6 @@ def _run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return done
 
 
-def _complete(optuna_db: Path) -> int:
-    if not optuna_db.exists():
-        return 0
-    with contextlib.closing(sqlite3.connect(optuna_db)) as db:
-        try:
-            rows = db.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()
-        except sqlite3.OperationalError:
-            return 0
-    return rows[0]
-
-
-def _ray_pids(ray_tmp: Path) -> list[int]:
-    """Processes of the Ray instance this test's runs started (their temp dir is ours)."""
-    marker = str(ray_tmp).encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if marker in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-    return found
-
-
 def test_run_killed_mid_study_then_rerun_twice(env, tmp_path, ray_tmp):
     out = tmp_path / "out"
     optuna_db = tmp_path / "runs" / "tiny" / "optuna.db"
@@ -130,15 +107,15 @@ def test_run_killed_mid_study_then_rerun_twice(env, tmp_path, ray_tmp):
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         deadline = time.monotonic() + 600
-        while _complete(optuna_db) < 1:
+        while complete_trials(optuna_db) < 1:
             assert killed.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline, "no trial finished within 600 s"
             time.sleep(0.5)
-        assert _complete(optuna_db) < TRIALS
+        assert complete_trials(optuna_db) < TRIALS
         os.killpg(killed.pid, signal.SIGKILL)
         killed.wait(30)
     finally:
-        for pid in _ray_pids(ray_tmp):  # the killed run's Ray instance
+        for pid in pids_naming(str(ray_tmp)):  # the killed run's Ray instance
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -148,7 +125,7 @@ def test_run_killed_mid_study_then_rerun_twice(env, tmp_path, ray_tmp):
     assert "found in store" in second.stdout and "stored " not in second.stdout
     assert "lushpo run [1/4] features" in second.stderr, "a data step ran without paper files"
     assert "lushpo run [4/4] evaluate" in second.stderr
-    assert _complete(optuna_db) == TRIALS, "the rerun did not finish the study's budget exactly"
+    assert complete_trials(optuna_db) == TRIALS, "the rerun did not finish the budget exactly"
     card = json.loads((out / "model_card.json").read_text())
     assert (card["backbone"], card["frames"]) == ("mobilenetv2", 5)
     assert (out / "report.md").is_file()
@@ -161,8 +138,8 @@ def test_run_killed_mid_study_then_rerun_twice(env, tmp_path, ray_tmp):
     third = _run(_argv(tmp_path), env)
     assert "found in store" in third.stdout and "stored " not in third.stdout
     assert "already finished" in third.stdout, third.stdout[-3000:]
-    assert _complete(optuna_db) == TRIALS
+    assert complete_trials(optuna_db) == TRIALS
     assert not stale.exists(), "the export was not replaced"
     assert notes.read_text() == "mine"
     assert json.loads((out / "model_card.json").read_text())["trial_id"] == card["trial_id"]
-    assert not _ray_pids(ray_tmp), "a run left Ray processes behind"
+    assert not pids_naming(str(ray_tmp)), "a run left Ray processes behind"

@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,30 @@ from pathlib import Path
 from tests.support.s3 import free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def pids_naming(marker: str) -> list[int]:
+    """Processes (not this one) whose command line contains `marker`, e.g. a Ray temp dir."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if marker.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+    return found
+
+
+def complete_trials(optuna_db: Path) -> int:
+    """COMPLETE trials in an Optuna sqlite file (0 before the file or its tables exist)."""
+    if not optuna_db.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(optuna_db)) as db:
+        try:
+            rows = db.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()
+        except sqlite3.OperationalError:
+            return 0
+    return rows[0]
 
 
 class RayCLICluster:
@@ -89,17 +114,7 @@ class RayCLICluster:
 
     def pids(self) -> list[int]:
         """Processes whose command line names this cluster's temp dir."""
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if self.temp_dir.encode() in cmdline and int(entry.name) != os.getpid():
-                found.append(int(entry.name))
-        return found
+        return pids_naming(self.temp_dir)
 
     def stop(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGKILL):
