@@ -6,7 +6,11 @@ paper-layout copy, else the store), and applies the paper's protocol (`hpo.metri
 and per-class precision, recall, F1, specificity per fold, mean and population std over folds.
 It sets these beside the paper's `evaluation.csv` row for the same backbone and N and the paper's
 headline (Xception, 20 frames), flags folds where a class has no test clip and reports those
-classes support-aware too. Writes ``report.json``, ``report.md`` and PNG plots into the folder.
+classes support-aware too. Every figure of the study's best carries `SELECTED_ON`; accuracy and
+per-class recall get 95% bootstrap intervals over the pooled out-of-fold clips; a spatial-only
+linear probe (`hpo.baseline`), trained and scored on the same folds, stands beside them, with
+one sentence on whether the temporal model beats it. Writes ``report.json``, ``report.md`` and
+PNG plots into the folder.
 """
 
 from __future__ import annotations
@@ -19,8 +23,16 @@ from typing import Any
 import numpy as np
 
 from hpo import report as render
-from hpo.export import atomic_write_text, predict_proba, read_card
-from hpo.metrics import CLASS_METRICS, fold_metrics, summarize
+from hpo.baseline import linear_probe
+from hpo.export import (
+    SELECTED_ON,
+    atomic_write_text,
+    claim,
+    confidence,
+    fold_predictions,
+    read_card,
+)
+from hpo.metrics import CLASS_METRICS, summarize
 from hpo.paper import (
     PAPER_HEADLINE,
     PaperFormatError,
@@ -28,7 +40,7 @@ from hpo.paper import (
     read_evaluation,
     read_paper_layout,
 )
-from pipeline.manifest import LABELS
+from pipeline.manifest import LABELS, Split
 
 __all__ = ["REPORT_JSON", "REPORT_MD", "evaluate", "load_split_features"]
 
@@ -77,16 +89,15 @@ def load_split_features(
     return feats, labels, f"{store} ({card['feature_set']})"
 
 
-def _recompute(directory: Path, card: dict, feats: dict, labels: dict) -> list[dict]:
-    import tensorflow as tf
-
-    folds = []
-    for i, fold in enumerate(card["split"]["folds"]):
-        model = tf.keras.models.load_model(directory / f"fold-{i}.h5")
-        x = np.stack([feats[c] for c in fold["test"]])
-        y = np.asarray([labels[c] for c in fold["test"]])
-        folds.append(fold_metrics(y, predict_proba(model, x).argmax(axis=1)))
-    return folds
+def baseline_entry(probe: dict, nested: dict | None) -> dict:
+    """The probe's report entry: its figures, and the honest comparison when a nested result
+    exists (both are mean accuracies over outer folds that chose nothing)."""
+    entry = {k: v for k, v in probe.items() if k != "predictions"}
+    if nested and nested.get("accuracy"):
+        entry["nested_minus_baseline"] = (
+            nested["accuracy"]["mean"] - probe["summary"]["accuracy"]["mean"]
+        )
+    return entry
 
 
 def _ours(summary: dict) -> dict:
@@ -249,8 +260,13 @@ def evaluate(
     feats, labels, source = load_split_features(
         directory, card, store or card.get("store"), cache_dir
     )
-    folds = _recompute(directory, card, feats, labels)
+    folds, pooled = fold_predictions(
+        directory,
+        card["split"],
+        lambda ids: (np.stack([feats[c] for c in ids]), np.asarray([labels[c] for c in ids])),
+    )
     summary = summarize(folds)
+    probe = linear_probe(feats, labels, Split.from_dict(card["split"]))
     notes: list[str] = [f"Features read from {source}."]
     matches = len(folds) == len(card["folds"]) and all(
         a["confusion_matrix"] == b["confusion_matrix"]
@@ -297,6 +313,8 @@ def evaluate(
             )
 
     notes += _nested_notes(card)
+    if card.get("baseline") and card["baseline"]["folds"] != probe["folds"]:
+        notes.append("WARNING: the spatial-only baseline differs from the one in model_card.json.")
 
     plots = {}
     render.plot_confusion(summary["pooled"]["confusion_matrix"], directory / "confusion_matrix.png")
@@ -326,9 +344,12 @@ def evaluate(
             )
         }
         | {"split": {"name": card["split"]["name"]}},
+        "selected_on": SELECTED_ON,
         "folds": folds,
         "summary": summary,
         "ours": ours,
+        "confidence": confidence(pooled),
+        "baseline": baseline_entry(probe, card.get("nested")),
         "paper": paper,
         "deltas": _deltas(ours, paper),
         "headline": headline,
@@ -340,6 +361,7 @@ def evaluate(
         "plots": plots,
         "notes": notes,
     }
+    report["claim"] = claim({**card, "summary": summary, "baseline": probe})
     report["markdown"] = REPORT_MD
     atomic_write_text(directory / REPORT_MD, render.render_markdown(report))
     report_json = json.dumps(_jsonable(report), indent=1, sort_keys=True)

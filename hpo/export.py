@@ -39,10 +39,11 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from hpo.metrics import fold_metrics, summarize
+from hpo.metrics import bootstrap_ci, fold_metrics, summarize
 
 __all__ = [
     "CARD",
+    "SELECTED_ON",
     "TIE_BREAK",
     "Candidate",
     "ExportError",
@@ -65,6 +66,10 @@ TIE_BREAK = (
     "then the earlier trial in the run",
 )
 """The documented order `select_best` ranks trials by."""
+
+SELECTED_ON = "selected on the test folds (paper protocol; optimistic)"
+"""The label every figure of the exported best carries: the study picked it by the mean accuracy
+over the same test folds it reports."""
 
 PREDICT_BATCH = 256
 """Batch size of every prediction made for metrics (hpo.trainable scores test folds with the same),
@@ -346,17 +351,56 @@ def _select(fs: Any, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(fs.features[rows], dtype=np.float32), np.asarray(fs.labels)[rows]
 
 
-def _fold_metrics_from_files(directory: Path, fs: Any, split: dict) -> list[dict]:
-    """Metrics of each copied ``fold-{i}.h5`` on its test fold, loaded the way users load it."""
+def fold_predictions(
+    directory: Path, split: dict, features: Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]
+) -> tuple[list[dict], dict[str, tuple[int, int]]]:
+    """Each ``fold-{i}.h5`` in `directory`, loaded the way users load it, scored on its test fold.
+
+    Returns the per-fold metrics and the pooled out-of-fold predictions, clip id → (true label,
+    predicted label). `features(ids)` gives those clips' features and labels."""
     import tensorflow as tf
 
-    folds = []
+    folds, pooled = [], {}
     for i, fold in enumerate(split["folds"]):
         model = tf.keras.models.load_model(directory / f"fold-{i}.h5")
-        x, y = _select(fs, fold["test"])
+        x, y = features(fold["test"])
         pred = predict_proba(model, x).argmax(axis=1)
         folds.append(fold_metrics(y, pred))
-    return folds
+        pooled.update(zip(fold["test"], zip(map(int, y), map(int, pred), strict=True), strict=True))
+    return folds, pooled
+
+
+def confidence(pooled: dict[str, tuple[int, int]]) -> dict:
+    """`hpo.metrics.bootstrap_ci` of pooled out-of-fold (true, predicted) labels by clip id."""
+    ids = sorted(pooled)
+    return bootstrap_ci([pooled[c][0] for c in ids], [pooled[c][1] for c in ids])
+
+
+def spatial_baseline(fs: Any, split: dict) -> dict:
+    """`hpo.baseline.linear_probe` on the trial's folds, without its per-clip predictions."""
+    from hpo.baseline import linear_probe
+    from pipeline.manifest import Split
+
+    features = dict(zip(fs.clip_ids, fs.features, strict=True))
+    labels = dict(zip(fs.clip_ids, map(int, fs.labels), strict=True))
+    probe = linear_probe(features, labels, Split.from_dict(split))
+    return {k: v for k, v in probe.items() if k != "predictions"}
+
+
+def claim(card: dict) -> str:
+    """The temporal-vs-spatial sentence for a card (or report) holding ``summary``, ``baseline``,
+    ``params`` and optionally ``nested``: on the nested (honest) figure when there is one."""
+    from hpo.baseline import temporal_claim
+
+    nested = card.get("nested") or {}
+    honest = nested.get("accuracy", {}).get("mean")
+    study = honest if honest is not None else card["summary"]["accuracy"]["mean"]
+    return temporal_claim(
+        float(study),
+        float(card["baseline"]["summary"]["accuracy"]["mean"]),
+        honest=honest is not None,
+        head=str(card["params"].get("head", "lstm")),
+    )
 
 
 def _same_metrics(a: dict, b: dict) -> bool:
@@ -453,7 +497,7 @@ def export_checkpoint(
     fs = open_store(store, cache_dir=cache_dir).get(key)
     log(f"feature set {key}: {fs.features.shape[0]} clips × {fs.spec.frames} frames")
 
-    folds = _fold_metrics_from_files(out, fs, record["split"])
+    folds, pooled = fold_predictions(out, record["split"], lambda ids: _select(fs, ids))
     reproduced = len(folds) == len(record["folds"]) and all(
         _same_metrics(a, b) for a, b in zip(folds, record["folds"], strict=True)
     )
@@ -522,6 +566,9 @@ def export_checkpoint(
         "feature_set_meta": fs.meta,
     }
     card.update(provenance or {})
+    card["confidence"] = confidence(pooled)
+    card["baseline"] = spatial_baseline(fs, record["split"])
+    card["claim"] = claim(card)
     if not reproduced:
         card["trial_folds"] = record["folds"]
     atomic_write_text(out / CARD, json.dumps(card, indent=1, sort_keys=True, default=str))
@@ -570,6 +617,7 @@ def export_best(
             "run": run,
             "trial_id": c.trial_id,
             "selection": {
+                "selected_on": SELECTED_ON,
                 "metric": "accuracy",
                 "mode": "max",
                 "tie_break": list(TIE_BREAK),

@@ -1,9 +1,14 @@
-"""The paper's CNN-LSTM head over per-frame backbone features.
+"""The paper's CNN-LSTM head over per-frame backbone features, and its spatial-only rivals.
 
 Barros et al. feed ``[frames, dim]`` backbone features to one LSTM, then one to three ReLU dense
-layers, then a 3-way softmax (cov, pne, reg). The model uses only built-in Keras layers, so a
-``model.save("fold-0.h5")`` file loads with plain ``tf.keras.models.load_model(path)`` and no
-``custom_objects`` — the same way the paper's notebook loads its published models.
+layers, then a 3-way softmax (cov, pne, reg). ``params["head"]`` picks the temporal layer
+(`HEADS`): ``lstm`` (the paper's, and the default), ``gru`` (same units and dropouts), or
+``pooled`` — the mean over frames, which ignores frame order, so the search can test the paper's
+claim that time matters. ``pooled`` ignores ``lstm_units``/``lstm_dropout``/``recurrent_dropout``.
+
+The model uses only built-in Keras layers, so a ``model.save("fold-0.h5")`` file loads with
+plain ``tf.keras.models.load_model(path)`` and no ``custom_objects`` — the same way
+the paper's notebook loads its published models.
 
 Optionally the head starts with a ``Normalization`` layer adapted to its training clips: backbone
 features are unscaled (Xception's pooled activations span orders of magnitude across dimensions),
@@ -19,18 +24,24 @@ from typing import Any
 import keras
 import numpy as np
 
+from hpo.space import HEADS, RECURRENT_KEYS
 from pipeline.manifest import LABELS
 
-__all__ = ["MAX_DENSE_LAYERS", "build_model", "required_params"]
+__all__ = ["MAX_DENSE_LAYERS", "build_model", "head_of", "required_params"]
 
 MAX_DENSE_LAYERS = 3
 """Dense blocks the search space can ask for; ``dense_units_i``/``dense_dropout_i`` for
 ``i > dense_layers`` are ignored, so the space stays flat."""
 
 
-def required_params(dense_layers: int) -> tuple[str, ...]:
+def head_of(params: Mapping[str, Any]) -> str:
+    """The head a param set builds; trials from before the ``head`` dimension are ``lstm``."""
+    return str(params.get("head", "lstm"))
+
+
+def required_params(dense_layers: int, head: str = "lstm") -> tuple[str, ...]:
     """The keys ``build_model`` reads for a head with ``dense_layers`` dense blocks."""
-    keys = ["lstm_units", "lstm_dropout", "recurrent_dropout", "dense_layers", "learning_rate"]
+    keys = [*(RECURRENT_KEYS if head != "pooled" else ()), "dense_layers", "learning_rate"]
     for i in range(1, dense_layers + 1):
         keys += [f"dense_units_{i}", f"dense_dropout_{i}"]
     return tuple(keys)
@@ -38,17 +49,23 @@ def required_params(dense_layers: int) -> tuple[str, ...]:
 
 def _check(params: Mapping[str, Any]) -> int:
     """Validate the keys the head reads; return the number of dense blocks."""
+    head = head_of(params)
+    if head not in HEADS:
+        raise ValueError(f"model param 'head' must be one of {list(HEADS)}, got {head!r}")
     layers = params.get("dense_layers")
     if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= 3:
         raise ValueError(f"model param 'dense_layers' must be an int in 1..3, got {layers!r}")
-    missing = [k for k in required_params(layers) if k not in params]
+    required = required_params(layers, head)
+    missing = [k for k in required if k not in params]
     if missing:
-        raise ValueError(f"model params lack {missing} ({layers=}); got {sorted(params)}")
+        raise ValueError(f"model params lack {missing} ({layers=}, {head=}); got {sorted(params)}")
     blocks = range(1, layers + 1)
-    for key in ["lstm_dropout", "recurrent_dropout", *(f"dense_dropout_{i}" for i in blocks)]:
+    dropouts = ["lstm_dropout", "recurrent_dropout", *(f"dense_dropout_{i}" for i in blocks)]
+    for key in (k for k in dropouts if k in required):
         if not 0.0 <= float(params[key]) < 1.0:
             raise ValueError(f"model param {key!r} must be in [0, 1), got {params[key]!r}")
-    for key in ["lstm_units", *(f"dense_units_{i}" for i in blocks)]:
+    units = ["lstm_units", *(f"dense_units_{i}" for i in blocks)]
+    for key in (k for k in units if k in required):
         if int(params[key]) != params[key] or int(params[key]) < 1:
             raise ValueError(f"model param {key!r} must be a positive int, got {params[key]!r}")
     if not float(params["learning_rate"]) > 0:
@@ -64,12 +81,14 @@ def build_model(
     sparse_labels: bool = True,
     standardize_on: np.ndarray | None = None,
 ) -> keras.Model:
-    """Build and compile the head: Input(frames, dim) → LSTM → dense blocks → Dense(3, softmax).
+    """Build and compile the head: Input(frames, dim) → LSTM, GRU or mean over frames → dense
+    blocks → Dense(3, softmax).
 
     Args:
         frames: frames per clip (N).
         dim: feature size per frame (D, e.g. 2048 for Xception).
-        params: a point of ``hpo.space.search_space()``: ``lstm_units``, ``lstm_dropout``,
+        params: a point of ``hpo.space.search_space()``: ``head`` (`HEADS`, default
+            ``lstm``), ``lstm_units``, ``lstm_dropout``,
             ``recurrent_dropout``, ``dense_layers`` (1..3), ``dense_units_i`` and
             ``dense_dropout_i`` for i ≤ dense_layers (others ignored), ``learning_rate``.
             Extra keys (``batch_size``, ``backbone``, ...) are ignored.
@@ -99,19 +118,24 @@ def build_model(
         norm = keras.layers.Normalization(axis=-1, name="standardize")
         norm.adapt(np.asarray(standardize_on, dtype=np.float32))
         x = norm(x)
-    x = keras.layers.LSTM(
-        int(params["lstm_units"]),
-        dropout=float(params["lstm_dropout"]),
-        recurrent_dropout=float(params["recurrent_dropout"]),
-        name="lstm",
-    )(x)
+    head = head_of(params)
+    if head == "pooled":
+        x = keras.layers.GlobalAveragePooling1D(name="mean_over_frames")(x)
+    else:
+        recurrent = keras.layers.LSTM if head == "lstm" else keras.layers.GRU
+        x = recurrent(
+            int(params["lstm_units"]),
+            dropout=float(params["lstm_dropout"]),
+            recurrent_dropout=float(params["recurrent_dropout"]),
+            name=head,
+        )(x)
     for i in range(1, layers + 1):
         x = keras.layers.Dense(
             int(params[f"dense_units_{i}"]), activation="relu", name=f"dense_{i}"
         )(x)
         x = keras.layers.Dropout(float(params[f"dense_dropout_{i}"]), name=f"dropout_{i}")(x)
     outputs = keras.layers.Dense(len(LABELS), activation="softmax", name="probabilities")(x)
-    model = keras.Model(inputs, outputs, name="cnn_lstm_head")
+    model = keras.Model(inputs, outputs, name=f"cnn_{head}_head")
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=float(params["learning_rate"])),
         loss="sparse_categorical_crossentropy" if sparse_labels else "categorical_crossentropy",

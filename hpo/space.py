@@ -10,6 +10,10 @@ Overrides come from the study YAML (``space:``) and replace one dimension's choi
 a list (categorical choices), a mapping ``{low, high[, log]}`` (a range; int-valued dimensions
 take ``step`` too), or a single value (the dimension is fixed).
 
+``head`` picks the temporal layer (`HEADS`, built by `hpo.model`): ``lstm`` (the paper's, the
+default and the only choice unless overridden), ``gru``, or ``pooled`` (mean over frames,
+spatial only). Override it with one name or a list, e.g. ``head: [lstm, pooled]``.
+
 Two dimensions are the training recipe rather than the architecture, both off in the paper and
 fixed off by default: ``class_weight`` ("balanced" class weights in each training split) and
 ``standardize`` (per-dimension feature standardisation fitted to each training split, see
@@ -28,9 +32,24 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-__all__ = ["PAPER_BEST", "InvalidSpaceError", "is_paper_best", "paper_best", "search_space"]
+__all__ = [
+    "HEADS",
+    "PAPER_BEST",
+    "RECURRENT_KEYS",
+    "InvalidSpaceError",
+    "is_paper_best",
+    "paper_best",
+    "search_space",
+]
 
 UNITS = (32, 64, 128, 256, 512, 1024)
+
+HEADS = ("lstm", "gru", "pooled")
+"""Temporal layers over the frame axis (`hpo.model`); ``pooled``, the mean over frames, is
+spatial-only."""
+
+RECURRENT_KEYS = ("lstm_units", "lstm_dropout", "recurrent_dropout")
+"""The dimensions only the recurrent heads (``lstm``, ``gru``) read."""
 
 PAPER_BEST: dict[str, Any] = {
     # Architecture and the 0.4 dropout: the paper's abstract (b-mandelbrot/pulmonary-covid19
@@ -38,6 +57,7 @@ PAPER_BEST: dict[str, Any] = {
     # notebook xception-lstm.ipynb (and model_params.txt): LSTM 512 → Dense 1024 → Dense 1024 →
     # Dense 3, 6,822,915 params. That summary lists no Dropout layer, so the 0.4 is the LSTM's
     # own input dropout and the dense blocks have none.
+    "head": "lstm",
     "lstm_units": 512,
     "lstm_dropout": 0.4,
     "dense_layers": 2,
@@ -72,6 +92,7 @@ FLAGS = ("class_weight", "standardize")
 
 def _defaults() -> dict[str, BaseDistribution]:
     space: dict[str, BaseDistribution] = {
+        "head": CategoricalDistribution(("lstm",)),
         "lstm_units": CategoricalDistribution(UNITS),
         "lstm_dropout": FloatDistribution(0.0, 0.6),
         "recurrent_dropout": FloatDistribution(0.0, 0.6),
@@ -141,9 +162,21 @@ def _flag(key: str, spec: Any) -> CategoricalDistribution:
     return CategoricalDistribution(tuple(values))
 
 
+def _head(spec: Any) -> CategoricalDistribution:
+    values = list(spec) if isinstance(spec, Sequence) and not isinstance(spec, str) else [spec]
+    if not values or any(v not in HEADS for v in values) or len(set(values)) < len(values):
+        raise InvalidSpaceError(
+            f"search space override 'space.head' must be one of {list(HEADS)} or a list of "
+            f"distinct ones; got {spec!r}"
+        )
+    return CategoricalDistribution(tuple(values))
+
+
 def _override(key: str, spec: Any) -> BaseDistribution:
     if key in FLAGS:
         return _flag(key, spec)
+    if key == "head":
+        return _head(spec)
     where = f"'space.{key}'"
     kind = _BOUNDS[key][0]
     if isinstance(spec, Mapping):
@@ -209,7 +242,7 @@ def search_space(
         frames: when given, ``frames`` (N) becomes a categorical dimension over these counts.
 
     Returns:
-        ``{name: distribution}`` with the fixed keys ``lstm_units, lstm_dropout,
+        ``{name: distribution}`` with the fixed keys ``head, lstm_units, lstm_dropout,
         recurrent_dropout, dense_layers, dense_units_{1,2,3}, dense_dropout_{1,2,3},
         learning_rate, batch_size, class_weight, standardize`` (+ ``backbone``, ``frames``).
 
@@ -265,6 +298,7 @@ def paper_best(space: Mapping[str, BaseDistribution]) -> dict[str, Any]:
 
 def is_paper_best(params: Mapping[str, Any]) -> bool:
     """Whether a trial's params are the paper's head and recipe (`PAPER_BEST`, Xception-20)."""
+    params = {"head": "lstm", **params}  # trials from before the head dimension are LSTMs
     point = {**PAPER_BEST, **PAPER_BEST_FEATURES}
     shared = [k for k in params if k in point]
     return set(PAPER_BEST) <= set(params) and all(params[k] == point[k] for k in shared)

@@ -13,7 +13,7 @@ from pathlib import Path
 from hpo.evaluate import REPORT_MD, evaluate
 from hpo.export import atomic_write_text
 from hpo.grid import GRID_FILE
-from hpo.report import comparison_table, paper_config_section
+from hpo.report import comparison_table, confidence_section, estimates_section
 
 __all__ = ["add_parser"]
 
@@ -76,7 +76,9 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     print(comparison_table(report))
     print()
-    print(paper_config_section(report))
+    print(estimates_section(report))
+    print()
+    print(confidence_section(report))
     for note in report["notes"]:
         print(f"- {note}")
     print(f"report: {args.directory / REPORT_MD} (and report.json, plots) in {args.directory}")

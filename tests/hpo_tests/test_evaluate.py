@@ -85,6 +85,12 @@ def test_report_sets_ours_beside_the_paper_row_and_flags_zero_support(exported, 
     assert f"{row.accuracy[0]:.3f} ± {row.accuracy[1]:.3f}" in md
     assert "no test clip of cov" in md and "fold 0" in md
     assert "NOT AVAILABLE" in md  # no nested result: a named placeholder, no numbers
+    # Labels, intervals, the spatial-only baseline on the same folds, and the claim.
+    assert "ours xception-5 (selected on test folds)" in md
+    assert report["selected_on"].startswith("selected on the test folds")
+    assert report["confidence"] == card["confidence"]
+    assert report["baseline"]["folds"] == card["baseline"]["folds"]
+    assert "spatial-only baseline" in md and "95% CI" in md and report["claim"] in md
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["paper"]["model_label"] == "xception-5"
     assert on_disk["zero_support_folds"]["cov"] == [0]
@@ -146,7 +152,7 @@ def test_a_missing_sqlite_study_is_noted_not_created(exported, tmp_path):
 
 def test_paper_config_trial_is_the_baseline_of_the_report(exported):
     from hpo.evaluate import paper_config_baseline
-    from hpo.report import paper_config_section
+    from hpo.report import estimates_section
 
     _, card, _ = exported
     ours = {"accuracy": {"mean": 0.7, "std": 0.1}, "per_class": {"cov": {"recall": {"mean": 0.5}}}}
@@ -156,10 +162,10 @@ def test_paper_config_trial_is_the_baseline_of_the_report(exported):
     ]
     assert paper_config_baseline({**card, "trials": trials}, ours) is None
     report = {"ours": ours, "card": {"trial_id": "a"}, "paper_config": None}
-    assert paper_config_section(report).startswith("Not in this study")
+    assert "paper's own head and recipe is not in this study" in estimates_section(report)
 
     trials[1]["paper_best"] = True
     base = paper_config_baseline({**card, "trials": trials}, ours)
     assert base["trial_id"] == "p" and base["delta_accuracy"] == pytest.approx(0.15)
-    table = paper_config_section({**report, "paper_config": base})
-    assert "trial p" in table and "0.550 ± 0.050" in table and "+0.150" in table
+    table = estimates_section({**report, "paper_config": base})
+    assert "trial p (fixed config)" in table and "0.550 ± 0.050" in table

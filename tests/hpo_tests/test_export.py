@@ -102,6 +102,18 @@ def test_card_records_what_the_issue_asks(exported):
         "model.h5",
     ]
     assert not list(out.glob(".*"))  # no temp files left behind
+    # Labelled, with intervals, a spatial-only baseline on the same folds, and the claim.
+    pooled = card["summary"]["pooled"]
+    conf = card["confidence"]
+    assert conf["clips"] == 24 and conf["level"] == 0.95
+    assert conf["accuracy"]["estimate"] == pytest.approx(pooled["accuracy"])
+    assert conf["accuracy"]["low"] <= conf["accuracy"]["estimate"] <= conf["accuracy"]["high"]
+    for cls in ("cov", "pne", "reg"):
+        assert conf["recall"][cls]["estimate"] == pytest.approx(pooled["per_class"][cls]["recall"])
+    base = card["baseline"]
+    assert "spatial-only baseline" in base["label"] and len(base["chosen_c"]) == 3
+    assert "predictions" not in base and base["summary"]["folds"] == 3
+    assert "spatial-only baseline" in card["claim"] and "optimistic" in card["claim"]
 
 
 def test_paper_layout_copy_holds_the_same_features(exported):
@@ -217,6 +229,7 @@ def test_export_best_of_a_real_tiny_study(tmp_path, s3_endpoint):
     assert card["trial_id"] == expected.trial_id
     assert card["summary"]["accuracy"]["mean"] == pytest.approx(expected.accuracy, abs=1e-12)
     assert card["selection"]["candidates"] == len(done)
+    assert card["selection"]["selected_on"].startswith("selected on the test folds")
     assert card["study"]["study_name"] == "tiny"
     assert card["study"]["optuna_storage"].startswith("sqlite:///")
     assert card["trial_metrics_reproduced"] is True

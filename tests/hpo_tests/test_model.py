@@ -66,6 +66,7 @@ def test_compiled_with_adam_learning_rate_and_softmax_output():
         ({"lstm_dropout": 1.0}, "'lstm_dropout' must be in"),
         ({"dense_units_2": 0}, "'dense_units_2' must be a positive int"),
         ({"learning_rate": 0.0}, "'learning_rate' must be > 0"),
+        ({"head": "cnn"}, r"'head' must be one of \['lstm', 'gru', 'pooled'\]"),
     ],
 )
 def test_bad_params_name_the_key(change, match):
@@ -73,8 +74,9 @@ def test_bad_params_name_the_key(change, match):
         build_model(3, 4, {**TINY, **change})
 
 
-def test_h5_loads_with_plain_tf_keras_in_a_fresh_process(tmp_path):
-    model = build_model(4, 3, TINY)
+@pytest.mark.parametrize("head", ["lstm", "gru", "pooled"])
+def test_h5_loads_with_plain_tf_keras_in_a_fresh_process(tmp_path, head):
+    model = build_model(4, 3, {**TINY, "head": head})
     x = np.random.default_rng(0).normal(size=(5, 4, 3)).astype(np.float32)
     model.fit(x, np.array([0, 1, 2, 0, 1]), verbose=0)
     path = tmp_path / "fold-0.h5"
@@ -95,3 +97,13 @@ def test_h5_loads_with_plain_tf_keras_in_a_fresh_process(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"LOADED {model.count_params()}" in done.stdout
+
+
+def test_pooled_head_ignores_frame_order_and_the_recurrent_keys():
+    params = {k: v for k, v in TINY.items() if k not in ("lstm_units", "lstm_dropout")}
+    model = build_model(5, 3, {**params, "head": "pooled"})
+    assert model.name == "cnn_pooled_head" and "mean_over_frames" in [x.name for x in model.layers]
+    x = np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32)
+    np.testing.assert_allclose(model(x[:, ::-1]).numpy(), model(x).numpy(), atol=1e-6)
+    gru = build_model(5, 3, {**TINY, "head": "gru"}).get_layer("gru")
+    assert (gru.units, gru.dropout) == (8, 0.1)

@@ -10,6 +10,7 @@ from hpo.model import build_model
 from hpo.space import PAPER_BEST, InvalidSpaceError, is_paper_best, paper_best, search_space
 
 KEYS = {
+    "head",
     "lstm_units",
     "lstm_dropout",
     "recurrent_dropout",
@@ -40,6 +41,19 @@ def test_default_space_is_the_issue_superset():
     assert space["batch_size"] == CategoricalDistribution((8, 16, 32))
     # The paper's recipe (raw features, no class weights) unless a study searches them.
     assert space["class_weight"] == space["standardize"] == CategoricalDistribution((False,))
+    assert space["head"] == CategoricalDistribution(("lstm",))
+
+
+def test_head_takes_a_name_or_a_list_of_names():
+    space = search_space({"head": ["lstm", "pooled", "gru"]})
+    assert space["head"] == CategoricalDistribution(("lstm", "pooled", "gru"))
+    assert paper_best(space)["head"] == "lstm"
+    assert search_space({"head": "pooled"})["head"] == CategoricalDistribution(("pooled",))
+    with pytest.raises(InvalidSpaceError, match=r"\[\"head='lstm'\"\]"):
+        paper_best(search_space({"head": "pooled"}))
+    for bad in ("cnn", [], ["lstm", "lstm"], 1, {"low": "lstm"}):
+        with pytest.raises(InvalidSpaceError, match=r"'space.head' must be one of"):
+            search_space({"head": bad})
 
 
 def test_recipe_flags_take_true_false_or_both():
