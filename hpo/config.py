@@ -174,7 +174,9 @@ CONSTRAINTS: dict[str, list[_Constraint]] = {
     "feature_set.sampling": [_Options(("even", "first"))],
     "feature_set.key": [_STR, _NONE],
     "feature_set.grid": [_InstanceOf(bool, "true or false")],
-    "split.kind": [_Options(("paper", "stratified"))],
+    "split.kind": [_Options(("paper", "stratified", "grouped"))],
+    "split.group_by": [_Options(("patient", "source"))],
+    "split.metadata": [_PATH, _NONE],
     "split.cross_val": [_PATH, _NONE],
     "split.data_dir": [_PATH, _NONE],
     "split.k": [_Interval(Integral, 2, None, "left")],
@@ -232,9 +234,13 @@ class FeatureSetConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    kind: str = "paper"  # paper: cross_val.json; stratified: k folds with a seed
+    # paper: cross_val.json; stratified: k folds with a seed; grouped: k stratified group folds
+    # (no patient or source in two test folds, pipeline.groups)
+    kind: str = "paper"
     cross_val: str | None = None  # path to cross_val.json (default <data_dir>/paper/cross_val.json)
     data_dir: str | None = None
+    group_by: str = "patient"  # grouped: patient or source, from the POCUS metadata
+    metadata: str | None = None  # default <data_dir>/pocus/dataset_metadata.csv
     k: int = 5
     seed: int = 0
 
@@ -462,6 +468,16 @@ def from_dict(
             None,
             source,
         )
+    if flat.get("split.kind") == "grouped" and not (
+        flat.get("split.metadata") or flat.get("split.data_dir")
+    ):
+        raise InvalidConfigError(
+            "split.metadata",
+            "the POCUS dataset_metadata.csv (or split.data_dir holding "
+            "pocus/dataset_metadata.csv, or LUSHPO_DATA_DIR) when split.kind is 'grouped'",
+            None,
+            source,
+        )
     if flat.get("feature_set.grid") and flat.get("feature_set.key"):
         raise InvalidConfigError(
             "feature_set.key", "unset when feature_set.grid is true", flat["feature_set.key"],
@@ -493,7 +509,7 @@ def from_dict(
             "storage.optuna_storage", f"sqlite:///{storage_path}/{flat['name']}/optuna.db"
         )
     _check_space(flat, source)
-    for key in ("split.cross_val", "split.data_dir"):
+    for key in ("split.cross_val", "split.data_dir", "split.metadata"):
         if flat.get(key):
             flat[key] = _local_abs(flat[key])
 

@@ -53,6 +53,7 @@ from hpo.study import (
     trial_settings,
 )
 from hpo.trainable import TrialSettings
+from pipeline.groups import grouped_split
 from pipeline.manifest import LABELS, Clip, Manifest, Split, check_split, stratified_split
 
 __all__ = [
@@ -85,9 +86,15 @@ def _mix(seed: int, outer: int) -> int:
 
 
 def inner_split(
-    train_ids: Sequence[str], labels: Mapping[str, str], k: int, seed: int, outer: int = 0
+    train_ids: Sequence[str],
+    labels: Mapping[str, str],
+    k: int,
+    seed: int,
+    outer: int = 0,
+    groups: Mapping[str, str] | None = None,
 ) -> Split:
-    """Stratified `k`-fold split of one outer fold's training clips, and of nothing else.
+    """Stratified `k`-fold split of one outer fold's training clips, and of nothing else; a
+    stratified *group* k-fold when `groups` (clip → patient/source) is given.
 
     Args:
         train_ids: the outer fold's training clip ids.
@@ -114,11 +121,15 @@ def inner_split(
             Clip(id=c, label=labels[c], path=Path(c), frames=0) for c in sorted(set(train_ids))
         )
     )
-    split = stratified_split(manifest, k, _mix(seed, outer))
+    if groups is None:
+        split = stratified_split(manifest, k, _mix(seed, outer))
+    else:
+        split = grouped_split(manifest, groups, k, _mix(seed, outer))
     inner = Split(
         f"inner-{outer}",
         split.folds,
         tuple(f"outer fold {outer}, inner {w}" for w in split.warnings),
+        split.groups,
     )
     check_split(inner, train_ids, source=f"outer fold {outer}: inner split")
     return inner
@@ -432,7 +443,9 @@ def run_nested(
         )
         folds: list[dict[str, Any]] = []
         for k, fold in enumerate(outer.folds):
-            inner = inner_split(fold.train, labels, inner_k, cfg.split.seed, outer=k)
+            inner = inner_split(
+                fold.train, labels, inner_k, cfg.split.seed, outer=k, groups=outer.groups
+            )
             _check_no_leak(k, fold.test, inner)
             inner_cfg = outer_config(cfg, k)
             log(

@@ -37,7 +37,16 @@ from hpo import space as hspace
 from hpo.config import StudyConfig
 from hpo.trainable import STATE_FILE, TRIAL_FILE, TrialSettings, train_cv
 from pipeline.cluster import connect
-from pipeline.manifest import LABELS, Clip, Manifest, Split, paper_split, stratified_split
+from pipeline.groups import grouped_split, read_groups
+from pipeline.manifest import (
+    LABELS,
+    METADATA_CSV,
+    Clip,
+    Manifest,
+    Split,
+    paper_split,
+    stratified_split,
+)
 from pipeline.store import FeatureSetNotFoundError, open_store
 
 __all__ = [
@@ -231,6 +240,15 @@ def compute_split(cfg: StudyConfig, key: str, node_id: str) -> Split:
     )
     if cfg.split.kind == "stratified":
         return stratified_split(manifest, cfg.split.k, cfg.split.seed)
+    if cfg.split.kind == "grouped":
+        metadata = cfg.split.metadata or str(Path(cfg.split.data_dir) / METADATA_CSV)
+        if not Path(metadata).is_file():
+            raise FileNotFoundError(
+                f"grouped split needs {metadata} (split.metadata / split.data_dir / "
+                "LUSHPO_DATA_DIR)"
+            )
+        groups = read_groups(metadata, manifest.ids, cfg.split.group_by)
+        return grouped_split(manifest, groups, cfg.split.k, cfg.split.seed)
     cross_val = cfg.split.cross_val or str(Path(cfg.split.data_dir) / "paper" / "cross_val.json")
     if not Path(cross_val).is_file():
         raise FileNotFoundError(

@@ -43,6 +43,7 @@ import tensorflow as tf
 
 from hpo.metrics import flatten, fold_metrics, summarize
 from hpo.model import build_model
+from pipeline.groups import inner_validation
 from pipeline.manifest import LABELS, Split
 
 __all__ = [
@@ -217,7 +218,8 @@ def fold_data(
     seed: int = 0,
     source: str = "the feature set",
 ) -> list[FoldData]:
-    """Select each fold's clips by id and carve a stratified inner validation split."""
+    """Select each fold's clips by id and carve a stratified inner validation split (whole groups
+    when the split has them, `pipeline.groups.inner_validation`)."""
     position = {cid: i for i, cid in enumerate(clip_ids)}
     labels = np.asarray(labels, dtype=np.int64)
     out = []
@@ -230,7 +232,16 @@ def fold_data(
             )
         train = np.asarray([position[c] for c in fold.train])
         test = np.asarray([position[c] for c in fold.test])
-        inner_train, inner_val = _inner_split(labels[train], validation_fraction, _seed(seed, k, 1))
+        inner_seed = _seed(seed, k, 1)
+        if split.groups is None:
+            inner_train, inner_val = _inner_split(labels[train], validation_fraction, inner_seed)
+        else:  # a grouped split: validation patients (sources) are never trained on either
+            inner_train, inner_val = inner_validation(
+                labels[train],
+                [split.groups[c] for c in fold.train],
+                validation_fraction,
+                inner_seed,
+            )
         tr, va = train[inner_train], train[inner_val]
         out.append(
             FoldData(

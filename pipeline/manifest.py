@@ -169,26 +169,33 @@ class Fold:
 
 @dataclass(frozen=True)
 class Split:
-    name: str  # "paper" | "stratified"
+    name: str  # "paper" | "stratified" | "grouped" | "inner-<k>"
     folds: tuple[Fold, ...]
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    # clip id → patient/source group (pipeline.groups) for a grouped split: inner validation
+    # splits and nested inner folds then keep groups whole too. None: clips are independent.
+    groups: Mapping[str, str] | None = None
 
     def digest(self) -> str:
-        """sha256 over the name and every fold's train/test ids (warnings left out)."""
+        """sha256 over the name, every fold's train/test ids and the groups (warnings left out)."""
         return _sha256_json(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
-        """The `{"name", "folds": [{"train", "test"}]}` shape stored in trial.json."""
-        return {
+        """The `{"name", "folds": [{"train", "test"}][, "groups"]}` shape stored in trial.json."""
+        out: dict[str, Any] = {
             "name": self.name,
             "folds": [{"train": list(f.train), "test": list(f.test)} for f in self.folds],
         }
+        if self.groups is not None:
+            out["groups"] = dict(sorted(self.groups.items()))
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Split:
         return cls(
             name=data["name"],
             folds=tuple(Fold(tuple(f["train"]), tuple(f["test"])) for f in data["folds"]),
+            groups=data.get("groups"),
         )
 
 
@@ -221,8 +228,23 @@ def check_split(split: Split, available: Iterable[str] | None = None, source: st
         absent = sorted({c for f in split.folds for c in (*f.train, *f.test)} - set(available))
         if absent:
             problems.append(f"{_few(absent)} not in the feature set")
+    if split.groups is not None:
+        spanning = spanning_groups(split, split.groups)
+        if spanning:
+            shown = [f"{g} (folds {', '.join(map(str, f))})" for g, f in spanning.items()]
+            problems.append(f"group(s) in more than one test fold: {_few(shown)}")
     if problems:
         raise SplitLeakError(f"{source or split.name + ' split'}: " + "; ".join(problems))
+
+
+def spanning_groups(split: Split, groups: Mapping[str, str]) -> dict[str, list[int]]:
+    """Groups whose clips sit in more than one test fold of `split`: group → sorted folds.
+    A clip `groups` does not name is its own group."""
+    folds: dict[str, set[int]] = {}
+    for i, fold in enumerate(split.folds):
+        for clip in fold.test:
+            folds.setdefault(groups.get(clip, clip), set()).add(i)
+    return {g: sorted(f) for g, f in sorted(folds.items()) if len(f) > 1}
 
 
 def _few(ids: Sequence[str], shown: int = 5) -> str:

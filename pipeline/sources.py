@@ -39,11 +39,14 @@ from pipeline.manifest import (
     CLIPS_DIR,
     CROSS_VAL_JSON,
     LABELS,
+    METADATA_CSV,
     VIDEOS_CSV,
+    Fold,
     Split,
     check_split,
     read_cross_val,
     read_videos_csv,
+    spanning_groups,
 )
 
 __all__ = [
@@ -200,6 +203,9 @@ class CheckReport:
     per_class: dict[str, ClassCount]
     per_fold: tuple[FoldCount, ...]
     pinned: dict[str, str]  # data-dir path -> "ok" | "missing" | "sha256 mismatch"
+    # "patient" | "source" -> group -> test folds: groups of the present clips that sit in more
+    # than one test fold of the paper's split (pipeline.groups; a leak the paper's split has)
+    spanning: dict[str, dict[str, list[int]]]
 
     @property
     def total(self) -> int:
@@ -382,7 +388,24 @@ def check(data_dir: Path | str, *, pinned: Iterable[PinnedFile] = PINNED_FILES) 
             pinned_status[item.dest] = (
                 "ok" if _sha256_file(path) == item.sha256 else "sha256 mismatch"
             )
+    from pipeline.groups import GROUP_BY, read_groups
+
+    in_use = Split(  # the split a study uses: the paper's, restricted to the clips present
+        "paper",
+        tuple(
+            Fold(
+                tuple(c for c in f.train if c in on_disk), tuple(c for c in f.test if c in on_disk)
+            )
+            for f in folds
+        ),
+    )
+    present_ids = [c for f in in_use.folds for c in f.test]
+    spanning = {
+        by: spanning_groups(in_use, read_groups(data_dir / METADATA_CSV, present_ids, by))
+        for by in GROUP_BY
+    }
     return CheckReport(
+        spanning=spanning,
         data_dir=str(data_dir),
         present=tuple(n for n in paper if n in on_disk),
         missing=tuple(n for n in paper if n not in on_disk),

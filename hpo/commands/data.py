@@ -146,6 +146,13 @@ def format_report(report: CheckReport) -> str:
     ]
     if empty:
         lines.append("warning: " + "; ".join(empty))
+    for by, groups in report.spanning.items():
+        lines += ["", f"{by} groups in more than one test fold of the paper's split: {len(groups)}"]
+        lines += [
+            f"  {group}: folds {', '.join(map(str, folds))}" for group, folds in groups.items()
+        ]
+    if any(report.spanning.values()):
+        lines.append("(a leak the paper's split has; split.kind: grouped keeps each group whole)")
     bad = {name: status for name, status in report.pinned.items() if status != "ok"}
     if bad:
         lines += ["", "pinned files not as expected:"]
