@@ -12,6 +12,10 @@ the file-name pattern `name_group` — the name without extension and without it
 ``_mov5``, ``Image_133824``, ``+(44)``, ``-2``). ``Reg_pat2Image_133824`` and
 ``Reg_pat2Image_134441`` thus share ``name:pat2``; ``Pneu_northumbria_0409_set1_vid2`` falls in
 ``name:northumbria_0409_set1``. Such groups are named ``name:<pattern>``.
+
+`grouped_split` is scikit-learn's ``StratifiedGroupKFold`` over the clips, so no group sits in two
+test folds; the split carries its groups (``Split.groups``), so training's inner validation
+(`inner_validation`) and nested CV's inner folds keep groups whole too.
 """
 
 from __future__ import annotations

@@ -87,6 +87,12 @@ def test_flag_named_for_keys_a_flag_sets():
 def test_cross_field_rules():
     with pytest.raises(InvalidConfigError, match=r"split.data_dir"):
         from_dict({"name": "t"})  # paper split without cross_val.json or data dir
+    with pytest.raises(InvalidConfigError, match=r"split.metadata.*dataset_metadata.csv"):
+        from_dict({"name": "t", "split": {"kind": "grouped"}})  # grouped without the metadata
+    grouped = from_dict({"name": "t", "split": {"kind": "grouped", "metadata": "m.csv"}})
+    assert grouped.split.group_by == "patient" and grouped.split.metadata.endswith("/m.csv")
+    with pytest.raises(InvalidConfigError, match=r"split.group_by"):
+        from_dict({"name": "t", "split": {"kind": "grouped", "metadata": "m", "group_by": "ward"}})
     with pytest.raises(InvalidConfigError, match=r"scheduler.grace_period"):
         from_dict(_with(scheduler={"name": "asha", "grace_period": 9}, budget={"max_epochs": 3}))
     with pytest.raises(InvalidConfigError, match=r"storage.optuna_storage"):
