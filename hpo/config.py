@@ -202,6 +202,8 @@ CONSTRAINTS: dict[str, list[_Constraint]] = {
     "resources.intra_op_threads": [_Interval(Integral, 1, None, "left"), _NONE],
     "training.validation_fraction": [_Interval(Real, 0, 1, "neither")],
     "training.seed": [_Interval(Integral, 0, None, "left")],
+    "rescore.top_k": [_Interval(Integral, 0, None, "left")],
+    "rescore.seeds": [_Interval(Integral, 2, None, "left")],
     "storage.storage_path": [_URI],
     "storage.optuna_storage": [
         _Pattern(r"[a-z0-9+]+://.*", "an SQLAlchemy URL such as sqlite:///path/optuna.db"),
@@ -286,6 +288,14 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
+class RescoreConfig:
+    # The winner's curse (hpo.rescore): retrain the top_k trials with `seeds` fresh seeds each and
+    # export the best by their mean. 0: off.
+    top_k: int = 0
+    seeds: int = 5
+
+
+@dataclass(frozen=True)
 class StorageConfig:
     storage_path: str = "runs"  # Ray Tune results: local path or s3://bucket/prefix
     optuna_storage: str | None = None  # default sqlite:///<storage_path>/<name>/optuna.db (local)
@@ -305,6 +315,7 @@ class StudyConfig:
     searcher: SearcherConfig = field(default_factory=SearcherConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    rescore: RescoreConfig = field(default_factory=RescoreConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     store: str | None = None  # feature store URI
     address: str | None = None  # Ray cluster to join; None starts a local instance
@@ -329,6 +340,7 @@ _SECTIONS: dict[str, type] = {
     "searcher": SearcherConfig,
     "resources": ResourcesConfig,
     "training": TrainingConfig,
+    "rescore": RescoreConfig,
     "storage": StorageConfig,
 }
 _TOP_LEVEL = tuple(f.name for f in fields(StudyConfig) if f.name not in _SECTIONS)

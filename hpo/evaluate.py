@@ -26,7 +26,6 @@ from hpo import report as render
 from hpo.baseline import linear_probe
 from hpo.export import (
     SELECTED_ON,
-    atomic_write_text,
     claim,
     confidence,
     fold_predictions,
@@ -40,6 +39,7 @@ from hpo.paper import (
     read_evaluation,
     read_paper_layout,
 )
+from hpo.run_files import atomic_write_text
 from pipeline.manifest import LABELS, Split
 
 __all__ = ["REPORT_JSON", "REPORT_MD", "evaluate", "load_split_features"]
@@ -358,6 +358,7 @@ def evaluate(
         "support_aware": _support_aware(summary),
         "matches_model_card": matches,
         "nested": card.get("nested"),
+        "rescore": card.get("rescore"),
         "plots": plots,
         "notes": notes,
     }

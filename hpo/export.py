@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from hpo.metrics import bootstrap_ci, fold_metrics, summarize
+from hpo.run_files import RESCORE_FILE, atomic_write_text, read_run_file
 
 __all__ = [
     "CARD",
@@ -48,7 +49,6 @@ __all__ = [
     "Candidate",
     "ExportError",
     "ExportResult",
-    "atomic_write_text",
     "export_best",
     "export_checkpoint",
     "final_epochs",
@@ -261,6 +261,34 @@ def _download_best(refs: list[_TrialRef], dest: Path) -> tuple[_TrialRef, dict]:
     )
 
 
+def _rescored_winner(
+    refs: list[_TrialRef], rescore: dict, dest: Path, log: Callable[[str], None]
+) -> _TrialRef | None:
+    """The re-scored winner (`hpo.rescore`) downloaded into `dest`, or None with a warning when
+    rescore.json does not belong to this run's trials, feature set and split."""
+    from pipeline.manifest import Split
+
+    ref = next((r for r in refs if r.candidate.trial_id == rescore.get("winner")), None)
+    if ref is None:
+        log(
+            f"warning: rescore.json refused: its winner {rescore.get('winner')} is not a trial here"
+        )
+        return None, None
+    ref.trial.checkpoint.to_directory(str(dest))
+    record = json.loads((dest / "trial.json").read_text())
+    ours = (record["feature_set"], Split.from_dict(record["split"]).digest())
+    theirs = (rescore.get("feature_set"), (rescore.get("split") or {}).get("digest"))
+    if not _complete(record) or ours != theirs:
+        log(
+            f"warning: rescore.json refused: it is for feature set {theirs[0]!r} and split "
+            f"{str(theirs[1])[:12]}, trial {ref.candidate.trial_id} for {ours[0]!r} and "
+            f"{ours[1][:12]}"
+        )
+        shutil.rmtree(dest)
+        return None
+    return ref
+
+
 def _study_location(run: str) -> dict | None:
     """Where the run's Optuna study lives: `hpo.study`'s default is ``<run>/optuna.db``, named
     after the run (``<storage_path>/<name>``); other storages are named with ``study=``."""
@@ -301,6 +329,24 @@ def _nested_entry(run: str, endpoint_url: str | None, log: Callable[[str], None]
     return card_entry(nested)
 
 
+def _nested_mismatch(nested: dict | None, feature_set: str, split: dict) -> str | None:
+    """Why a nested result is not this export's honest figure (another feature set or outer
+    split), or None when it is: the card shows only a nested CV of the same data and folds."""
+    if not nested:
+        return None
+    from pipeline.manifest import Split
+
+    digest = Split.from_dict(split).digest()
+    theirs = (nested.get("feature_set"), (nested.get("outer_split") or {}).get("digest"))
+    if theirs == (feature_set, digest):
+        return None
+    return (
+        f"nested.json refused: it is for feature set {theirs[0]!r} and outer split digest "
+        f"{str(theirs[1])[:12]}, this export for {feature_set!r} and {digest[:12]}; run "
+        "`lushpo tune --nested` on this study's config to get its honest figure"
+    )
+
+
 def _trials_table(refs: list[_TrialRef]) -> list[dict]:
     """Every candidate trial's objective, for the optimisation-history plot; ``paper_best``
     marks the paper's own head and recipe (`hpo.space.PAPER_BEST`), the report's baseline."""
@@ -323,14 +369,6 @@ def _trials_table(refs: list[_TrialRef]) -> list[dict]:
 
 
 # --- writing the folder ------------------------------------------------------------------------
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` under a temporary name, then rename: readers see the old file or
-    the new one, never a part."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _save_h5(model: Any, path: Path) -> None:
@@ -566,6 +604,10 @@ def export_checkpoint(
         "feature_set_meta": fs.meta,
     }
     card.update(provenance or {})
+    refused = _nested_mismatch(card.get("nested"), key, record["split"])
+    if refused:
+        log(f"warning: {refused}")
+        card["nested"], card["nested_refused"] = None, refused
     card["confidence"] = confidence(pooled)
     card["baseline"] = spatial_baseline(fs, record["split"])
     card["claim"] = claim(card)
@@ -609,10 +651,20 @@ def export_best(
     refs = _read_run(run, endpoint_url)
     if not refs:
         raise ExportError(f"the run at {run} has no finished trial with a checkpoint")
+    rescore = read_run_file(run, RESCORE_FILE, endpoint_url)
     with tempfile.TemporaryDirectory(dir=out, prefix=".checkpoint-") as tmp:
-        ref, _record = _download_best(refs, Path(tmp) / "checkpoint")
+        ref = None
+        if rescore is not None:
+            ref = _rescored_winner(refs, rescore, Path(tmp) / "checkpoint", log)
+            if ref is None:
+                rescore = None
+        if ref is None:
+            ref, _record = _download_best(refs, Path(tmp) / "checkpoint")
         c = ref.candidate
-        log(f"best trial {c.trial_id}: accuracy {c.accuracy:.4f} (of {len(refs)} finished trials)")
+        log(
+            f"best trial {c.trial_id}: accuracy {c.accuracy:.4f} (of {len(refs)} finished trials; "
+            f"{SELECTED_ON}{'; the re-scored winner' if rescore else ''})"
+        )
         provenance = {
             "run": run,
             "trial_id": c.trial_id,
@@ -623,7 +675,9 @@ def export_best(
                 "tie_break": list(TIE_BREAK),
                 "candidates": len(refs),
                 "best": dataclasses.asdict(c),
+                "rescored": rescore is not None,
             },
+            "rescore": rescore,
             "study": _masked(study) if study else _study_location(run),
             "trials": _trials_table(refs),
             "nested": _nested_entry(run, endpoint_url, log),

@@ -24,11 +24,8 @@ paper-style figure.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,15 +38,16 @@ from ray import tune
 from hpo.config import StudyConfig
 from hpo.export import TIE_BREAK, Candidate, final_epochs, select_best
 from hpo.metrics import fold_metrics, summarize
+from hpo.run_files import read_run_file, remove_run_file, write_run_file
 from hpo.study import (
     StudyResult,
     TrialRecord,
     cache_dir_for,
     compute_split,
+    on_this_node,
     resolve_feature_sets,
     run_study,
     start_ray,
-    storage_filesystem,
     trial_settings,
 )
 from hpo.trainable import TrialSettings
@@ -205,11 +203,7 @@ def _refit_remote(
     from hpo.trainable import configure_tensorflow
     from pipeline.store import open_store
 
-    if settings.cache_dir and "{node_id}" in settings.cache_dir:
-        node_id = ray.get_runtime_context().get_node_id()
-        settings = dataclasses.replace(
-            settings, cache_dir=settings.cache_dir.replace("{node_id}", node_id)
-        )
+    settings = on_this_node(settings)
     configure_tensorflow(settings)
     fs = open_store(settings.store_uri, settings.cache_dir).get(settings.feature_set_key(params))
     position = {c: i for i, c in enumerate(fs.clip_ids)}
@@ -294,54 +288,18 @@ def _jsonable(value: Any) -> Any:
 
 
 def _write(cfg: StudyConfig, record: dict[str, Any]) -> str:
-    """nested.json in the run dir: temp name + rename locally, one PUT on s3://."""
-    text = json.dumps(_jsonable(record), indent=1, sort_keys=True)
-    fs, storage_path = storage_filesystem(cfg)
-    if fs is None:
-        path = Path(cfg.run_path) / NESTED_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{NESTED_FILE}.tmp-{uuid.uuid4().hex}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-        return str(path)
-    key = f"{storage_path}/{cfg.name}/{NESTED_FILE}"
-    with fs.open_output_stream(key) as out:
-        out.write(text.encode("utf-8"))
-    return f"s3://{key}"
+    """nested.json in the run dir (`hpo.run_files`)."""
+    return write_run_file(cfg.run_path, NESTED_FILE, _jsonable(record), cfg.storage.endpoint_url)
 
 
 def _remove(cfg: StudyConfig) -> None:
     """Drop an earlier nested.json (``--overwrite``), so an interrupted rerun leaves none stale."""
-    fs, storage_path = storage_filesystem(cfg)
-    if fs is None:
-        (Path(cfg.run_path) / NESTED_FILE).unlink(missing_ok=True)
-        return
-    import pyarrow.fs as pafs
-
-    key = f"{storage_path}/{cfg.name}/{NESTED_FILE}"
-    if fs.get_file_info(key).type != pafs.FileType.NotFound:
-        fs.delete_file(key)
+    remove_run_file(cfg.run_path, NESTED_FILE, cfg.storage.endpoint_url)
 
 
 def read_nested(run: str, endpoint_url: str | None = None) -> dict[str, Any] | None:
     """The run's nested.json (local path or s3:// run), or None when the run has none."""
-    if not run.startswith("s3://"):
-        path = Path(run) / NESTED_FILE
-        return json.loads(path.read_text()) if path.is_file() else None
-    from urllib.parse import urlsplit
-
-    import pyarrow.fs as pafs
-
-    kwargs: dict[str, Any] = {}
-    if endpoint_url:
-        endpoint = urlsplit(endpoint_url)
-        kwargs = {"endpoint_override": endpoint.netloc, "scheme": endpoint.scheme}
-    fs = pafs.S3FileSystem(**kwargs)
-    key = f"{run[len('s3://') :].rstrip('/')}/{NESTED_FILE}"
-    if fs.get_file_info(key).type == pafs.FileType.NotFound:
-        return None
-    with fs.open_input_stream(key) as f:
-        return json.loads(f.read())
+    return read_run_file(run, NESTED_FILE, endpoint_url)
 
 
 def card_entry(nested: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
+from hpo.export import SELECTED_ON
+
 if TYPE_CHECKING:
     from hpo.study import StudyResult
 
@@ -134,7 +136,11 @@ def results_table(result: StudyResult) -> str:
             std_s = f"{std:.4f}" if isinstance(std, float) else "-"
         lines.append(f"{mark} {t.trial_id:<16} {t.status:<10} {mean_s:>7} {std_s:>7}  {folds}")
     if best is not None:
-        lines += ["", f"best: {best.trial_id} {OBJECTIVE}={best.value:.4f}"]
+        lines += [
+            "",
+            f"best: {best.trial_id} {OBJECTIVE}={best.value:.4f} ({SELECTED_ON}; "
+            "`lushpo tune --nested` gives the honest estimate)",
+        ]
         lines.append("  " + _params({k: v for k, v in best.params.items()}))
         per_class = {k: v for k, v in best.metrics.items() if k.endswith("_mean")}
         if per_class:

@@ -29,6 +29,7 @@ __all__ = [
     "plot_history",
     "plot_importances",
     "render_markdown",
+    "rescore_table",
     "shown_params",
 ]
 
@@ -168,6 +169,25 @@ def _ci(interval: dict | None) -> str:
     if not interval or interval.get("low") is None or not math.isfinite(interval["low"]):
         return "–"
     return f"[{interval['low']:.3f}, {interval['high']:.3f}]"
+
+
+def rescore_table(record: dict) -> str:
+    """Markdown: each re-scored trial's study score beside its re-scored mean ± std."""
+    seeds = len(record["seeds"])
+    lines = [
+        f"| trial | study score (selected on test folds) | re-scored mean ± std over {seeds} "
+        "seeds | cov recall (re-scored) | |",
+        "|---|---|---|---|---|",
+    ]
+    for row in record["trials"]:
+        mark = "winner, exported" if row["trial_id"] == record["winner"] else ""
+        lines.append(
+            f"| {row['trial_id']} | {row['study_accuracy']:.3f} | {row['mean']:.3f} ± "
+            f"{row['std']:.3f} | {row['cov_recall_mean']:.3f} | {mark} |"
+        )
+    lines.append("")
+    lines.append(f"Re-scored {record['label']}.")
+    return "\n".join(lines)
 
 
 def confidence_section(report: dict) -> str:
@@ -312,6 +332,21 @@ def render_markdown(report: dict) -> str:
             "paper-style figure (hyperparameters selected on the test folds, optimistic) is shown. "
             "Run `lushpo tune --nested` to get the honest estimate.",
         ]
+    parts += ["", "## The winner's curse (re-scored top trials)", ""]
+    if report.get("rescore"):
+        parts += [
+            "The study's top trials, each retrained with fresh seeds (new initialisation, dropout "
+            "masks, batch order and inner validation split) on the same outer folds. The gap "
+            "between a trial's study score and its re-scored mean is the luck of its one run; "
+            "the exported model is the re-scored winner.",
+            "",
+            rescore_table(report["rescore"]),
+        ]
+    else:
+        parts.append(
+            "Not measured: set `rescore: {top_k: 3, seeds: 5}` in the study config to retrain "
+            "the top trials with fresh seeds and export the winner by their mean."
+        )
     parts += ["", "## Plots", ""]
     for name, path in report["plots"].items():
         parts += [f"![{name}]({path})", ""]

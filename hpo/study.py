@@ -35,6 +35,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from hpo import space as hspace
 from hpo.config import StudyConfig
+from hpo.run_files import read_run_file, write_run_file
 from hpo.trainable import STATE_FILE, TRIAL_FILE, TrialSettings, train_cv
 from pipeline.cluster import connect
 from pipeline.groups import grouped_split, read_groups
@@ -55,6 +56,7 @@ __all__ = [
     "StudyExistsError",
     "StudyInterruptedError",
     "StudyResult",
+    "StudySettingsChangedError",
     "TrialRecord",
     "make_sampler",
     "run_study",
@@ -79,6 +81,10 @@ SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
 class StudyExistsError(RuntimeError):
     """A study of this name already exists at the storage path and neither --resume nor
     --overwrite was given."""
+
+
+class StudySettingsChangedError(ValueError):
+    """--resume with training settings that differ from the study's own (named in the message)."""
 
 
 class StudyInterruptedError(RuntimeError):
@@ -476,16 +482,74 @@ def trial_settings(
     )
 
 
-def train_on_node(config: dict[str, Any], settings: TrialSettings) -> None:
-    """`train_cv` with this node's cache dir: "{node_id}" in `cache_dir` becomes the id of the
-    node the trial runs on, so nodes that share a disk (or a test's loopback cluster) keep
-    separate caches."""
+SETTINGS_FILE = "lushpo-settings.json"
+"""What shaped a study's trials, written when it starts; ``--resume`` refuses to continue with
+different values (a changed validation fraction would change the inner split mid-trial)."""
+
+_SETTING_KEYS = {
+    "feature_sets": "feature_set",
+    "split": "split",
+    "split_digest": "split (its folds or groups)",
+    "space": "space",
+    "max_epochs": "budget.max_epochs",
+    "patience": "budget.patience",
+    "validation_fraction": "training.validation_fraction",
+    "seed": "training.seed",
+}
+
+
+def study_settings(settings: TrialSettings, space: Mapping[str, Any]) -> dict[str, Any]:
+    """The training settings a resumed study must share with the one it continues."""
+    return {
+        "feature_sets": settings.feature_sets,
+        "split": settings.split.name,
+        "split_digest": settings.split.digest(),
+        "space": {k: repr(v) for k, v in sorted(space.items())},
+        "max_epochs": settings.max_epochs,
+        "patience": settings.patience,
+        "validation_fraction": settings.validation_fraction,
+        "seed": settings.seed,
+    }
+
+
+def _check_settings(cfg: StudyConfig, now: dict[str, Any], log: Callable[[str], None]) -> None:
+    """Refuse a resume whose training settings differ from the study's own, naming each."""
+    was = read_run_file(cfg.run_path, SETTINGS_FILE, cfg.storage.endpoint_url)
+    if was is None:
+        log(f"{cfg.run_path} predates {SETTINGS_FILE}: resuming without comparing settings")
+        return
+    changed = [
+        f"{_SETTING_KEYS.get(k, k)} was {was.get(k)!r}, now {now.get(k)!r}"
+        for k in sorted(set(was) | set(now))
+        if was.get(k) != now.get(k) and k != "split_digest"
+    ]
+    if not changed and was.get("split_digest") != now.get("split_digest"):
+        changed.append(
+            f"{_SETTING_KEYS['split_digest']} changed (digest {was.get('split_digest')} → "
+            f"{now.get('split_digest')})"
+        )
+    if changed:
+        raise StudySettingsChangedError(
+            f"--resume refused: {'; '.join(changed)}. Restore those settings to continue the "
+            "study, or pass --overwrite to start it again"
+        )
+
+
+def on_this_node(settings: TrialSettings) -> TrialSettings:
+    """`settings` with this node's cache dir: "{node_id}" in `cache_dir` becomes the id of the
+    node the Ray task or trial runs on, so nodes that share a disk (or a test's loopback
+    cluster) keep separate caches."""
     if settings.cache_dir and "{node_id}" in settings.cache_dir:
         node_id = ray.get_runtime_context().get_node_id()
-        settings = dataclasses.replace(
+        return dataclasses.replace(
             settings, cache_dir=settings.cache_dir.replace("{node_id}", node_id)
         )
-    train_cv(config, settings)
+    return settings
+
+
+def train_on_node(config: dict[str, Any], settings: TrialSettings) -> None:
+    """`train_cv` with this node's cache dir (`on_this_node`)."""
+    train_cv(config, on_this_node(settings))
 
 
 def _trainable(cfg: StudyConfig, settings: TrialSettings) -> Any:
@@ -640,6 +704,11 @@ def run_study(
         for warning in getattr(split, "warnings", ()):
             log(f"split: {warning}")
         settings = trial_settings(cfg, keys, split)
+        shaping = study_settings(settings, _search_space(cfg))
+        if restorable:
+            _check_settings(cfg, shaping, log)
+        else:
+            write_run_file(cfg.run_path, SETTINGS_FILE, shaping, cfg.storage.endpoint_url)
         trainable = _trainable(cfg, settings)
         if restorable:
             tuner = tune.Tuner.restore(

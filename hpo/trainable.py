@@ -43,6 +43,7 @@ import tensorflow as tf
 
 from hpo.metrics import flatten, fold_metrics, summarize
 from hpo.model import build_model
+from hpo.run_files import atomic_write_text
 from pipeline.groups import inner_validation
 from pipeline.manifest import LABELS, Split
 
@@ -555,10 +556,7 @@ def cross_validate(
 
 
 def _write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write: temp name in the same directory, then rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=float))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True, default=float))
 
 
 def _report(metrics: Mapping[str, Any], checkpoint_dir: Path | None = None) -> None:

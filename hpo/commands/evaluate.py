@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 from hpo.evaluate import REPORT_MD, evaluate
-from hpo.export import atomic_write_text
 from hpo.grid import GRID_FILE
 from hpo.report import comparison_table, confidence_section, estimates_section
+from hpo.run_files import atomic_write_text
 
 __all__ = ["add_parser"]
 

@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from hpo.export import TIE_BREAK, ExportError, _run_filesystem, export_best
+from hpo.export import SELECTED_ON, TIE_BREAK, ExportError, _run_filesystem, export_best
 from hpo.grid import export_grid, read_grid
 
 __all__ = ["add_parser"]
@@ -90,8 +90,11 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     card = result.card
     summary = card["summary"]["accuracy"]
+    ci = card["confidence"]["accuracy"]
     print(
         f"exported trial {card['trial_id']} ({card['backbone']}-{card['frames']}, mean CV accuracy "
-        f"{summary['mean']:.3f} ± {summary['std']:.3f}) to {result.directory}"
+        f"{summary['mean']:.3f} ± {summary['std']:.3f}, pooled 95% CI [{ci['low']:.3f}, "
+        f"{ci['high']:.3f}], {SELECTED_ON}) to {result.directory}"
     )
+    print(card["claim"])
     return 0

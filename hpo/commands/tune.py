@@ -115,6 +115,14 @@ def _handle(args: argparse.Namespace) -> int:
     if code is not None:
         return code
     print(results_table(result))
+    if cfg.rescore.top_k:
+        from hpo.report import rescore_table
+        from hpo.rescore import run_rescore
+
+        code, record = _guarded(args, lambda: run_rescore(cfg, result, log=_stderr))
+        if code is not None:
+            return code
+        print(rescore_table(record))
     failed = [t for t in result.trials if t.error]
     if failed:
         print(
@@ -144,6 +152,10 @@ def resume_command(args: argparse.Namespace, argv: Sequence[str] | None = None) 
             rest += [flag] if value is True else [flag, str(value)]
     rest = [a for a in rest if a not in ("--overwrite", "--resume")] + ["--resume"]
     return shlex.join(["lushpo", "tune", *rest])
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def _guarded(args: argparse.Namespace, run):
@@ -184,10 +196,14 @@ def _handle_grid(args: argparse.Namespace, cfg) -> int:
     )
     if code is not None:
         return code
+    from hpo.export import SELECTED_ON
+
     for label, result in results.items():
         best = result.best
         score = f"{best.value:.3f}" if best else "no finished trial"
-        print(f"{label}: best mean CV accuracy {score} ({len(result.trials)} trials)")
+        print(
+            f"{label}: best mean CV accuracy {score} ({len(result.trials)} trials; {SELECTED_ON})"
+        )
     print(f"grid run: {cfg.run_path} (lushpo export {cfg.run_path} --out DIR)")
     return 0
 

@@ -64,7 +64,9 @@ def _head_accuracy(x, y, ids, split, head: str) -> float:
 
 
 def _probe_accuracy(x, y, ids, split) -> float:
-    probe = linear_probe(dict(zip(ids, x, strict=True)), dict(zip(ids, y.tolist())), split)
+    probe = linear_probe(
+        dict(zip(ids, x, strict=True)), dict(zip(ids, y.tolist(), strict=True)), split
+    )
     assert probe["c_grid"] == list(C_GRID) and len(probe["chosen_c"]) == len(split.folds)
     assert sorted(probe["predictions"]) == sorted(ids)
     return probe["summary"]["accuracy"]["mean"]

@@ -249,3 +249,27 @@ def test_export_best_of_a_real_tiny_study(tmp_path, s3_endpoint):
     assert from_s3.card["trial_id"] == card["trial_id"]
     assert from_s3.card["folds"] == card["folds"]
     assert from_s3.card["run"] == "s3://runs/studies/tiny"
+
+
+def test_a_nested_result_of_other_data_or_folds_is_refused(exported, tmp_path):
+    _, card, fs, split, checkpoint, uri = exported
+    ours = {"feature_set": fs.spec.key(), "outer_split": {"digest": split.digest()}}
+    nested = {**ours, "accuracy": {"mean": 0.6, "std": 0.1}}
+    same = export_checkpoint(
+        checkpoint, tmp_path / "same", store=uri, provenance={"nested": nested}
+    ).card
+    assert same["nested"] == nested and "nested_refused" not in same
+    assert "nested-CV estimate (honest) of 0.600" in same["claim"]
+    for other in ({"feature_set": "resnet50-f4-even-0"}, {"outer_split": {"digest": "ab" * 32}}):
+        lines: list[str] = []
+        card = export_checkpoint(
+            checkpoint,
+            tmp_path / "other",
+            store=uri,
+            overwrite=True,
+            provenance={"nested": {**nested, **other}},
+            log=lines.append,
+        ).card
+        assert card["nested"] is None and card["nested_refused"].startswith("nested.json refused")
+        assert any("nested.json refused" in line for line in lines)
+        assert "optimistic" in card["claim"]

@@ -3,6 +3,7 @@ storage, all-fail and missing-feature-set errors, name clashes and resume of a f
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -237,3 +238,22 @@ def test_optuna_record_through_optuna_dashboard(tmp_path, store, local_ray):
             reasons.append(attrs[PRUNED_ATTR])
     assert {"Complete", "Pruned"} <= states
     assert set(reasons) <= {TIME_BUDGET, SCHEDULER} and SCHEDULER in reasons, reasons
+
+
+def test_resume_refuses_changed_training_settings_naming_them(tmp_path, store, local_ray):
+    from hpo.study import SETTINGS_FILE, StudySettingsChangedError
+
+    uri, _ = store
+    cfg = _cfg(tmp_path, uri, name="strict", budget={"trials": 1})
+    run_study(cfg, log=lambda _m: None)
+    recorded = json.loads((Path(cfg.run_path) / SETTINGS_FILE).read_text())
+    assert recorded["validation_fraction"] == 0.2 and recorded["split"] == "stratified"
+    changed = _cfg(tmp_path, uri, name="strict", budget={"trials": 1, "patience": 3},
+                   training={"validation_fraction": 0.3})  # fmt: skip
+    with pytest.raises(StudySettingsChangedError) as err:
+        run_study(changed, resume=True, log=lambda _m: None)
+    message = str(err.value)
+    assert "training.validation_fraction was 0.2, now 0.3" in message
+    assert "budget.patience was 2, now 3" in message and "--overwrite" in message
+    # The same settings resume (here: nothing left to run).
+    assert run_study(cfg, resume=True, log=lambda _m: None).already_finished
