@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import ray
@@ -257,3 +258,44 @@ def test_resume_refuses_changed_training_settings_naming_them(tmp_path, store, l
     assert "budget.patience was 2, now 3" in message and "--overwrite" in message
     # The same settings resume (here: nothing left to run).
     assert run_study(cfg, resume=True, log=lambda _m: None).already_finished
+
+
+def test_rescore_retrains_the_top_trials_and_export_takes_the_rescored_winner(
+    tmp_path, store, local_ray
+):
+    from hpo.export import export_best
+    from hpo.report import rescore_table
+    from hpo.rescore import run_rescore, top_trials
+    from hpo.run_files import RESCORE_FILE
+
+    uri, _ = store
+    cfg = _cfg(tmp_path, uri, name="rescored", rescore={"top_k": 2, "seeds": 2})
+    result = run_study(cfg, log=lambda _m: None)
+    record = run_rescore(cfg, result, log=lambda _m: None)
+    top = top_trials(result, 2)
+    assert [r["trial_id"] for r in record["trials"]] == [t.trial_id for t in top]
+    assert len(record["seeds"]) == 2 and cfg.training.seed not in record["seeds"]
+    for row, trial in zip(record["trials"], top, strict=True):
+        assert row["study_accuracy"] == trial.value
+        assert [r["seed"] for r in row["runs"]] == sorted(record["seeds"])
+        assert row["mean"] == pytest.approx(np.mean([r["accuracy"] for r in row["runs"]]))
+    assert record["winner"] == max(record["trials"], key=lambda r: r["mean"])["trial_id"]
+    assert "winner, exported" in rescore_table(record)
+
+    # The export follows rescore.json's winner, even when it is not the study's best.
+    runner_up = record["trials"][1]["trial_id"]
+    forged = {**record, "winner": runner_up}
+    (Path(cfg.run_path) / RESCORE_FILE).write_text(json.dumps(forged))
+    card = export_best(cfg.run_path, tmp_path / "out", store=uri).card
+    assert card["trial_id"] == runner_up and card["selection"]["rescored"] is True
+    assert card["rescore"]["winner"] == runner_up
+    # A rescore.json of another split is refused: the study's own best is exported.
+    (Path(cfg.run_path) / RESCORE_FILE).write_text(
+        json.dumps({**forged, "split": {"digest": "0" * 64}})
+    )
+    lines: list[str] = []
+    card = export_best(
+        cfg.run_path, tmp_path / "out", store=uri, overwrite=True, log=lines.append
+    ).card
+    assert card["trial_id"] == result.best.trial_id and card["selection"]["rescored"] is False
+    assert any("rescore.json refused" in line for line in lines)
