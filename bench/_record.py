@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.files import atomic_write_text
+
 __all__ = ["machine", "write_record"]
 
 
@@ -30,8 +32,6 @@ def write_record(record: dict[str, Any], out: Path) -> dict[str, Any]:
     """Stamp `record`, write it to `out` atomically and print it."""
     record = {**record, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
     return record

@@ -24,13 +24,7 @@ import numpy as np
 
 from hpo import report as render
 from hpo.baseline import linear_probe
-from hpo.export import (
-    SELECTED_ON,
-    claim,
-    confidence,
-    fold_predictions,
-    read_card,
-)
+from hpo.export import claim, confidence, fold_predictions, read_card
 from hpo.metrics import CLASS_METRICS, summarize
 from hpo.paper import (
     PAPER_HEADLINE,
@@ -39,7 +33,8 @@ from hpo.paper import (
     read_evaluation,
     read_paper_layout,
 )
-from hpo.run_files import atomic_write_text
+from hpo.selection import SELECTED_ON
+from pipeline.files import atomic_write_text
 from pipeline.manifest import LABELS, Split
 
 __all__ = ["REPORT_JSON", "REPORT_MD", "evaluate", "load_split_features"]

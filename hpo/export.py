@@ -35,46 +35,30 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 
 from hpo.metrics import bootstrap_ci, fold_metrics, summarize
-from hpo.run_files import RESCORE_FILE, atomic_write_text, read_run_file
+from hpo.model import predict_proba
+from hpo.run_files import RESCORE_FILE, read_run_file
+from hpo.selection import SELECTED_ON, TIE_BREAK, Candidate, final_epochs, select_best
+from pipeline.files import atomic_write_text, s3_filesystem
 
 __all__ = [
     "CARD",
-    "SELECTED_ON",
-    "TIE_BREAK",
-    "Candidate",
     "ExportError",
     "ExportResult",
+    "claim",
+    "confidence",
     "export_best",
     "export_checkpoint",
-    "final_epochs",
-    "predict_proba",
+    "fold_predictions",
     "read_card",
-    "select_best",
+    "spatial_baseline",
 ]
 
 CARD = "model_card.json"
 CARD_FORMAT = "lushpo-model-card/1"
-TIE_BREAK = (
-    "highest mean CV accuracy",
-    "then higher mean COVID recall",
-    "then lower accuracy std over folds",
-    "then the earlier trial in the run",
-)
-"""The documented order `select_best` ranks trials by."""
-
-SELECTED_ON = "selected on the test folds (paper protocol; optimistic)"
-"""The label every figure of the exported best carries: the study picked it by the mean accuracy
-over the same test folds it reports."""
-
-PREDICT_BATCH = 256
-"""Batch size of every prediction made for metrics (hpo.trainable scores test folds with the same),
-so every process sees identical numbers."""
-
 _LIBRARIES = (
     "lushpo",
     "tensorflow",
@@ -90,56 +74,6 @@ _LIBRARIES = (
 
 class ExportError(RuntimeError):
     """The run holds no exportable trial, or the output folder cannot be written."""
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """The numbers `select_best` ranks a trial by."""
-
-    trial_id: str
-    order: int  # position of the trial in the run (creation order)
-    accuracy: float  # mean CV test accuracy (the study's objective)
-    cov_recall: float  # mean COVID recall over folds
-    accuracy_std: float
-
-    def rank_key(self) -> tuple[float, float, float, int]:
-        """Ascending sort key: best first (see `TIE_BREAK`)."""
-        return (-self.accuracy, -self.cov_recall, self.accuracy_std, self.order)
-
-
-def select_best(candidates: Sequence[Candidate]) -> Candidate:
-    """The best candidate by `TIE_BREAK`; NaN accuracies never win.
-
-    Raises:
-        ExportError: if no candidate has a finite accuracy.
-    """
-    finite = [c for c in candidates if math.isfinite(c.accuracy)]
-    if not finite:
-        raise ExportError(f"no trial with a finite accuracy among {len(candidates)} candidates")
-
-    def key(c: Candidate) -> tuple[float, float, float, int]:
-        acc, rec, std, order = c.rank_key()
-        return (
-            acc,
-            rec if math.isfinite(rec) else math.inf,
-            std if math.isfinite(std) else math.inf,
-            order,
-        )
-
-    return min(finite, key=key)
-
-
-def final_epochs(best_epochs: Sequence[int]) -> int:
-    """Epochs for the all-clips model: the median of the folds' best epochs, halves rounded up."""
-    if not best_epochs:
-        raise ValueError("final_epochs needs the folds' best epochs, got none")
-    return max(1, math.floor(float(np.median(np.asarray(best_epochs, dtype=float))) + 0.5))
-
-
-def predict_proba(model: Any, features: np.ndarray) -> np.ndarray:
-    """Class probabilities [clips, 3] with a fixed batch size (see `PREDICT_BATCH`)."""
-    x = np.asarray(features, dtype=np.float32)
-    return np.asarray(model.predict(x, batch_size=PREDICT_BATCH, verbose=0), dtype=np.float64)
 
 
 def read_card(directory: Path | str) -> dict:
@@ -196,11 +130,7 @@ def _run_filesystem(run: str, endpoint_url: str | None) -> tuple[str, Any]:
     (MinIO, moto), as `hpo.study` writes it."""
     if not run.startswith("s3://") or not endpoint_url:
         return run, None
-    import pyarrow.fs as pafs
-
-    endpoint = urlsplit(endpoint_url)
-    fs = pafs.S3FileSystem(endpoint_override=endpoint.netloc, scheme=endpoint.scheme)
-    return run[len("s3://") :].rstrip("/"), fs
+    return run[len("s3://") :].rstrip("/"), s3_filesystem(endpoint_url)
 
 
 def _read_run(run: str, endpoint_url: str | None = None) -> list[_TrialRef]:

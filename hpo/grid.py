@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from hpo.config import StudyConfig
-from hpo.run_files import atomic_write_text
+from pipeline.files import atomic_write_text
 
 __all__ = ["GRID_FILE", "cell_configs", "cell_label", "read_grid", "run_grid"]
 

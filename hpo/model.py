@@ -27,7 +27,14 @@ import numpy as np
 from hpo.space import HEADS, RECURRENT_KEYS
 from pipeline.manifest import LABELS
 
-__all__ = ["MAX_DENSE_LAYERS", "build_model", "head_of", "required_params"]
+__all__ = [
+    "MAX_DENSE_LAYERS",
+    "PREDICT_BATCH",
+    "build_model",
+    "head_of",
+    "predict_proba",
+    "required_params",
+]
 
 MAX_DENSE_LAYERS = 3
 """Dense blocks the search space can ask for; ``dense_units_i``/``dense_dropout_i`` for
@@ -142,3 +149,14 @@ def build_model(
         metrics=["accuracy"],
     )
     return model
+
+
+PREDICT_BATCH = 256
+"""Batch size of every prediction made for metrics (hpo.trainable scores test folds with the same),
+so every process sees identical numbers."""
+
+
+def predict_proba(model: Any, features: np.ndarray) -> np.ndarray:
+    """Class probabilities [clips, 3] with a fixed batch size (see `PREDICT_BATCH`)."""
+    x = np.asarray(features, dtype=np.float32)
+    return np.asarray(model.predict(x, batch_size=PREDICT_BATCH, verbose=0), dtype=np.float64)

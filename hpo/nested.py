@@ -10,8 +10,8 @@ selection. Nested CV keeps them out of it. For each OUTER fold of the configured
 2. a full study (`hpo.study.run_study`: the same OptunaSearch machinery and budget as the config)
    runs on those inner folds, named ``<name>-outer-<k>`` in the config's Optuna storage, its Ray
    Tune run under ``<run_path>/nested/``;
-3. its best trial (`hpo.export.select_best`'s rule) is retrained on the whole outer training set
-   for the median of its inner folds' best epochs (`hpo.export.final_epochs`, no early stopping:
+3. its best trial (`hpo.selection.select_best`'s rule) is retrained on the whole outer training set
+   for the median of its inner folds' best epochs (`hpo.selection.final_epochs`, no early stopping:
    nothing is left to stop on) as a Ray task with the trials' resources, and scored ONCE on the
    outer test fold with the paper's metrics.
 
@@ -36,9 +36,9 @@ import ray
 from ray import tune
 
 from hpo.config import StudyConfig
-from hpo.export import TIE_BREAK, Candidate, final_epochs, select_best
 from hpo.metrics import fold_metrics, summarize
 from hpo.run_files import read_run_file, remove_run_file, write_run_file
+from hpo.selection import TIE_BREAK, Candidate, final_epochs, select_best
 from hpo.study import (
     StudyResult,
     TrialRecord,
@@ -171,7 +171,7 @@ def refit_and_score(
 ) -> dict[str, Any]:
     """Fit the head on (x_train, y_train) for exactly `epochs` epochs and score it once on the
     test clips; the same recipe as the exported ``model.h5`` (`hpo.export`). No Ray."""
-    from hpo.export import predict_proba
+    from hpo.model import predict_proba
     from hpo.trainable import fit_head
 
     model = fit_head(
@@ -239,7 +239,7 @@ def _finite(value: Any) -> float:
 
 
 def _best(result: StudyResult) -> TrialRecord:
-    """The inner study's best finished trial by `hpo.export.select_best`'s documented rule."""
+    """The inner study's best finished trial by `hpo.selection.select_best`'s documented rule."""
     finished = [
         t
         for t in result.trials

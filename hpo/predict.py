@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from hpo.export import predict_proba, read_card
+from hpo.export import read_card
+from hpo.model import predict_proba
 from pipeline.manifest import LABELS
 
 __all__ = ["ClipPrediction", "WeightsMismatchError", "clip_features", "load_head", "predict"]

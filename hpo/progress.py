@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
-from hpo.export import SELECTED_ON
+from hpo.selection import SELECTED_ON
 
 if TYPE_CHECKING:
     from hpo.study import StudyResult

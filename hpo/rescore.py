@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from hpo.config import StudyConfig
-from hpo.export import TIE_BREAK
 from hpo.run_files import RESCORE_FILE, remove_run_file, write_run_file
+from hpo.selection import TIE_BREAK
 from hpo.study import (
     StudyResult,
     TrialRecord,

@@ -1,5 +1,4 @@
-"""lushpo's own JSON records in a study's run dir, beside Ray Tune's: local or s3://; and the one
-atomic text writer every local record and report uses.
+"""lushpo's own JSON records in a study's run dir, beside Ray Tune's: local or s3://.
 
 ``lushpo-settings.json`` (what shaped the trials, `hpo.study`), ``nested.json`` (`hpo.nested`)
 and ``rescore.json`` (`hpo.rescore`) are written and read here only: a local write is a temp
@@ -9,15 +8,13 @@ name + rename, an s3:// write one PUT, so a reader never sees half a file.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+
+from pipeline.files import atomic_write_text, s3_filesystem
 
 __all__ = [
     "RESCORE_FILE",
-    "atomic_write_text",
     "read_run_file",
     "remove_run_file",
     "write_run_file",
@@ -25,27 +22,6 @@ __all__ = [
 
 RESCORE_FILE = "rescore.json"
 """`hpo.rescore`'s record; `hpo.export` exports its winner."""
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` under a temporary name, flushed to disk, then rename: readers see
-    the old file or the new one, never a part, even after a power cut."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    with tmp.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _s3(endpoint_url: str | None) -> Any:
-    import pyarrow.fs as pafs
-
-    kwargs: dict[str, Any] = {}
-    if endpoint_url:
-        endpoint = urlsplit(endpoint_url)
-        kwargs = {"endpoint_override": endpoint.netloc, "scheme": endpoint.scheme}
-    return pafs.S3FileSystem(**kwargs)
 
 
 def _key(run: str, name: str) -> str:
@@ -60,7 +36,7 @@ def write_run_file(run: str, name: str, data: Any, endpoint_url: str | None = No
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, text)
         return str(path)
-    with _s3(endpoint_url).open_output_stream(_key(run, name)) as out:
+    with s3_filesystem(endpoint_url).open_output_stream(_key(run, name)) as out:
         out.write(text.encode("utf-8"))
     return f"s3://{_key(run, name)}"
 
@@ -72,7 +48,7 @@ def read_run_file(run: str, name: str, endpoint_url: str | None = None) -> Any |
         return json.loads(path.read_text()) if path.is_file() else None
     import pyarrow.fs as pafs
 
-    fs = _s3(endpoint_url)
+    fs = s3_filesystem(endpoint_url)
     if fs.get_file_info(_key(run, name)).type == pafs.FileType.NotFound:
         return None
     with fs.open_input_stream(_key(run, name)) as f:
@@ -86,6 +62,6 @@ def remove_run_file(run: str, name: str, endpoint_url: str | None = None) -> Non
         return
     import pyarrow.fs as pafs
 
-    fs = _s3(endpoint_url)
+    fs = s3_filesystem(endpoint_url)
     if fs.get_file_info(_key(run, name)).type != pafs.FileType.NotFound:
         fs.delete_file(_key(run, name))

@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import optuna
 import pyarrow.fs as pafs
@@ -38,6 +37,7 @@ from hpo.config import StudyConfig
 from hpo.run_files import read_run_file, write_run_file
 from hpo.trainable import STATE_FILE, TRIAL_FILE, TrialSettings, train_cv
 from pipeline.cluster import connect
+from pipeline.files import on_node, s3_filesystem
 from pipeline.groups import grouped_split, read_groups
 from pipeline.manifest import (
     LABELS,
@@ -151,11 +151,7 @@ def storage_filesystem(cfg: StudyConfig) -> tuple[pafs.FileSystem | None, str]:
     path = cfg.storage.storage_path
     if not path.startswith("s3://"):
         return None, path
-    kwargs: dict[str, Any] = {}
-    if cfg.storage.endpoint_url:
-        endpoint = urlsplit(cfg.storage.endpoint_url)
-        kwargs = {"endpoint_override": endpoint.netloc, "scheme": endpoint.scheme}
-    return pafs.S3FileSystem(**kwargs), path[len("s3://") :].rstrip("/")
+    return s3_filesystem(cfg.storage.endpoint_url), path[len("s3://") :].rstrip("/")
 
 
 def _run_exists(fs: pafs.FileSystem | None, run_path: str) -> bool:
@@ -225,8 +221,8 @@ def resolve_feature_sets(cfg: StudyConfig) -> dict[tuple[str, int], str]:
 
 
 def cache_dir_for(cfg: StudyConfig, node_id: str) -> str | None:
-    """The node cache for `node_id`: `cache_dir` with "{node_id}" filled in."""
-    return None if cfg.cache_dir is None else cfg.cache_dir.replace("{node_id}", node_id)
+    """The node cache for `node_id` (`pipeline.files.on_node`)."""
+    return on_node(cfg.cache_dir, node_id)
 
 
 def compute_split(cfg: StudyConfig, key: str, node_id: str) -> Split:
@@ -539,12 +535,8 @@ def on_this_node(settings: TrialSettings) -> TrialSettings:
     """`settings` with this node's cache dir: "{node_id}" in `cache_dir` becomes the id of the
     node the Ray task or trial runs on, so nodes that share a disk (or a test's loopback
     cluster) keep separate caches."""
-    if settings.cache_dir and "{node_id}" in settings.cache_dir:
-        node_id = ray.get_runtime_context().get_node_id()
-        return dataclasses.replace(
-            settings, cache_dir=settings.cache_dir.replace("{node_id}", node_id)
-        )
-    return settings
+    node_id = ray.get_runtime_context().get_node_id()
+    return dataclasses.replace(settings, cache_dir=on_node(settings.cache_dir, node_id))
 
 
 def train_on_node(config: dict[str, Any], settings: TrialSettings) -> None:

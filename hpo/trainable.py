@@ -43,7 +43,7 @@ import tensorflow as tf
 
 from hpo.metrics import flatten, fold_metrics, summarize
 from hpo.model import build_model
-from hpo.run_files import atomic_write_text
+from pipeline.files import atomic_write_text
 from pipeline.groups import inner_validation
 from pipeline.manifest import LABELS, Split
 
@@ -271,10 +271,12 @@ def _loss_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray) -> tuple[fl
 
 
 def balanced_class_weights(y: np.ndarray) -> dict[int, float]:
-    """scikit-learn's "balanced" weights, n / (classes present × count), for the labels `y`."""
-    counts = np.bincount(y, minlength=len(LABELS))
-    present = np.flatnonzero(counts)
-    return {int(c): float(len(y) / (len(present) * counts[c])) for c in present}
+    """scikit-learn's "balanced" weights, n / (classes present × count), as Keras' mapping."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(y)
+    weights = compute_class_weight("balanced", classes=present, y=y)
+    return {int(c): float(w) for c, w in zip(present, weights, strict=True)}
 
 
 def fit_head(

@@ -23,7 +23,6 @@ set's key) stays cheap.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import tempfile
@@ -34,6 +33,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 from filelock import FileLock
+
+from pipeline.files import sha256_file
 
 if TYPE_CHECKING:
     import keras
@@ -249,7 +250,7 @@ def resolve_weights(
         return ResolvedWeights(source, None, "none")
     if source == "imagenet":
         path = _fetch_imagenet(entry, cache_dir, imagenet_base_url)
-        return ResolvedWeights(source, path, _sha256(path))
+        return ResolvedWeights(source, path, sha256_file(path))
     if source.startswith("s3://"):
         path, digest = _fetch_s3(source, _cache_root(cache_dir) / "weights" / "s3")
         return ResolvedWeights(source, path, digest)
@@ -259,7 +260,7 @@ def resolve_weights(
             f"weights file {path} does not exist; pass imagenet, none, an s3:// URI or an "
             "existing .h5 file (flag --weights, env LUSHPO_WEIGHTS)"
         )
-    return ResolvedWeights(source, path.resolve(), _sha256(path))
+    return ResolvedWeights(source, path.resolve(), sha256_file(path))
 
 
 def load_backbone(
@@ -286,11 +287,6 @@ def load_backbone(
 
 def _cache_root(cache_dir: Path | str | None) -> Path:
     return Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser()
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _fetch_imagenet(entry: Backbone, cache_dir: Path | str | None, base_url: str) -> Path:
@@ -330,17 +326,17 @@ def _fetch_s3(uri: str, root: Path) -> tuple[Path, str]:
         raise WeightsError(f"{uri}: expected s3://bucket/key")
     clean = f"s3://{bucket}/{key}"
     client = boto3.client("s3")
-    expected = _expected_sha256(uri, parts.fragment, client, bucket, key)
+    expected = _expectedsha256_file(uri, parts.fragment, client, bucket, key)
     dest = root / bucket / key
     dest.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(dest) + ".lock"):
-        if expected and dest.is_file() and _sha256(dest) == expected:
+        if expected and dest.is_file() and sha256_file(dest) == expected:
             return dest, expected
         handle, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
         os.close(handle)
         try:
             client.download_file(bucket, key, tmp)
-            actual = _sha256(Path(tmp))
+            actual = sha256_file(Path(tmp))
             if expected and actual != expected:
                 raise WeightsError(
                     f"{clean}: sha256 mismatch: expected {expected}, downloaded {actual}"
@@ -353,7 +349,7 @@ def _fetch_s3(uri: str, root: Path) -> tuple[Path, str]:
     return dest, actual
 
 
-def _expected_sha256(uri: str, fragment: str, client, bucket: str, key: str) -> str | None:
+def _expectedsha256_file(uri: str, fragment: str, client, bucket: str, key: str) -> str | None:
     """The ``#sha256=<hex>`` fragment, else the ``<key>.sha256`` sidecar, else ``None``."""
     from botocore.exceptions import ClientError
 

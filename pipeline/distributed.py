@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from pipeline.backbones import BACKBONES, ResolvedWeights, get_backbone, resolve_weights
 from pipeline.extract import BatchedInference, dataset_meta, library_versions
+from pipeline.files import on_node
 from pipeline.frames import BadClipError, read_frames, resize_frames
 from pipeline.manifest import Clip, Manifest
 from pipeline.store import FeatureSet, FeatureSetSpec, FeatureStore
@@ -187,8 +188,7 @@ class _BackboneWorker:
             tf.config.threading.set_inter_op_parallelism_threads(threads)
         for gpu in tf.config.list_physical_devices("GPU"):
             tf.config.experimental.set_memory_growth(gpu, True)
-        if cache_dir:
-            cache_dir = cache_dir.replace("{node_id}", self.node_id)
+        cache_dir = on_node(cache_dir, self.node_id)
         resolved = resolve_weights(backbone, weights_source, cache_dir=cache_dir)
         if resolved.sha256 != weights_sha256:
             raise ValueError(

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.files import sha256_file
 from pipeline.frames import VIDEO_SUFFIXES, BadClipError, count_frames
 
 __all__ = [
@@ -55,7 +56,6 @@ VIDEOS_CSV = PAPER_DIR / "videos.csv"
 CROSS_VAL_JSON = PAPER_DIR / "cross_val.json"
 
 _PREFIX_LABELS = (("Cov", "cov"), ("Pneu", "pne"), ("pneu", "pne"), ("Reg", "reg"))
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -473,13 +473,7 @@ def _ids_by_label(clips: Iterable[Clip]) -> dict[str, list[str]]:
 
 
 def _file_digest(path: Path) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
+    return path.stat().st_size, sha256_file(path)
 
 
 def _sha256_json(payload: Any) -> str:

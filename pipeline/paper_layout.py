@@ -14,12 +14,11 @@ Rows are clip-major: row ``i * N + (k - 1)`` is frame k of clip i.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.files import atomic_write
 from pipeline.manifest import LABELS
 from pipeline.store import FeatureSet
 
@@ -64,10 +63,4 @@ def write_paper_layout(fs: FeatureSet, dest: Path | str) -> Path:
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            np.save(out, array, allow_pickle=False)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write(path, lambda out: np.save(out, array, allow_pickle=False))

@@ -10,12 +10,10 @@ which is written last.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
 import shutil
-import tempfile
 import threading
 import urllib.error
 import urllib.parse
@@ -34,6 +32,7 @@ from tenacity import (
 )
 from tqdm import tqdm
 
+from pipeline.files import atomic_write_text, sha256_file
 from pipeline.frames import VIDEO_SUFFIXES
 from pipeline.manifest import (
     CLIPS_DIR,
@@ -386,7 +385,7 @@ def check(data_dir: Path | str, *, pinned: Iterable[PinnedFile] = PINNED_FILES) 
             pinned_status[item.dest] = "missing"
         else:
             pinned_status[item.dest] = (
-                "ok" if _sha256_file(path) == item.sha256 else "sha256 mismatch"
+                "ok" if sha256_file(path) == item.sha256 else "sha256 mismatch"
             )
     from pipeline.groups import GROUP_BY, read_groups
 
@@ -443,7 +442,7 @@ def _place(
         size = target.stat().st_size
         entry = known.get(rel)
         if entry is None or entry.get("size") != size:
-            entry = {"sha256": _sha256_file(target), "size": size, "url": None}
+            entry = {"sha256": sha256_file(target), "size": size, "url": None}
         if expected_sha256 is None or entry["sha256"] == expected_sha256:
             return dict(entry), True
         target.unlink()
@@ -455,7 +454,7 @@ def _place(
     else:
         url = origin
         getter.download(origin, part)
-    digest = _sha256_file(part)
+    digest = sha256_file(part)
     if expected_sha256 is not None and digest != expected_sha256:
         part.unlink(missing_ok=True)
         raise ChecksumMismatchError(rel, expected_sha256, digest, url)
@@ -573,20 +572,4 @@ def _read_checksums(dest: Path) -> dict[str, dict[str, Any]]:
 
 
 def _write_json_atomic(path: Path, payload: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=1, ensure_ascii=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    atomic_write_text(path, json.dumps(payload, indent=1, ensure_ascii=False) + "\n")

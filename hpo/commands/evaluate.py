@@ -13,7 +13,7 @@ from pathlib import Path
 from hpo.evaluate import REPORT_MD, evaluate
 from hpo.grid import GRID_FILE
 from hpo.report import comparison_table, confidence_section, estimates_section
-from hpo.run_files import atomic_write_text
+from pipeline.files import atomic_write_text
 
 __all__ = ["add_parser"]
 

@@ -9,8 +9,9 @@ import argparse
 import os
 import sys
 
-from hpo.export import SELECTED_ON, TIE_BREAK, ExportError, _run_filesystem, export_best
+from hpo.export import ExportError, _run_filesystem, export_best
 from hpo.grid import export_grid, read_grid
+from hpo.selection import SELECTED_ON, TIE_BREAK
 
 __all__ = ["add_parser"]
 

@@ -14,10 +14,10 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from pipeline.backbones import BACKBONES
+from pipeline.files import atomic_write_text
 from pipeline.frames import SAMPLINGS, VIDEO_SUFFIXES
 
 __all__ = ["add_parser", "default_store_uri"]
@@ -370,10 +370,7 @@ def _manifest(data_dir: Path, on_bad_clip: str, cache_dir: Path):
     manifest = build_manifest(data_dir, on_bad_clip=on_bad_clip, progress=True)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-        with os.fdopen(handle, "w") as out:
-            json.dump({"stamp": stamp, "manifest": manifest.to_json()}, out)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps({"stamp": stamp, "manifest": manifest.to_json()}))
     except OSError as error:  # a read-only cache only costs speed
         print(f"note: cannot cache the manifest in {path.parent}: {error}", file=sys.stderr)
     return manifest

@@ -196,7 +196,7 @@ def _handle_grid(args: argparse.Namespace, cfg) -> int:
     )
     if code is not None:
         return code
-    from hpo.export import SELECTED_ON
+    from hpo.selection import SELECTED_ON
 
     for label, result in results.items():
         best = result.best

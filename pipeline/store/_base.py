@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.files import sha256_file
+
 PREFIX = "featuresets"
 MANIFEST = "manifest.json"
 OBJECTS = ("features.npy", "index.json")  # written in this order, then MANIFEST
@@ -117,11 +119,6 @@ def check_key(key: str) -> str:
     if not isinstance(key, str) or not _SAFE_KEY.fullmatch(key) or ".." in key:
         raise ValueError(f"invalid feature set key {key!r}: use FeatureSetSpec.key()")
     return key
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def encode(fs: FeatureSet) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:

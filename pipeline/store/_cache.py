@@ -15,8 +15,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from pipeline.files import atomic_write_bytes, sha256_file
 from pipeline.store._base import MANIFEST, PREFIX, CorruptObjectError, check_key, parse_manifest
-from pipeline.store._base import sha256_file as _sha256
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class NodeCache:
             for name, expected in manifest["objects"].items():
                 path = directory / name
                 if path.is_file():
-                    got = _sha256(path)
+                    got = sha256_file(path)
                     if got == expected["sha256"]:
                         continue
                     logger.warning(
@@ -66,7 +66,7 @@ class NodeCache:
                     )  # fmt: skip
                 self._fetch(key, name, expected["sha256"], directory, download, where)
             if fresh:
-                _atomic_write(directory / MANIFEST, manifest_bytes)
+                atomic_write_bytes(directory / MANIFEST, manifest_bytes)
         return manifest, directory
 
     @staticmethod
@@ -91,15 +91,9 @@ class NodeCache:
         tmp = directory / f".tmp-{uuid.uuid4().hex}-{name}"
         try:
             download(name, tmp)
-            got = _sha256(tmp)
+            got = sha256_file(tmp)
             if got != expected:
                 raise CorruptObjectError(key, name, expected, got, where)
             os.replace(tmp, directory / name)
         finally:
             tmp.unlink(missing_ok=True)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

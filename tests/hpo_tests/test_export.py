@@ -12,17 +12,9 @@ import keras
 import numpy as np
 import pytest
 
-from hpo.export import (
-    CARD,
-    Candidate,
-    ExportError,
-    export_best,
-    export_checkpoint,
-    final_epochs,
-    read_card,
-    select_best,
-)
+from hpo.export import CARD, ExportError, export_best, export_checkpoint, read_card
 from hpo.paper import read_paper_layout
+from hpo.selection import Candidate, NoFiniteTrialError, final_epochs, select_best
 from tests.support.featuresets import put_synthetic, synthetic_split
 from tests.support.trial_checkpoint import TINY_PARAMS, make_checkpoint
 
@@ -44,7 +36,7 @@ def test_select_best_tie_break_order():
     # NaN never wins; NaN tie-break values rank last
     assert select_best([_c("a", 0, float("nan")), _c("b", 1, 0.1)]).trial_id == "b"
     assert select_best([_c("a", 0, 0.8, rec=float("nan")), _c("b", 1, 0.8)]).trial_id == "b"
-    with pytest.raises(ExportError, match="no trial with a finite accuracy"):
+    with pytest.raises(NoFiniteTrialError, match="no trial with a finite accuracy"):
         select_best([_c("a", 0, float("nan"))])
 
 

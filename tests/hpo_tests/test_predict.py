@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from hpo.cli import main
-from hpo.export import export_checkpoint, predict_proba
+from hpo.export import export_checkpoint
+from hpo.model import predict_proba
 from hpo.predict import WeightsMismatchError, load_head, predict
 from pipeline.extract import extract
 from pipeline.frames import count_frames
