@@ -330,7 +330,8 @@ def fold_predictions(
 
     folds, pooled = [], {}
     for i, fold in enumerate(split["folds"]):
-        model = tf.keras.models.load_model(directory / f"fold-{i}.h5")
+        # compile=False: scoring needs no optimizer (and Keras would warn about its absence)
+        model = tf.keras.models.load_model(directory / f"fold-{i}.h5", compile=False)
         x, y = features(fold["test"])
         pred = predict_proba(model, x).argmax(axis=1)
         folds.append(fold_metrics(y, pred))

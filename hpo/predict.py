@@ -76,7 +76,7 @@ def load_head(directory: Path | str) -> Any:
     """``model.h5`` of an exported folder, loaded with Keras safe mode."""
     import keras
 
-    return keras.saving.load_model(Path(directory) / "model.h5", safe_mode=True)
+    return keras.saving.load_model(Path(directory) / "model.h5", safe_mode=True, compile=False)
 
 
 def predict(
