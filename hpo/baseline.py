@@ -108,24 +108,28 @@ def linear_probe(
 def temporal_claim(
     study_accuracy: float, probe_accuracy: float, *, honest: bool, head: str = "lstm"
 ) -> str:
-    """One sentence: does the searched model beat the spatial-only baseline on this data?
+    """One sentence: does the searched temporal model beat the spatial-only baseline here?
 
     `study_accuracy` is the nested-CV estimate when `honest`, else the study's best selected on
     the test folds (then the sentence says it is optimistic). Both are mean accuracies over the
-    same outer folds.
+    same outer folds. When the best model's `head` is ``pooled`` it is itself spatial-only, so
+    whatever its score, it cannot support the claim that time helps.
     """
     delta = study_accuracy - probe_accuracy
-    kind = (
-        "nested-CV estimate (honest)"
-        if honest
-        else "best trial, selected on the test folds (optimistic)"
-    )
-    verdict = "beats" if delta > 0 else "does not beat"
+    kind = "nested-CV estimate (honest)" if honest else "best trial, selected on the test folds"
+    beats = "beats" if delta > 0 else "does not beat"
+    versus = f"{beats} the spatial-only baseline's {probe_accuracy:.3f} ({delta:+.3f} accuracy)"
+    claim = "the paper's claim that the temporal model outperforms spatial-only approaches is"
+    if head == "pooled":
+        return (
+            f"On this data and split, the search's best model is itself spatial-only (the pooled "
+            f"head, a mean over frames); its {kind}, {study_accuracy:.3f}, {versus}, so {claim} "
+            "not supported here."
+        )
+    supported = delta > 0
     return (
-        f"On this data and split, the searched model's {kind} of {study_accuracy:.3f} "
-        f"{verdict} the spatial-only baseline's {probe_accuracy:.3f} ({delta:+.3f} accuracy; the "
-        f"exported best uses the {head} head), so the paper's claim that the temporal model "
-        f"outperforms spatial-only approaches is "
-        f"{'supported' if delta > 0 else 'not supported'} here"
-        f"{'' if honest else ', on an optimistic figure'}."
+        f"On this data and split, the searched {head.upper()} model's {kind}, "
+        f"{study_accuracy:.3f}, {versus}, so {claim} "
+        f"{'supported' if supported else 'not supported'} here"
+        f"{', on an optimistic figure' if supported and not honest else ''}."
     )

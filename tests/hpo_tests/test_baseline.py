@@ -96,15 +96,18 @@ def test_signal_in_the_mean_the_pooled_head_and_the_probe_match_or_beat_the_lstm
 
 
 @pytest.mark.parametrize(
-    ("study", "probe", "honest", "words"),
+    ("study", "probe", "honest", "head", "words"),
     [
-        (0.74, 0.70, False, ["beats", "optimistic", "supported here, on an optimistic figure"]),
-        (0.66, 0.70, True, ["does not beat", "honest", "not supported here."]),
+        (0.74, 0.70, False, "lstm", ["LSTM", "beats", "selected on the test folds",
+                                     "supported here, on an optimistic figure"]),
+        (0.66, 0.70, True, "lstm", ["does not beat", "honest", "not supported here."]),
+        (0.80, 0.70, True, "gru", ["GRU", "beats", "honest", "is supported here."]),
+        (0.74, 0.70, False, "pooled", ["itself spatial-only", "beats", "not supported here."]),
     ],
-)
+)  # fmt: skip
 def test_the_claim_sentence_says_which_wins_and_how_the_figure_was_chosen(
-    study, probe, honest, words
+    study, probe, honest, head, words
 ):
-    sentence = temporal_claim(study, probe, honest=honest)
+    sentence = temporal_claim(study, probe, honest=honest, head=head)
     assert all(w in sentence for w in words), sentence
     assert f"{study:.3f}" in sentence and f"{probe:.3f}" in sentence

@@ -105,7 +105,7 @@ def test_card_records_what_the_issue_asks(exported):
     base = card["baseline"]
     assert "spatial-only baseline" in base["label"] and len(base["chosen_c"]) == 3
     assert "predictions" not in base and base["summary"]["folds"] == 3
-    assert "spatial-only baseline" in card["claim"] and "optimistic" in card["claim"]
+    assert "spatial-only baseline" in card["claim"] and "selected on the test folds" in card["claim"]
 
 
 def test_paper_layout_copy_holds_the_same_features(exported):
@@ -251,7 +251,7 @@ def test_a_nested_result_of_other_data_or_folds_is_refused(exported, tmp_path):
         checkpoint, tmp_path / "same", store=uri, provenance={"nested": nested}
     ).card
     assert same["nested"] == nested and "nested_refused" not in same
-    assert "nested-CV estimate (honest) of 0.600" in same["claim"]
+    assert "nested-CV estimate (honest), 0.600" in same["claim"]
     for other in ({"feature_set": "resnet50-f4-even-0"}, {"outer_split": {"digest": "ab" * 32}}):
         lines: list[str] = []
         card = export_checkpoint(
@@ -264,4 +264,4 @@ def test_a_nested_result_of_other_data_or_folds_is_refused(exported, tmp_path):
         ).card
         assert card["nested"] is None and card["nested_refused"].startswith("nested.json refused")
         assert any("nested.json refused" in line for line in lines)
-        assert "optimistic" in card["claim"]
+        assert "selected on the test folds" in card["claim"]
