@@ -105,7 +105,9 @@ def test_card_records_what_the_issue_asks(exported):
     base = card["baseline"]
     assert "spatial-only baseline" in base["label"] and len(base["chosen_c"]) == 3
     assert "predictions" not in base and base["summary"]["folds"] == 3
-    assert "spatial-only baseline" in card["claim"] and "selected on the test folds" in card["claim"]
+    assert (
+        "spatial-only baseline" in card["claim"] and "selected on the test folds" in card["claim"]
+    )
 
 
 def test_paper_layout_copy_holds_the_same_features(exported):
