@@ -47,7 +47,39 @@ def main(argv: list[str] | None = None) -> int:
         # Before the parser: building it imports the verbs, and some of them TensorFlow.
         quiet(tensorflow=True)
     args = build_parser().parse_args(argv)
-    return int(args.handler(args) or 0)
+    if verbose:
+        return int(args.handler(args) or 0)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print(f"lushpo {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the verbs handle what they expect; anything else: one line
+        code, message = describe_failure(exc)
+        print(f"lushpo {args.verb}: error: {message} (lushpo -v {args.verb} … shows the traceback)",
+              file=sys.stderr)  # fmt: skip
+        return code
+
+
+def describe_failure(exc: BaseException) -> tuple[int, str]:
+    """(exit code, one line) for a failure no verb handled: 2 for config and usage errors, 1 for
+    everything that went wrong while running (storage, credentials, permissions, …)."""
+    from hpo.config import InvalidConfigError
+
+    if isinstance(exc, InvalidConfigError):
+        return 2, str(exc)
+    name = type(exc).__name__
+    text = " ".join(str(exc).split()) or name
+    if name in ("NoCredentialsError", "PartialCredentialsError"):
+        return 1, (
+            f"S3 access failed: {text}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
+            "AWS_PROFILE), and AWS_ENDPOINT_URL for MinIO"
+        )
+    if isinstance(exc, PermissionError):
+        return 1, f"permission denied: {exc.filename or text}; choose a folder you can write to"
+    if isinstance(exc, OSError) and exc.filename:
+        return 1, f"{exc.filename}: {exc.strerror or text}"
+    return 1, f"{name}: {text}"
 
 
 if __name__ == "__main__":

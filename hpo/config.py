@@ -11,6 +11,7 @@ built-in defaults. Nothing here reads the environment.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -57,6 +58,29 @@ class InvalidConfigError(ValueError):
             fix += f" or pass {FLAGS[key]}"
         super().__init__(
             f"The '{key}' key in {source} must be {allowed}. Got {got!r} instead; {fix}."
+        )
+
+
+class ConfigFileError(InvalidConfigError):
+    """The --config file is missing, unreadable or not YAML: one line naming the file."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.key, self.allowed, self.got, self.source = "--config", "", str(path), str(path)
+        ValueError.__init__(self, f"{path}: {problem}")
+
+
+class UnknownConfigKeyError(InvalidConfigError):
+    """A key the config schema does not have; names it and the nearest known keys."""
+
+    def __init__(self, key: str, valid: list[str], source: str) -> None:
+        self.key, self.allowed, self.got, self.source = key, "a known key", key, source
+        sections = sorted({k.split(".", 1)[0] for k in valid})
+        close = difflib.get_close_matches(key, valid if "." in key else sections, n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        ValueError.__init__(
+            self,
+            f"Unknown key '{key}' in {source}: {hint}rename or remove it (top-level keys: "
+            f"{', '.join(sections)}; `lushpo tune --help` and docs list every key).",
         )
 
 
@@ -378,13 +402,7 @@ def _flatten(data: Mapping[str, Any], source: str) -> dict[str, Any]:
             flat[str(top)] = value
     for key in flat:
         if key not in valid:
-            raise InvalidConfigError(
-                key,
-                "one of the known keys: " + ", ".join(valid),
-                flat[key],
-                source,
-                fix=f"rename or remove `{key}` in {source}",
-            )
+            raise UnknownConfigKeyError(key, valid, source)
     return flat
 
 
@@ -546,9 +564,16 @@ def load_config(
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise InvalidConfigError("--config", "an existing YAML file", str(path)) from None
+        raise ConfigFileError(
+            path, "no such config file; pass --config an existing YAML file"
+        ) from None
+    except OSError as exc:
+        raise ConfigFileError(path, f"cannot read it ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        raise InvalidConfigError("--config", "valid YAML", f"{path}: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigFileError(path, f"not valid YAML: {problem}{where}") from None
     return from_dict(data, overrides, defaults, source=str(path))
 
 

@@ -138,10 +138,18 @@ def _read_run(run: str, endpoint_url: str | None = None) -> list[_TrialRef]:
     from ray.tune import ExperimentAnalysis
 
     path, filesystem = _run_filesystem(run, endpoint_url)
+    if filesystem is None and "://" not in path:
+        if not Path(path).is_dir():
+            raise ExportError(
+                f"{run}: no such run directory (a study's <storage_path>/<name>, e.g. "
+                ".lushpo/runs/quick)"
+            )
+        path = str(Path(path).resolve())  # Ray reads relative paths as URIs without a scheme
     try:
         analysis = ExperimentAnalysis(path, storage_filesystem=filesystem)
     except (ValueError, FileNotFoundError, OSError) as exc:
-        raise ExportError(f"cannot read the Ray Tune run at {run}: {exc}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"cannot read the Ray Tune run at {run}: {first}") from exc
     refs = []
     for order, trial in enumerate(analysis.trials):
         result = trial.last_result or {}
@@ -405,7 +413,7 @@ def _prepare(out: Path, overwrite: bool) -> None:
         [p for p in out.iterdir() if not p.name.startswith(".checkpoint-")] if out.exists() else []
     )
     if present and not overwrite:
-        raise ExportError(f"{out} is not empty; pass overwrite=True (--overwrite) to replace it")
+        raise ExportError(f"{out} is not empty; pass --overwrite to replace the export in it")
     out.mkdir(parents=True, exist_ok=True)
     (out / CARD).unlink(missing_ok=True)  # an export in progress has no card
     if overwrite:
@@ -578,10 +586,30 @@ def export_best(
         ExportError: the run cannot be read or holds no complete trial; see `export_checkpoint`.
     """
     out = Path(out)
-    _prepare(out, overwrite)
-    refs = _read_run(run, endpoint_url)
+    refs = _read_run(run, endpoint_url)  # before touching `out`: a failed read leaves nothing
     if not refs:
         raise ExportError(f"the run at {run} has no finished trial with a checkpoint")
+    created = not out.exists()
+    try:
+        return _export_best(run, out, refs, store, cache_dir, overwrite, study, endpoint_url, log)
+    except BaseException:
+        if created:  # no half-written or empty folder left behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _export_best(
+    run: str,
+    out: Path,
+    refs: list[_TrialRef],
+    store: str,
+    cache_dir: str | None,
+    overwrite: bool,
+    study: dict | None,
+    endpoint_url: str | None,
+    log: Callable[[str], None],
+) -> ExportResult:
+    _prepare(out, overwrite)
     rescore = read_run_file(run, RESCORE_FILE, endpoint_url)
     with tempfile.TemporaryDirectory(dir=out, prefix=".checkpoint-") as tmp:
         ref = None

@@ -23,6 +23,8 @@ _ENV = {
     "TF_CPP_MIN_LOG_LEVEL": "3",  # TensorFlow C++ INFO/WARNING/ERROR after start-up
     "GRPC_VERBOSITY": "ERROR",
     "RAY_DEDUP_LOGS": "1",
+    "OPENCV_FFMPEG_LOGLEVEL": "-8",  # FFmpeg's own lines about a broken clip (BadClipError says it)
+    "OPENCV_LOG_LEVEL": "ERROR",
 }
 
 

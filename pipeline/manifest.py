@@ -303,9 +303,16 @@ def read_cross_val(path: Path | str) -> tuple[Fold, ...]:
 
 
 def _load_cross_val(path: Path) -> tuple[tuple[Fold, ...], dict[str, str]]:
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
+            "fetch it again with `lushpo data fetch`"
+        ) from None
     if not isinstance(data, dict) or not data:
-        raise ValueError(f"{path}: expected an object of folds, got {type(data).__name__}")
+        got = "an empty object" if data == {} else type(data).__name__
+        raise ValueError(f"{path}: expected a non-empty object of folds, got {got}")
     try:
         keys = sorted(data, key=int)
     except ValueError:
@@ -349,8 +356,8 @@ def build_manifest(
 
     Labels come from the paper's videos.csv when the clip is one of its 185, else from the file
     name's prefix; Vir and unknown prefixes are left out and listed in `Manifest.excluded`.
-    A clip OpenCV cannot decode raises `BadClipError` (`on_bad_clip="fail"`) or is listed in
-    `Manifest.skipped` (`"skip"`).
+    Clips OpenCV cannot decode raise one `BadClipError` naming all of them (`on_bad_clip="fail"`)
+    or are listed in `Manifest.skipped` (`"skip"`).
     """
     if on_bad_clip not in ("fail", "skip"):
         raise ValueError(f"on_bad_clip must be 'fail' or 'skip', got {on_bad_clip!r}")
@@ -371,7 +378,8 @@ def build_manifest(
     clips: list[Clip] = []
     skipped: list[SkippedClip] = []
     excluded: list[SkippedClip] = []
-    for path in tqdm(files, desc="manifest", unit="clip", disable=not progress):
+    # disable=None: tqdm draws only on a terminal, so logs and pipes stay clean
+    for path in tqdm(files, desc="manifest", unit="clip", disable=None if progress else True):
         name = path.name
         label = paper[name].label if name in paper else label_from_name(name)
         if label is None:
@@ -386,12 +394,17 @@ def build_manifest(
         try:
             frames = count_frames(path)
         except BadClipError as exc:
-            if on_bad_clip == "fail":
-                raise
             skipped.append(SkippedClip(name, exc.reason))
             continue
         size, sha256 = _file_digest(path)
         clips.append(Clip(name, label, path, frames, size, sha256, test_fold.get(name)))
+    if skipped and on_bad_clip == "fail":  # every bad clip named, not just the first
+        listed = "; ".join(f"{s.id} ({s.reason})" for s in skipped)
+        raise BadClipError(
+            clips_dir,
+            f"{len(skipped)} clip(s) cannot be read: {listed}; fix or remove them, or pass "
+            "--on-bad-clip skip",
+        )
     clips.sort(key=lambda c: c.id)
     return Manifest(tuple(clips), tuple(skipped), tuple(excluded))
 

@@ -40,6 +40,28 @@ def test_defaults_and_normalisation(tmp_path):
         cfg.name = "other"  # type: ignore[misc]
 
 
+def test_unknown_keys_are_named_with_the_nearest_known_ones():
+    with pytest.raises(InvalidConfigError) as info:
+        from_dict(_with(budgett={"trials": 3}), source="study.yaml")
+    assert info.value.key == "budgett"
+    assert str(info.value).startswith("Unknown key 'budgett' in study.yaml: did you mean 'budget'")
+    assert "{'trials': 3}" not in str(info.value)  # the value is not the problem
+    with pytest.raises(InvalidConfigError, match=r"Unknown key 'budget.trails'.*'budget.trials'"):
+        from_dict(_with(budget={"trails": 3}), source="study.yaml")
+
+
+def test_config_file_errors_are_one_line_naming_the_file(tmp_path):
+    with pytest.raises(InvalidConfigError, match=r"nope.yaml: no such config file"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: t\nbudget: {trials: [\n")
+    with pytest.raises(InvalidConfigError) as info:
+        load_config(bad)
+    message = str(info.value)
+    assert message.startswith(f"{bad}: not valid YAML: ") and "at line 3" in message
+    assert "\n" not in message
+
+
 @pytest.mark.parametrize(
     ("data", "key", "got", "allowed"),
     [
@@ -65,7 +87,6 @@ def test_defaults_and_normalisation(tmp_path):
             "sqlite:///",
         ),
         (_with(name="bad name!"), "name", "'bad name!'", "letters"),
-        (_with(budgett={"trials": 3}), "budgett", "{'trials': 3}", "budget.trials"),
     ],
 )
 def test_invalid_values_name_key_form_value_and_fix(data, key, got, allowed):

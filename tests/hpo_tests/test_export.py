@@ -170,8 +170,9 @@ def test_refuses_a_non_empty_folder_and_incomplete_checkpoints(exported, tmp_pat
         export_checkpoint(broken, tmp_path / "out", store=uri)
     with pytest.raises(ExportError, match=r"trial\.json does not exist"):
         export_checkpoint(tmp_path / "nothing", tmp_path / "out2", store=uri)
-    with pytest.raises(ExportError, match="cannot read the Ray Tune run"):
+    with pytest.raises(ExportError, match="no-run: no such run directory"):
         export_best(str(tmp_path / "no-run"), tmp_path / "out3", store=uri)
+    assert not (tmp_path / "out3").exists()  # a failed export leaves no folder
 
 
 @pytest.mark.slow

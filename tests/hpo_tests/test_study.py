@@ -4,6 +4,7 @@ storage, all-fail and missing-feature-set errors, name clashes and resume of a f
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -286,7 +287,12 @@ def test_rescore_retrains_the_top_trials_and_export_takes_the_rescored_winner(
     runner_up = record["trials"][1]["trial_id"]
     forged = {**record, "winner": runner_up}
     (Path(cfg.run_path) / RESCORE_FILE).write_text(json.dumps(forged))
-    card = export_best(cfg.run_path, tmp_path / "out", store=uri).card
+    here = Path.cwd()
+    try:  # a relative run path works (Ray alone reads it as a URI without a scheme)
+        os.chdir(tmp_path)
+        card = export_best(f"runs/{cfg.name}", "out", store=uri).card
+    finally:
+        os.chdir(here)
     assert card["trial_id"] == runner_up and card["selection"]["rescored"] is True
     assert card["rescore"]["winner"] == runner_up
     # A rescore.json of another split is refused: the study's own best is exported.
