@@ -221,7 +221,7 @@ def estimates_section(report: dict) -> str:
     ours, conf = report["ours"], report.get("confidence") or {}
     rows = [
         (
-            f"study best, trial {report['card']['trial_id']} ({report.get('selected_on', '')})",
+            f"study best, trial {report['card']['trial_id']}: {report.get('selected_on', '')}",
             _pm(ours["accuracy"]),
             _ci(conf.get("accuracy")),
             _pm(ours["per_class"]["cov"]["recall"]),
@@ -262,7 +262,10 @@ def estimates_section(report: dict) -> str:
                 "–",
             )
         )
-    table = _table(("estimate", "accuracy", "95% CI", "cov recall", "cov recall 95% CI"), rows)
+    table = _table(
+        ("estimate", "accuracy", "95% CI (pooled)", "cov recall", "cov recall 95% CI (pooled)"),
+        rows,
+    )
     parts = [table]
     if not base:
         parts.append(
