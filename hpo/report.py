@@ -186,7 +186,8 @@ def rescore_table(record: dict) -> str:
             f"{row['std']:.3f} | {row['cov_recall_mean']:.3f} | {mark} |"
         )
     lines.append("")
-    lines.append(f"Re-scored {record['label']}.")
+    label = str(record["label"])
+    lines.append(f"{label[:1].upper()}{label[1:]}.")
     return "\n".join(lines)
 
 
