@@ -68,23 +68,13 @@ def _rescore_remote(settings: TrialSettings, params: dict[str, Any], seed: int) 
     """Ray task body: one k-fold CV of `params` with training seed `seed` (`cross_validate`)."""
     import dataclasses
 
-    from hpo.trainable import configure_tensorflow, cross_validate
+    from hpo.trainable import configure_tensorflow, cross_validate_with
     from pipeline.store import open_store
 
     settings = dataclasses.replace(on_this_node(settings), seed=seed)
     configure_tensorflow(settings)
     fs = open_store(settings.store_uri, settings.cache_dir).get(settings.feature_set_key(params))
-    result = cross_validate(
-        fs.features,
-        fs.labels,
-        fs.clip_ids,
-        settings.split,
-        params,
-        max_epochs=settings.max_epochs,
-        patience=settings.patience,
-        validation_fraction=settings.validation_fraction,
-        seed=seed,
-    )
+    result = cross_validate_with(fs, settings, params)  # settings.seed is the fresh seed
     return {
         "seed": seed,
         "accuracy": float(result.metrics["accuracy"]),

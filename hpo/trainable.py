@@ -54,6 +54,7 @@ __all__ = [
     "balanced_class_weights",
     "configure_tensorflow",
     "cross_validate",
+    "cross_validate_with",
     "fit_head",
     "train_cv",
     "write_trial",
@@ -554,6 +555,24 @@ def cross_validate(
     return CVResult(folds, summary, metrics, epochs=list(cv.records), models=cv.models)
 
 
+def cross_validate_with(
+    fs: Any, settings: TrialSettings, params: Mapping[str, Any], **kwargs: Any
+) -> CVResult:
+    """`cross_validate` of a feature set with the study's split, budget and seed."""
+    return cross_validate(
+        fs.features,
+        fs.labels,
+        fs.clip_ids,
+        settings.split,
+        params,
+        max_epochs=settings.max_epochs,
+        patience=settings.patience,
+        validation_fraction=settings.validation_fraction,
+        seed=settings.seed,
+        **kwargs,
+    )
+
+
 # --- Ray glue ----------------------------------------------------------------------------------
 
 
@@ -688,19 +707,7 @@ def train_cv(config: dict[str, Any], settings: TrialSettings) -> None:
             else:
                 _report(result)
 
-        result = cross_validate(
-            fs.features,
-            fs.labels,
-            fs.clip_ids,
-            settings.split,
-            params,
-            max_epochs=settings.max_epochs,
-            patience=settings.patience,
-            validation_fraction=settings.validation_fraction,
-            seed=settings.seed,
-            resume_from=resume,
-            on_epoch=on_epoch,
-        )
+        result = cross_validate_with(fs, settings, params, resume_from=resume, on_epoch=on_epoch)
         final_dir = Path(tmp) / "final"
         write_trial(
             final_dir,

@@ -50,6 +50,14 @@ def _yaml(tmp: Path, text: str) -> Path:
     return path
 
 
+def _features(tmp: Path, shared: Path, weights: str, *extra: str) -> list[str]:
+    """`lushpo features` on a data dir with two unreadable clips and one good one."""
+    store = (tmp / "store").as_uri()
+    data = str(_bad_clips(tmp, shared))
+    return ["features", "--backbone", "xception", "--frames", "2", "--weights", weights,
+            "--store", store, "--data-dir", data, *extra]  # fmt: skip
+
+
 CASES = {
     "cross_val.json that is not JSON": (
         lambda t, s: ["data", "check", "--data-dir", str(_data_dir(t, s, '{"0": ['))],
@@ -94,38 +102,12 @@ CASES = {
         "S3 access failed",
     ),
     "weights on S3 without credentials": (
-        lambda t, s: [
-            "features",
-            "--backbone",
-            "xception",
-            "--frames",
-            "2",
-            "--weights",
-            "s3://lushpo-no-bucket/w.h5",
-            "--store",
-            (t / "store").as_uri(),
-            "--data-dir",
-            str(_bad_clips(t, s)),
-            "--on-bad-clip",
-            "skip",
-        ],
+        lambda t, s: _features(t, s, "s3://lushpo-no-bucket/w.h5", "--on-bad-clip", "skip"),
         1,
         "S3 access failed",
     ),
     "bad clips with --on-bad-clip fail": (
-        lambda t, s: [
-            "features",
-            "--backbone",
-            "xception",
-            "--frames",
-            "2",
-            "--weights",
-            "none",
-            "--store",
-            (t / "store").as_uri(),
-            "--data-dir",
-            str(_bad_clips(t, s)),
-        ],
+        lambda t, s: _features(t, s, "none"),
         1,
         "Cov_broken_one.mp4",
     ),
