@@ -34,18 +34,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--weights",
         metavar="W",
         help="backbone weights: imagenet | PATH | s3:// URI | none (default: $LUSHPO_WEIGHTS, "
-        "else imagenet)",
+        "else the weights the model card's features were extracted with, else imagenet)",
     )
     parser.add_argument("--cache-dir", metavar="DIR", help="default: $LUSHPO_CACHE_DIR")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(handler=_run)
 
 
+def _card_weights(model_dir: Path) -> str:
+    """The weights source recorded with the card's features (their sha256 is checked anyway)."""
+    try:
+        card = json.loads((model_dir / "model_card.json").read_text())
+    except (OSError, ValueError):
+        return "imagenet"  # predict() then names the missing or broken card
+    return str((card.get("feature_set_meta") or {}).get("weights_source") or "imagenet")
+
+
 def _run(args: argparse.Namespace) -> int:
     from pipeline.backbones import UnknownBackboneError, WeightsError
     from pipeline.frames import BadClipError
 
-    weights = args.weights or os.environ.get("LUSHPO_WEIGHTS") or "imagenet"
+    weights = args.weights or os.environ.get("LUSHPO_WEIGHTS") or _card_weights(args.model)
     try:
         results = predict(
             args.clips,

@@ -1,5 +1,6 @@
 """Quiet by default: `lushpo predict` on one shared clip and `lushpo evaluate` on an export print
-no TensorFlow, absl, Keras or Ray line on stderr; `-v` brings them back."""
+no TensorFlow, absl, Keras or Ray line on stderr; `-v` brings them back. Predict defaults to the
+weights recorded in the model card."""
 
 from __future__ import annotations
 
@@ -46,10 +47,9 @@ def export(shared_data_dir, xception_weights, tmp_path_factory):
     return out, uri, clips[4].path
 
 
-def _lushpo(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [LUSHPO, *args], capture_output=True, text=True, timeout=600, env={**os.environ, **env}
-    )
+def _lushpo(*args: str, env: dict[str, str | None]) -> subprocess.CompletedProcess:
+    merged = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
+    return subprocess.run([LUSHPO, *args], capture_output=True, text=True, timeout=600, env=merged)
 
 
 def test_predict_and_evaluate_print_no_library_line(export, xception_weights, shared_data_dir):
@@ -68,6 +68,11 @@ def test_predict_and_evaluate_print_no_library_line(export, xception_weights, sh
         assert len(done.stderr.splitlines()) <= 2, (verb, done.stderr)
         assert not NOISE.search(done.stdout), (verb, done.stdout)
     assert clip.name in runs["predict"].stdout
+    # Without --weights or LUSHPO_WEIGHTS, predict uses the weights the card's features came from.
+    card_weights = _lushpo("predict", str(clip), "--model", str(out),
+                           env={**env, "LUSHPO_WEIGHTS": None})  # fmt: skip
+    assert card_weights.returncode == 0, card_weights.stderr[-2000:]
+    assert card_weights.stdout == runs["predict"].stdout
     loud = _lushpo("-v", "predict", str(clip), "--model", str(out), "--weights",
                    str(xception_weights), env=env)  # fmt: skip
     assert loud.returncode == 0 and NOISE.search(loud.stderr), loud.stderr[-2000:]
