@@ -6,6 +6,7 @@ only when the folder's paper-layout features are missing, `LUSHPO_STORE` / `LUSH
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -39,6 +40,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--optuna-storage", metavar="URL", help="Optuna storage (default: the model card's)"
     )
+    parser.add_argument(
+        "--no-paper",
+        action="store_true",
+        help="write a report without the paper's columns when no evaluation.csv is at hand "
+        "(never replaces a report that has them)",
+    )
     parser.add_argument("--json", action="store_true", help="print report.json instead")
     parser.set_defaults(handler=_run)
 
@@ -49,21 +56,44 @@ def _paper_csv(args: argparse.Namespace) -> Path | None:
     data_dir = args.data_dir or os.environ.get("LUSHPO_DATA_DIR")
     if data_dir and (Path(data_dir) / "paper" / "evaluation.csv").is_file():
         return Path(data_dir) / "paper" / "evaluation.csv"
-    where = f"{data_dir}/paper/evaluation.csv" if data_dir else "--data-dir / $LUSHPO_DATA_DIR"
-    print(
-        f"lushpo evaluate: note: no paper evaluation.csv ({where}); paper columns empty",
-        file=sys.stderr,
-    )
+    return None
+
+
+def _missing_paper(args: argparse.Namespace) -> str | None:
+    """Why this evaluation may not run without the paper's evaluation.csv, or None when it may:
+    only with --no-paper, and never over a report that compares with the paper."""
+    data_dir = args.data_dir or os.environ.get("LUSHPO_DATA_DIR")
+    where = f"{data_dir}/paper/evaluation.csv" if data_dir else "no --data-dir / $LUSHPO_DATA_DIR"
+    if not args.no_paper:
+        return (
+            f"no paper evaluation.csv ({where}); pass --paper-csv FILE or --data-dir DIR, or "
+            "--no-paper for a report without the paper's columns"
+        )
+    try:
+        earlier = json.loads((args.directory / "report.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if earlier.get("paper"):
+        return (
+            f"{args.directory / 'report.json'} compares with the paper; a report without "
+            f"the paper ({where}) would replace it with less: pass --paper-csv FILE"
+        )
     return None
 
 
 def _run(args: argparse.Namespace) -> int:
     if (args.directory / GRID_FILE).is_file():
         return _run_grid(args)
+    paper_csv = _paper_csv(args)
+    if paper_csv is None and args.directory.is_dir():
+        problem = _missing_paper(args)
+        if problem:
+            print(f"lushpo evaluate: error: {problem}", file=sys.stderr)
+            return 2
     try:
         report = evaluate(
             args.directory,
-            paper_csv=_paper_csv(args),
+            paper_csv=paper_csv,
             store=args.store or os.environ.get("LUSHPO_STORE"),
             cache_dir=args.cache_dir or os.environ.get("LUSHPO_CACHE_DIR"),
             optuna_storage=args.optuna_storage,
@@ -87,7 +117,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def _run_grid(args: argparse.Namespace) -> int:
     """A grid export: evaluate every cell, then the paper's whole table (68 rows)."""
-    import json
 
     from hpo.paper import read_evaluation
     from hpo.paper_table import grid_table, plot_grid, render_grid_markdown

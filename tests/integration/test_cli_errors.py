@@ -142,3 +142,17 @@ def test_bad_input_is_one_line_with_the_documented_exit_code(case, tmp_path, sha
     assert not new_empty, (case, new_empty)
     if case == "bad clips with --on-bad-clip fail":
         assert "Reg_broken_two.mp4" in lines[0]  # every bad clip, not only the first
+
+
+def test_evaluate_without_the_paper_never_replaces_a_fuller_report(tmp_path):
+    export = tmp_path / "export"
+    export.mkdir()
+    report = export / "report.json"
+    report.write_text('{"paper": {"model_label": "xception-20"}}')
+    env = {k: v for k, v in os.environ.items() if k != "LUSHPO_DATA_DIR"}
+    for extra, named in (([], "--no-paper"), (["--no-paper"], "compares with the paper")):
+        done = subprocess.run([LUSHPO, "evaluate", str(export), *extra], capture_output=True,
+                              text=True, timeout=300, env=env)  # fmt: skip
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 2 and len(lines) == 1 and named in lines[0], done.stderr
+    assert report.read_text() == '{"paper": {"model_label": "xception-20"}}'
