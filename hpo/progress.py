@@ -1,6 +1,7 @@
-"""What a running study shows: a line per trial event (running / done / failed of the budget, the
-best so far with its params), where results are stored, and at the end a table of every trial
-with its per-fold and mean metrics.
+"""What a running study shows: a short line per trial event, the counts of running / done / failed
+trials of the budget with an ETA and the best so far (a tqdm bar on a terminal), where results
+are stored, and at the end a table of every trial with its per-fold and mean metrics. Every
+trial's parameters and results go to ``<run>/progress.log``.
 
 `StudyProgress` is a `ray.tune.Callback`, so it runs on the driver and sees every trial's
 results as Ray Tune receives them; it replaces Ray's own reporter (the study runs `verbose=0`).
@@ -8,11 +9,14 @@ results as Ray Tune receives them; it replaces Ray's own reporter (the study run
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
+from tqdm import tqdm
 
 from hpo.selection import SELECTED_ON
 
@@ -45,42 +49,82 @@ def storage_banner(run_path: str, optuna_storage: str) -> str:
 
 
 class StudyProgress(Callback):
-    """Prints trial events and the best trial so far; counts running, done and failed trials."""
+    """The live view of a study: counts of running, done and failed trials, the best so far, an
+    ETA; one short line per trial event. On a terminal it is a tqdm bar (lines print above it).
+    Each trial's parameters and results go to ``<run>/progress.log`` (local runs), not the
+    screen."""
 
     def __init__(
         self,
         total: int,
         run_path: str,
         optuna_storage: str,
-        write: Callable[[str], None] = print,
+        write: Callable[[str], None] | None = None,
+        time_budget_s: float | None = None,
     ) -> None:
         self.total = total
-        self.write = write
         self.banner = storage_banner(run_path, optuna_storage)
+        self.budget = time_budget_s
         self.running: set[str] = set()
         self.done: dict[str, float] = {}
         self.failed: set[str] = set()
         self.best: tuple[float, str, dict[str, Any]] | None = None
         self.started = time.monotonic()
+        self.bar = None if write is not None else tqdm(
+            total=total, unit="trial", desc="trials", disable=None, dynamic_ncols=True
+        )  # fmt: skip
+        on_tty = self.bar is not None and not self.bar.disable
+        self.write = write or (tqdm.write if on_tty else print)
+        self.on_tty = on_tty
+        self.log_path = None if "://" in run_path else Path(run_path) / "progress.log"
+
+    def _log(self, line: str) -> None:
+        if self.log_path is None:
+            return
+        with contextlib.suppress(OSError):  # the log is a convenience, never a failure
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.log_path.open("a", encoding="utf-8") as handle:
+                handle.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
 
     def setup(self, **info: Any) -> None:
         self.write(self.banner)
+        if self.log_path is not None:
+            self.write(f"trial log:      {self.log_path}")
+
+    def _eta(self) -> str:
+        elapsed = time.monotonic() - self.started
+        finished = len(self.done) + len(self.failed)
+        left = []
+        if finished:
+            left.append(elapsed / finished * max(self.total - finished, 0))
+        if self.budget is not None:
+            left.append(max(self.budget - elapsed, 0.0))
+        return f", ETA {min(left) / 60:.0f} min" if left else ""
 
     def _status(self) -> str:
         elapsed = time.monotonic() - self.started
         best = ""
         if self.best is not None:
-            value, trial_id, config = self.best
-            best = f" | best {OBJECTIVE}={value:.4f} ({trial_id}: {_params(config)})"
+            value, trial_id, _config = self.best
+            best = f" | best {OBJECTIVE}={value:.4f} ({trial_id})"
         return (
             f"[{elapsed:6.0f}s] running {len(self.running)}, done {len(self.done)}, "
-            f"failed {len(self.failed)} of {self.total}{best}"
+            f"failed {len(self.failed)} of {self.total}{self._eta()}{best}"
         )
+
+    def _show(self, event: str) -> None:
+        self._log(event)
+        self.write(event)
+        if self.bar is not None and self.on_tty:
+            self.bar.n = len(self.done) + len(self.failed)
+            self.bar.set_postfix_str(self._status().split("] ", 1)[1], refresh=True)
+        else:
+            self.write(self._status())
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.add(trial.trial_id)
-        self.write(f"trial {trial.trial_id} started: {_params(trial.config)}")
-        self.write(self._status())
+        self._log(f"trial {trial.trial_id} params: {_params(trial.config)}")
+        self._show(f"trial {trial.trial_id} started")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.discard(trial.trial_id)
@@ -89,26 +133,34 @@ class StudyProgress(Callback):
         if result.get("final") is False:  # ASHA or the time budget stopped it mid-training
             val = result.get("val_accuracy")
             val_text = f"validation accuracy {val:.4f}; " if isinstance(val, float) else ""
-            self.write(
+            event = (
                 f"trial {trial.trial_id} stopped at epoch {result.get('epoch')} "
                 f"({val_text}no test score)"
             )
         elif value is None:
-            self.write(f"trial {trial.trial_id} ended without {OBJECTIVE}")
+            event = f"trial {trial.trial_id} ended without {OBJECTIVE}"
         else:
             self.done[trial.trial_id] = float(value)
             std = result.get(f"{OBJECTIVE}_std")
             extra = f" ± {std:.4f}" if isinstance(std, float) else ""
-            self.write(f"trial {trial.trial_id} done: {OBJECTIVE}={value:.4f}{extra}")
+            event = f"trial {trial.trial_id} done: {OBJECTIVE}={value:.4f}{extra}"
             if self.best is None or value > self.best[0]:
                 self.best = (float(value), trial.trial_id, dict(trial.config))
-        self.write(self._status())
+            self._log(f"trial {trial.trial_id} result: {_params(_shown_metrics(result))}")
+        self._show(event)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.discard(trial.trial_id)
         self.failed.add(trial.trial_id)
-        self.write(f"trial {trial.trial_id} FAILED (error log: {trial.path or 'n/a'})")
-        self.write(self._status())
+        self._show(f"trial {trial.trial_id} FAILED (error log: {trial.path or 'n/a'})")
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _shown_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if isinstance(v, int | float) and k != "node_id"}
 
 
 def results_table(result: StudyResult) -> str:

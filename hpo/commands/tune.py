@@ -12,6 +12,7 @@ import os
 import shlex
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = [
     "INTERRUPTED",
@@ -92,7 +93,7 @@ def _handle(args: argparse.Namespace) -> int:
         print(f"lushpo tune: {exc}", file=sys.stderr)
         return 2
 
-    from hpo.progress import StudyProgress, results_table
+    from hpo.progress import results_table
     from hpo.study import (
         run_study,
     )
@@ -107,7 +108,7 @@ def _handle(args: argparse.Namespace) -> int:
     if getattr(args, "inner_folds", None) is not None:
         print("lushpo tune: --inner-folds needs --nested", file=sys.stderr)
         return 2
-    progress = StudyProgress(cfg.budget.trials, cfg.run_path, cfg.storage.optuna_storage)
+    progress = progress_view(cfg)
     code, result = _guarded(
         args,
         lambda: run_study(cfg, resume=args.resume, overwrite=args.overwrite, callbacks=[progress]),
@@ -154,6 +155,18 @@ def resume_command(args: argparse.Namespace, argv: Sequence[str] | None = None) 
     return shlex.join(["lushpo", "tune", *rest])
 
 
+def progress_view(cfg) -> Any:
+    """The live view of one study (`hpo.progress.StudyProgress`)."""
+    from hpo.progress import StudyProgress
+
+    return StudyProgress(
+        cfg.budget.trials,
+        cfg.run_path,
+        cfg.storage.optuna_storage,
+        time_budget_s=cfg.budget.time_budget_s,
+    )
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
@@ -185,10 +198,9 @@ def _guarded(args: argparse.Namespace, run):
 def _handle_grid(args: argparse.Namespace, cfg) -> int:
     """A grid config: one study per (backbone, N) cell, resumable cell by cell."""
     from hpo.grid import run_grid
-    from hpo.progress import StudyProgress
 
     def progress(cell) -> list:
-        return [StudyProgress(cell.budget.trials, cell.run_path, cell.storage.optuna_storage)]
+        return [progress_view(cell)]
 
     code, results = _guarded(
         args,
@@ -211,12 +223,11 @@ def _handle_grid(args: argparse.Namespace, cfg) -> int:
 def _handle_nested(args: argparse.Namespace, cfg) -> int:
     """`--nested`: hpo.nested.run_nested with a fresh progress view per inner study."""
     from hpo.nested import NestedLeakError, nested_table, run_nested
-    from hpo.progress import StudyProgress
     from hpo.study import AllTrialsFailedError, StudyExistsError, StudyInterruptedError
     from pipeline.store import StoreError
 
     def progress(inner) -> list:
-        return [StudyProgress(inner.budget.trials, inner.run_path, inner.storage.optuna_storage)]
+        return [progress_view(inner)]
 
     try:
         record = run_nested(

@@ -122,6 +122,10 @@ def test_same_seed_same_sequence_and_metrics_and_optuna_storage(tmp_path, store,
     assert any("done 3" in line for line in lines) and any(
         "best accuracy=" in line for line in lines
     )
+    # Parameters stay off the screen; every trial's params and results are in the run's log.
+    assert not any("lstm_units=" in line for line in lines)
+    log = (Path(cfg_a.run_path) / "progress.log").read_text()
+    assert log.count(" params: ") == 3 and log.count(" result: ") == 3 and "lstm_units=" in log
 
     # a second study under the same name refuses, resume of a finished study does nothing
     with pytest.raises(StudyExistsError, match="--resume"):
