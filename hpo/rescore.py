@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from hpo.config import StudyConfig
-from hpo.run_files import RESCORE_FILE, remove_run_file, write_run_file
+from hpo.run_files import RESCORE_FILE, read_run_file, remove_run_file, write_run_file
 from hpo.selection import TIE_BREAK
 from hpo.study import (
     StudyResult,
@@ -109,6 +109,14 @@ def run_rescore(
     if not trials:
         raise ValueError(f"rescore: study {cfg.name!r} has no finished trial to re-score")
     seeds = rescore_seeds(cfg.training.seed, count)
+    done = read_run_file(cfg.run_path, RESCORE_FILE, cfg.storage.endpoint_url)
+    if (
+        done is not None
+        and done.get("seeds") == seeds
+        and [r["trial_id"] for r in done.get("trials", [])] == [t.trial_id for t in trials]
+    ):  # a rerun (`lushpo run`, `tune --resume` of a finished study) does not retrain again
+        log(f"rescore: already done for these {len(trials)} trials and seeds; {RESCORE_FILE} kept")
+        return done
     remove_run_file(cfg.run_path, RESCORE_FILE, cfg.storage.endpoint_url)
     start = time.monotonic()
     started = start_ray(cfg)

@@ -286,6 +286,9 @@ def test_rescore_retrains_the_top_trials_and_export_takes_the_rescored_winner(
         assert row["mean"] == pytest.approx(np.mean([r["accuracy"] for r in row["runs"]]))
     assert record["winner"] == max(record["trials"], key=lambda r: r["mean"])["trial_id"]
     assert "winner, exported" in rescore_table(record)
+    lines: list[str] = []  # a rerun keeps the record instead of retraining
+    assert run_rescore(cfg, result, log=lines.append) == record
+    assert any("already done" in line for line in lines)
 
     # The export follows rescore.json's winner, even when it is not the study's best.
     runner_up = record["trials"][1]["trial_id"]
@@ -303,7 +306,7 @@ def test_rescore_retrains_the_top_trials_and_export_takes_the_rescored_winner(
     (Path(cfg.run_path) / RESCORE_FILE).write_text(
         json.dumps({**forged, "split": {"digest": "0" * 64}})
     )
-    lines: list[str] = []
+    lines = []
     card = export_best(
         cfg.run_path, tmp_path / "out", store=uri, overwrite=True, log=lines.append
     ).card
