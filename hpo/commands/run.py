@@ -117,7 +117,9 @@ def pipeline_steps(
     steps.append((tune, ["tune", *_flags(study), again]))
     exported = {"--out": out, "--store": cfg.store, "--optuna-storage": args.optuna_storage}
     steps.append((export, ["export", run_path, *_flags(exported), "--overwrite"]))
-    steps.append((evaluate, ["evaluate", out, *_flags(shared)]))
+    # --no-paper: a study on the user's own data has no evaluation.csv; when the data dir holds
+    # one it is used, and a report with the paper's columns is never replaced by one without.
+    steps.append((evaluate, ["evaluate", out, *_flags(shared), "--no-paper"]))
     return cfg, steps
 
 
