@@ -212,6 +212,18 @@ def confidence_section(report: dict) -> str:
     )
 
 
+def _estimate_row(label: str, summary: dict, interval: dict | None) -> tuple[str, ...]:
+    """(label, accuracy, its CI, COVID recall, its CI) from a summary and bootstrap intervals."""
+    interval = interval or {}
+    return (
+        label,
+        _pm(summary["accuracy"]),
+        _ci(interval.get("accuracy")),
+        _pm(summary["per_class"]["cov"]["recall"]),
+        _ci(interval.get("recall", {}).get("cov")),
+    )
+
+
 def estimates_section(report: dict) -> str:
     """Every estimate on this split side by side, each labelled by how it was chosen: the study's
     best (selected on the test folds), the paper's own head trained here, the spatial-only
@@ -219,16 +231,8 @@ def estimates_section(report: dict) -> str:
 
     Accuracy and COVID recall are the paper's mean ± std over folds; the 95% intervals bootstrap
     the clips of the pooled out-of-fold predictions (their centre is the pooled value)."""
-    ours, conf = report["ours"], report.get("confidence") or {}
-    rows = [
-        (
-            f"study best, trial {report['card']['trial_id']}: {report.get('selected_on', '')}",
-            _pm(ours["accuracy"]),
-            _ci(conf.get("accuracy")),
-            _pm(ours["per_class"]["cov"]["recall"]),
-            _ci(conf.get("recall", {}).get("cov")),
-        )
-    ]
+    study = f"study best, trial {report['card']['trial_id']}: {report.get('selected_on', '')}"
+    rows = [_estimate_row(study, report["ours"], report.get("confidence"))]
     base = report.get("paper_config")
     if base:
         rows.append(
@@ -242,15 +246,8 @@ def estimates_section(report: dict) -> str:
         )
     probe = report.get("baseline")
     if probe:
-        summary, interval = probe["summary"], probe.get("confidence") or {}
         rows.append(
-            (
-                f"{probe['label']} (honest)",
-                _pm(summary["accuracy"]),
-                _ci(interval.get("accuracy")),
-                _pm(summary["per_class"]["cov"]["recall"]),
-                _ci(interval.get("recall", {}).get("cov")),
-            )
+            _estimate_row(f"{probe['label']} (honest)", probe["summary"], probe.get("confidence"))
         )
     nested = report.get("nested")
     if nested and nested.get("accuracy"):
