@@ -152,11 +152,19 @@ def build_model(
 
 
 PREDICT_BATCH = 256
-"""Batch size of every prediction made for metrics (hpo.trainable scores test folds with the same),
-so every process sees identical numbers."""
+"""Rows per call of every prediction made for metrics (hpo.trainable scores test folds the same
+way), so every process sees identical numbers."""
 
 
 def predict_proba(model: Any, features: np.ndarray) -> np.ndarray:
-    """Class probabilities [clips, 3] with a fixed batch size (see `PREDICT_BATCH`)."""
+    """Class probabilities [clips, 3] in calls of at most `PREDICT_BATCH` rows.
+
+    The model is called directly rather than through ``model.predict``: ``predict`` traces a
+    ``tf.function`` per model and input size, and scoring k fold models one after another on
+    folds of different sizes retraced it each time (TensorFlow's retracing warning)."""
     x = np.asarray(features, dtype=np.float32)
-    return np.asarray(model.predict(x, batch_size=PREDICT_BATCH, verbose=0), dtype=np.float64)
+    parts = [
+        np.asarray(model(x[start : start + PREDICT_BATCH], training=False), dtype=np.float64)
+        for start in range(0, len(x), PREDICT_BATCH)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, len(LABELS)))

@@ -15,10 +15,10 @@ mean), ``fold_{i}_accuracy``, and the last epoch's ``val_accuracy``.
 
 Checkpoints. Every ``checkpoint_every`` epochs, but no sooner than ``checkpoint_interval_s``
 after the trial's previous checkpoint (a save of five fold states costs about a second here, and
-Ray copies it to storage; short trials then write none), the lockstep state (``fold-{i}.keras`` with
-optimizer state, ``fold-{i}-best.npz`` best weights, ``lockstep.json`` with the epoch and the
-early-stopping state) goes with the report, so a retried trial resumes from
-``tune.get_checkpoint()``. The final checkpoint holds ``fold-{i}.h5`` (plain
+Ray copies it to storage; short trials then write none), the lockstep state (``fold-{i}.npz``:
+weights and Adam moments; ``fold-{i}-best.npz`` best weights; ``lockstep.json`` with the epoch,
+Adam step counts and the early-stopping state) goes with the report, so a retried trial resumes
+from ``tune.get_checkpoint()``. The final checkpoint holds ``fold-{i}.h5`` (plain
 ``tf.keras.models.load_model``) and ``trial.json`` (docs/architecture.md, "Trial result").
 A lockstep state of the paper's head is ~110 MB per fold (weights + Adam moments + best
 weights), so studies should keep ``CheckpointConfig(num_to_keep=...)`` small.
@@ -42,7 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from hpo.metrics import flatten, fold_metrics, summarize
-from hpo.model import build_model
+from hpo.model import build_model, predict_proba
 from pipeline.files import atomic_write_text
 from pipeline.groups import inner_validation
 from pipeline.manifest import LABELS, Split
@@ -264,9 +264,9 @@ def _seed_states(model: keras.Model) -> list[Any]:
     return [v for v in model.variables if v.name == "seed_generator_state"]
 
 
-def _loss_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Sparse cross-entropy (Keras' 1e-7 clipping) and accuracy of ``model`` on ``(x, y)``."""
-    proba = np.asarray(model.predict_on_batch(x), dtype=np.float64)
+def _loss_accuracy(proba: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Sparse cross-entropy (Keras' 1e-7 clipping) and accuracy of probabilities ``proba``."""
+    proba = np.asarray(proba, dtype=np.float64)
     picked = np.clip(proba[np.arange(len(y)), y], 1e-7, 1 - 1e-7)
     return float(-np.mean(np.log(picked))), float(np.mean(proba.argmax(axis=1) == y))
 
@@ -308,12 +308,29 @@ def fit_head(
     return model
 
 
-class LockstepCV:
-    """k fold models trained epoch by epoch together, with per-fold early stopping.
+# Keras' Adam defaults, which `build_model` compiles with; `LockstepCV` applies the same update.
+ADAM_BETA_1, ADAM_BETA_2, ADAM_EPSILON = 0.9, 0.999, 1e-7
 
-    Each fold's model is built after ``keras.utils.set_random_seed(seed(trial, fold))``; each
-    epoch of each fold draws its batch order and dropout masks from ``seed(trial, fold, epoch)``,
-    so results do not depend on how folds interleave or on a resume in between.
+
+class LockstepCV:
+    """k fold models trained epoch by epoch together, one graph step for all their batches.
+
+    Each fold keeps its own Keras model (built after ``keras.utils.set_random_seed(seed(trial,
+    fold))``, standardised on its own inner training clips), its own class weights, Adam moments
+    and step count, and its own early stopping. What is shared is the computation: one
+    ``tf.function`` step takes a batch of every fold that trains in it, computes their losses in
+    one graph, and applies each fold's Adam update (Keras' formula, `ADAM_BETA_1` …) to that
+    fold's weights only, so k folds cost one Python call and one graph launch per step instead
+    of k. Shapes are fixed per trial — every batch is padded to ``batch_size`` rows (weight 0),
+    validation to the largest fold's size — so each graph is traced once. A fold that stops
+    early leaves the step: the step graph is keyed by the set of folds that train, so a stopped
+    fold costs no compute (one new trace per stopping event; validation still predicts it, a
+    few percent of an epoch). Training data sits in tensors captured by the graphs (on the GPU
+    when there is one); each step passes only row indices.
+
+    Each epoch of each fold draws its batch order and dropout masks from ``seed(trial, fold,
+    epoch)``, so results do not depend on which folds train alongside, or on a resume between
+    epochs.
     """
 
     def __init__(
@@ -332,6 +349,7 @@ class LockstepCV:
         self.records: list[dict[str, Any]] = []  # one per lockstep epoch, from `step`
         self.states = [FoldState() for _ in self.folds]
         self.best_weights: list[list[np.ndarray] | None] = [None] * len(self.folds)
+        self.batch_size = int(self.params.get("batch_size", 32))
         frames, dim = self.folds[0].x_train.shape[1:]
         self.models: list[keras.Model] = []
         for k in range(len(self.folds)):
@@ -339,6 +357,30 @@ class LockstepCV:
             # Standardised on the fold's inner training clips only: never validation or test.
             norm = self.folds[k].x_train if self.params.get("standardize") else None
             self.models.append(build_model(frames, dim, self.params, standardize_on=norm))
+        self._x_train = [tf.constant(f.x_train) for f in self.folds]
+        self._y_train = [tf.constant(f.y_train, dtype=tf.int32) for f in self.folds]
+        self._sample_weight = [tf.constant(self._class_weights(f.y_train)) for f in self.folds]
+        rows = max(len(f.y_val) for f in self.folds)
+        self._x_val = tf.constant(
+            np.stack([np.resize(f.x_val, (rows, *f.x_val.shape[1:])) for f in self.folds])
+        )
+        self._moments = [
+            [
+                (tf.Variable(tf.zeros_like(v)), tf.Variable(tf.zeros_like(v)))
+                for v in m.trainable_variables
+            ]
+            for m in self.models
+        ]
+        self._adam_steps = tf.Variable(tf.zeros([len(self.folds)], dtype=tf.float32))
+        self._steps: dict[tuple[int, ...], Callable[..., Any]] = {}
+        self._predict_val = tf.function(self._predict_all)
+
+    def _class_weights(self, y: np.ndarray) -> np.ndarray:
+        """Each training clip's weight: "balanced" class weight, or 1."""
+        if not self.params.get("class_weight"):
+            return np.ones(len(y), dtype=np.float32)
+        weights = balanced_class_weights(y)
+        return np.asarray([weights[int(c)] for c in y], dtype=np.float32)
 
     @property
     def done(self) -> bool:
@@ -347,12 +389,14 @@ class LockstepCV:
     def step(self) -> dict[str, Any]:
         """Train every still-active fold for one epoch; return the epoch's record."""
         epoch = self.epoch
-        per_fold: list[dict[str, float] | None] = []
-        for k, state in enumerate(self.states):
-            if state.stopped:
-                per_fold.append(None)
-                continue
-            record = self._train_epoch(k, epoch)
+        active = [k for k, s in enumerate(self.states) if not s.stopped]
+        losses = self._train_epoch(active, epoch)
+        proba = np.asarray(self._predict_val(self._x_val))
+        per_fold: list[dict[str, float] | None] = [None] * len(self.folds)
+        for k in active:
+            state, data = self.states[k], self.folds[k]
+            val_loss, val_accuracy = _loss_accuracy(proba[k, : len(data.y_val)], data.y_val)
+            record = {"loss": losses[k], "val_loss": val_loss, "val_accuracy": val_accuracy}
             state.history.append(record)
             if record["val_loss"] < state.best_val_loss:  # NaN never improves
                 state.best_val_loss = record["val_loss"]
@@ -365,40 +409,78 @@ class LockstepCV:
                 if state.wait >= self.patience or not math.isfinite(record["loss"]):
                     state.stopped = True
                     self._restore_best(k)
-            per_fold.append(record)
+            per_fold[k] = record
         self.epoch = epoch + 1
         record = self._record(per_fold)
         self.records.append(record)
         return record
 
-    def _train_epoch(self, k: int, epoch: int) -> dict[str, float]:
-        """One epoch of fold ``k``: seeded shuffle and dropout masks, then validation.
+    def _train_epoch(self, active: Sequence[int], epoch: int) -> dict[int, float]:
+        """One epoch of the ``active`` folds: seeded batch orders and dropout masks, then steps of
+        every fold that still has a batch (folds may differ by one batch); returns each fold's
+        mean training loss weighted by batch size, as Keras reports it."""
+        orders = {}
+        for k in active:
+            for i, variable in enumerate(_seed_states(self.models[k])):
+                variable.assign(np.asarray([_seed(self.seed, k, epoch, i), 0], variable.dtype))
+            rng = np.random.default_rng(_seed(self.seed, k, epoch, 2**20))
+            orders[k] = rng.permutation(len(self.folds[k].y_train))
+        sums = dict.fromkeys(active, 0.0)
+        for start in range(0, max(len(o) for o in orders.values()), self.batch_size):
+            stepping = tuple(k for k in active if start < len(orders[k]))
+            index = np.zeros((len(stepping), self.batch_size), dtype=np.int32)
+            count = np.zeros(len(stepping), dtype=np.float32)
+            for j, k in enumerate(stepping):
+                rows = orders[k][start : start + self.batch_size]
+                index[j, : len(rows)] = rows
+                count[j] = len(rows)
+            step = self._steps.get(stepping)
+            if step is None:
+                step = self._steps[stepping] = self._make_step(stepping)
+            for k, loss in zip(stepping, np.asarray(step(index, count)), strict=True):
+                sums[k] += float(loss) * count[stepping.index(k)]
+        return {k: sums[k] / len(orders[k]) for k in active}
 
-        A plain ``train_on_batch`` loop rather than ``fit``: ``fit`` rebuilds its tf.data
-        pipeline on each call, which dominated small trials. Batch order comes from a NumPy
-        generator and every dropout seed state is reset from (trial seed, fold, epoch), so an
-        epoch's randomness does not depend on earlier epochs or on a resume in between.
-        """
-        data, model = self.folds[k], self.models[k]
-        for i, variable in enumerate(_seed_states(model)):
-            variable.assign(np.asarray([_seed(self.seed, k, epoch, i), 0], variable.dtype))
-        batch = int(self.params.get("batch_size", 32))
-        weights = balanced_class_weights(data.y_train) if self.params.get("class_weight") else None
-        order = np.random.default_rng(_seed(self.seed, k, epoch, 2**20)).permutation(
-            len(data.y_train)
+    def _make_step(self, folds: tuple[int, ...]) -> Callable[..., Any]:
+        """The graph step of ``folds``: index ``[len(folds), batch]`` rows of each fold's training
+        clips (``count`` real rows, the rest padding with weight 0), each fold's loss summed over
+        its real rows ÷ their count (Keras' "sum_over_batch_size"), each fold's Adam update."""
+        models = [self.models[k] for k in folds]
+        variables = [m.trainable_variables for m in models]
+        learning_rate = float(self.params["learning_rate"])
+
+        def step(index: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
+            real = tf.sequence_mask(tf.cast(count, tf.int32), self.batch_size, dtype=tf.float32)
+            with tf.GradientTape() as tape:
+                losses = []
+                for j, (k, model) in enumerate(zip(folds, models, strict=True)):
+                    x = tf.gather(self._x_train[k], index[j])
+                    y = tf.gather(self._y_train[k], index[j])
+                    weight = tf.gather(self._sample_weight[k], index[j]) * real[j]
+                    proba = tf.cast(model(x, training=True), tf.float32)
+                    loss = keras.losses.sparse_categorical_crossentropy(y, proba)
+                    losses.append(tf.reduce_sum(loss * weight) / count[j])
+                total = tf.add_n(losses)
+            gradients = tape.gradient(total, variables)
+            for j, k in enumerate(folds):
+                t = self._adam_steps[k] + 1.0
+                self._adam_steps[k].assign(t)
+                alpha = learning_rate * tf.sqrt(1.0 - ADAM_BETA_2**t) / (1.0 - ADAM_BETA_1**t)
+                for var, grad, (m, v) in zip(
+                    variables[j], gradients[j], self._moments[k], strict=True
+                ):
+                    m.assign_add((grad - m) * (1.0 - ADAM_BETA_1))
+                    v.assign_add((tf.square(grad) - v) * (1.0 - ADAM_BETA_2))
+                    var.assign_sub(m * alpha / (tf.sqrt(v) + ADAM_EPSILON))
+            return tf.stack(losses)
+
+        return tf.function(step)
+
+    def _predict_all(self, x: tf.Tensor) -> tf.Tensor:
+        """Every fold model's probabilities on its own rows of ``x`` ``[folds, rows, …]``."""
+        return tf.stack(
+            [tf.cast(m(x[k], training=False), tf.float32) for k, m in enumerate(self.models)]
         )
-        losses, sizes = [], []
-        for start in range(0, len(order), batch):
-            idx = order[start : start + batch]
-            loss = model.train_on_batch(data.x_train[idx], data.y_train[idx], class_weight=weights)
-            losses.append(float(np.asarray(loss).ravel()[0]))
-            sizes.append(len(idx))
-        val_loss, val_accuracy = _loss_accuracy(model, data.x_val, data.y_val)
-        return {
-            "loss": float(np.average(losses, weights=sizes)),
-            "val_loss": val_loss,
-            "val_accuracy": val_accuracy,
-        }
 
     def _restore_best(self, k: int) -> None:
         if self.best_weights[k] is not None:
@@ -420,13 +502,14 @@ class LockstepCV:
         }
 
     def finish(self) -> list[dict[str, Any]]:
-        """Restore every fold's best weights and score it on its test fold."""
+        """Restore every fold's best weights and score it on its test fold with `predict_proba`,
+        the call every later reader of the fold models (export, evaluate) makes."""
         out = []
         for k, (data, model, state) in enumerate(
             zip(self.folds, self.models, self.states, strict=True)
         ):
             self._restore_best(k)
-            proba = np.asarray(model.predict_on_batch(data.x_test))
+            proba = predict_proba(model, data.x_test)
             y_pred = np.argmax(proba, axis=1)
             metrics = fold_metrics(data.y_test, y_pred)
             metrics.update(
@@ -434,7 +517,7 @@ class LockstepCV:
                 test_ids=list(data.test_ids),
                 y_true=data.y_test.tolist(),
                 y_pred=y_pred.tolist(),
-                probabilities=np.round(proba.astype(np.float64), 6).tolist(),
+                probabilities=np.round(proba, 6).tolist(),
                 best_epoch=state.best_epoch,
                 epochs_trained=len(state.history),
                 stopped_early=state.stopped,
@@ -449,17 +532,21 @@ class LockstepCV:
     # -- persistence of the lockstep state (resume) --
 
     def save(self, directory: Path, extra: Mapping[str, Any] | None = None) -> None:
-        """Fold models with optimizer state, best weights and early-stopping state."""
+        """Each fold's weights, Adam moments and best weights, and the early-stopping state."""
         directory.mkdir(parents=True, exist_ok=True)
         for k, model in enumerate(self.models):
-            model.save(directory / f"fold-{k}.keras")
+            arrays = {f"w{i}": w for i, w in enumerate(model.get_weights())}
+            for i, (m, v) in enumerate(self._moments[k]):
+                arrays[f"m{i}"], arrays[f"v{i}"] = m.numpy(), v.numpy()
+            np.savez(directory / f"fold-{k}.npz", **arrays)
             if self.best_weights[k] is not None:
-                arrays = {f"w{i}": w for i, w in enumerate(self.best_weights[k])}
-                np.savez(directory / f"fold-{k}-best.npz", **arrays)
+                best = {f"w{i}": w for i, w in enumerate(self.best_weights[k])}
+                np.savez(directory / f"fold-{k}-best.npz", **best)
         state = {
             "epoch": self.epoch,
             "params": self.params,
             "seed": self.seed,
+            "adam_steps": self._adam_steps.numpy().tolist(),
             "folds": [asdict(s) for s in self.states],
             "epochs": self.records,
             **(extra or {}),
@@ -478,13 +565,18 @@ class LockstepCV:
             raise ValueError(
                 f"checkpoint {directory} has {len(state['folds'])} folds, not {len(self.folds)}"
             )
-        for k in range(len(self.folds)):
-            self.models[k] = keras.models.load_model(directory / f"fold-{k}.keras")
+        for k, model in enumerate(self.models):
+            with np.load(directory / f"fold-{k}.npz") as arrays:
+                model.set_weights([arrays[f"w{i}"] for i in range(len(model.weights))])
+                for i, (m, v) in enumerate(self._moments[k]):
+                    m.assign(arrays[f"m{i}"])
+                    v.assign(arrays[f"v{i}"])
             best = directory / f"fold-{k}-best.npz"
             if best.exists():
                 with np.load(best) as arrays:
                     self.best_weights[k] = [arrays[f"w{i}"] for i in range(len(arrays.files))]
             self.states[k] = FoldState(**state["folds"][k])
+        self._adam_steps.assign(np.asarray(state["adam_steps"], dtype=np.float32))
         self.epoch = int(state["epoch"])
         self.records = list(state["epochs"])
 

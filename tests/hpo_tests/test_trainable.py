@@ -155,7 +155,7 @@ def test_resume_continues_from_the_saved_epoch(fs, split, baseline, tmp_path):
     state = json.loads((tmp_path / "state" / "lockstep.json").read_text())
     assert state["epoch"] == 3 and len(state["epochs"]) == 3
     assert sorted(p.name for p in (tmp_path / "state").glob("fold-*")) == [
-        f"fold-{k}{suffix}" for k in range(2) for suffix in ("-best.npz", ".keras")
+        f"fold-{k}{suffix}" for k in range(2) for suffix in ("-best.npz", ".npz")
     ]
     seen: list[int] = []
     resumed = _cv(
