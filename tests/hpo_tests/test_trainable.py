@@ -233,6 +233,85 @@ def test_class_weights_balance_the_inner_training_labels():
     assert trainable.balanced_class_weights(np.array([1, 1, 2])) == pytest.approx({1: 0.75, 2: 1.5})
 
 
+# --- one graph for k folds: same maths as k Keras models, traced once ---------------------------
+
+
+def _uneven_folds(k: int = 5):
+    """k folds with different training sizes (one needs an extra, short batch) and class skew."""
+    rng = np.random.default_rng(7)
+    out = []
+    for n_train in (37, 29, 33, 31, 36)[:k]:
+        x = rng.normal(size=(n_train + 14, 5, 16)).astype(np.float32)
+        y = rng.integers(0, 3, n_train + 14)
+        y[:3] = (0, 1, 2)
+        out.append(
+            trainable.FoldData(
+                x[:n_train],
+                y[:n_train],
+                x[n_train : n_train + 6],
+                y[n_train : n_train + 6],
+                x[n_train + 6 :],
+                y[n_train + 6 :],
+                tuple(f"c{i}" for i in range(8)),
+            )
+        )
+    return out
+
+
+def test_one_batched_epoch_equals_keras_training_each_fold_alone():
+    """Per-fold Adam, class weights and padded last batches: one lockstep epoch of k folds gives
+    the weights and predictions that Keras' own ``train_on_batch`` gives each fold model alone,
+    from the same initial weights and batch order (dropout 0, so no random masks)."""
+    params = {
+        **TINY,
+        "lstm_dropout": 0.0,
+        "dense_dropout_1": 0.0,
+        "batch_size": 16,
+        "class_weight": True,
+    }
+    folds = _uneven_folds(3)
+    cv = LockstepCV(folds, params, max_epochs=1, patience=5, seed=3)
+    alone = [keras.models.clone_model(m) for m in cv.models]
+    for model, source in zip(alone, cv.models, strict=True):
+        model.set_weights(source.get_weights())
+        model.compile(
+            optimizer=keras.optimizers.Adam(params["learning_rate"]),
+            loss="sparse_categorical_crossentropy",
+        )
+    cv.step()
+    for k, (model, data) in enumerate(zip(alone, folds, strict=True)):
+        order = np.random.default_rng(trainable._seed(3, k, 0, 2**20)).permutation(
+            len(data.y_train)
+        )
+        weights = trainable.balanced_class_weights(data.y_train)
+        for start in range(0, len(order), 16):
+            rows = order[start : start + 16]
+            model.train_on_batch(data.x_train[rows], data.y_train[rows], class_weight=weights)
+        for ours, theirs in zip(cv.models[k].get_weights(), model.get_weights(), strict=True):
+            np.testing.assert_allclose(ours, theirs, atol=1e-5)
+        np.testing.assert_allclose(
+            trainable.predict_proba(cv.models[k], data.x_test),
+            np.asarray(model.predict(data.x_test, verbose=0)),
+            atol=1e-5,
+        )
+
+
+def test_a_trial_traces_each_graph_once_and_never_warns_of_retracing(caplog):
+    """Fixed shapes per trial: one trace of the training step per set of training folds, one of
+    the validation predict, none for scoring; TensorFlow's retracing warning never fires."""
+    folds = _uneven_folds()
+    with caplog.at_level("WARNING", logger="tensorflow"):
+        cv = LockstepCV(folds, {**TINY, "batch_size": 16}, max_epochs=6, patience=2, seed=3)
+        while not cv.done:
+            cv.step()
+        cv.finish()
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+    assert all(step.experimental_get_tracing_count() == 1 for step in cv._steps.values())
+    # All five folds, then only those whose training rows need a third batch (37, 33, 36).
+    assert {(0, 1, 2, 3, 4), (0, 2, 4)} <= set(cv._steps)
+    assert cv._predict_val.experimental_get_tracing_count() == 1
+
+
 # --- train_cv without a Ray cluster: the report adapter captured ------------------------------
 
 
