@@ -226,6 +226,8 @@ CONSTRAINTS: dict[str, list[_Constraint]] = {
     "resources.intra_op_threads": [_Interval(Integral, 1, None, "left"), _NONE],
     "training.validation_fraction": [_Interval(Real, 0, 1, "neither")],
     "training.seed": [_Interval(Integral, 0, None, "left")],
+    "training.deterministic": [_Options(("auto",)), _InstanceOf(bool, "true or false")],
+    "training.mixed_precision": [_InstanceOf(bool, "true or false")],
     "rescore.top_k": [_Interval(Integral, 0, None, "left")],
     "rescore.seeds": [_Interval(Integral, 2, None, "left")],
     "storage.storage_path": [_URI],
@@ -309,6 +311,9 @@ class ResourcesConfig:
 class TrainingConfig:
     validation_fraction: float = 0.2  # of each training fold, for early stopping
     seed: int = 0
+    # TensorFlow op determinism: "auto" is on without a GPU and off with one (docs/performance.md)
+    deterministic: str | bool = "auto"
+    mixed_precision: bool = False  # bfloat16 compute, float32 weights and softmax; for GPUs
 
 
 @dataclass(frozen=True)

@@ -141,7 +141,10 @@ def build_model(
             int(params[f"dense_units_{i}"]), activation="relu", name=f"dense_{i}"
         )(x)
         x = keras.layers.Dropout(float(params[f"dense_dropout_{i}"]), name=f"dropout_{i}")(x)
-    outputs = keras.layers.Dense(len(LABELS), activation="softmax", name="probabilities")(x)
+    # float32 softmax under a mixed-precision policy: bfloat16 probabilities lose the last digits.
+    outputs = keras.layers.Dense(
+        len(LABELS), activation="softmax", name="probabilities", dtype="float32"
+    )(x)
     model = keras.Model(inputs, outputs, name=f"cnn_{head}_head")
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=float(params["learning_rate"])),

@@ -14,6 +14,9 @@ take ``step`` too), or a single value (the dimension is fixed).
 default and the only choice unless overridden), ``gru``, or ``pooled`` (mean over frames,
 spatial only). Override it with one name or a list, e.g. ``head: [lstm, pooled]``.
 
+``recurrent_dropout`` is fixed at 0 unless a study overrides it: Keras runs an LSTM on the fast
+cuDNN kernel only with ``recurrent_dropout == 0`` (docs/performance.md has the trade-off).
+
 Two dimensions are the training recipe rather than the architecture, both off in the paper and
 fixed off by default: ``class_weight`` ("balanced" class weights in each training split) and
 ``standardize`` (per-dimension feature standardisation fitted to each training split, see
@@ -95,7 +98,8 @@ def _defaults() -> dict[str, BaseDistribution]:
         "head": CategoricalDistribution(("lstm",)),
         "lstm_units": CategoricalDistribution(UNITS),
         "lstm_dropout": FloatDistribution(0.0, 0.6),
-        "recurrent_dropout": FloatDistribution(0.0, 0.6),
+        # Fixed at 0: Keras runs an LSTM on the cuDNN kernel only then (docs/performance.md).
+        "recurrent_dropout": CategoricalDistribution((0.0,)),
         "dense_layers": IntDistribution(1, 3),
     }
     for i in (1, 2, 3):

@@ -473,6 +473,8 @@ def trial_settings(
         seed=cfg.training.seed,
         gpu_memory_limit_mb=cfg.resources.gpu_memory_limit_mb,
         intra_op_threads=cfg.resources.intra_op_threads,
+        deterministic=None if cfg.training.deterministic == "auto" else cfg.training.deterministic,
+        mixed_precision=cfg.training.mixed_precision,
         checkpoint_every=cfg.budget.checkpoint_every,
         checkpoint_interval_s=cfg.budget.checkpoint_interval_s,
     )

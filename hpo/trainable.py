@@ -87,6 +87,8 @@ class TrialSettings:
     inter_op_threads: int | None = None
     checkpoint_every: int = 5  # epochs between lockstep checkpoints; 0 = final checkpoint only
     checkpoint_interval_s: float = 60.0  # and at least this long after the trial's previous one
+    deterministic: bool | None = None  # TensorFlow op determinism; None: on only without a GPU
+    mixed_precision: bool = False  # Keras "mixed_bfloat16" (the softmax stays float32)
 
     def __post_init__(self) -> None:
         checks = {
@@ -134,7 +136,13 @@ class TrialSettings:
 
 
 def configure_tensorflow(settings: TrialSettings) -> None:
-    """Threads, GPU memory and op determinism; call before any TensorFlow op in the process.
+    """Threads, GPU memory, op determinism and precision; call before any TensorFlow op in the
+    process.
+
+    Op determinism makes a trial's numbers repeat exactly; it costs nothing measurable on CPU,
+    and on a GPU it rules out the fastest non-deterministic kernels, so ``deterministic=None``
+    turns it on only when the process sees no GPU (docs/performance.md). Mixed precision
+    computes in bfloat16, which needs no loss scaling (unlike float16), keeping float32 weights.
 
     Without ``gpu_memory_limit_mb`` each GPU grows its memory on demand; with it, the first GPU
     becomes one logical device capped at that many MiB, so trials sharing a GPU (fractional
@@ -159,7 +167,14 @@ def configure_tensorflow(settings: TrialSettings) -> None:
                 tf.config.experimental.set_memory_growth(gpu, True)
         except (RuntimeError, ValueError) as exc:
             log.warning("GPU %s already initialised; memory settings unchanged: %s", gpu, exc)
-    tf.config.experimental.enable_op_determinism()
+    deterministic = settings.deterministic
+    if deterministic is None:
+        deterministic = not tf.config.list_physical_devices("GPU")
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy(
+        "mixed_bfloat16" if settings.mixed_precision else "float32"
+    )
 
 
 # --- pure cross-validation ---------------------------------------------------------------------
@@ -731,6 +746,8 @@ def training_record(settings: TrialSettings) -> dict[str, Any]:
         "patience": settings.patience,
         "validation_fraction": settings.validation_fraction,
         "store_uri": settings.store_uri,
+        "deterministic": settings.deterministic,
+        "mixed_precision": settings.mixed_precision,
     }
 
 

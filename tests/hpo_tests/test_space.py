@@ -35,8 +35,12 @@ def test_default_space_is_the_issue_superset():
     assert space["lstm_units"] == CategoricalDistribution(units)
     assert all(space[f"dense_units_{i}"] == CategoricalDistribution(units) for i in (1, 2, 3))
     assert space["dense_layers"] == IntDistribution(1, 3)
-    for key in ("lstm_dropout", "recurrent_dropout", "dense_dropout_1", "dense_dropout_3"):
+    for key in ("lstm_dropout", "dense_dropout_1", "dense_dropout_3"):
         assert space[key] == FloatDistribution(0.0, 0.6)
+    # cuDNN's LSTM kernel needs recurrent_dropout 0; a study may still search it.
+    assert space["recurrent_dropout"] == CategoricalDistribution((0.0,))
+    searched = search_space({"recurrent_dropout": {"low": 0.0, "high": 0.6}})
+    assert searched["recurrent_dropout"] == FloatDistribution(0.0, 0.6)
     assert space["learning_rate"] == FloatDistribution(1e-5, 1e-2, log=True)
     assert space["batch_size"] == CategoricalDistribution((8, 16, 32))
     # The paper's recipe (raw features, no class weights) unless a study searches them.
