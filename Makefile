@@ -6,18 +6,15 @@ BIN := $(VENV)/bin
 LOCK := requirements.lock
 STAMP := $(VENV)/.installed
 
-# The main job's embedded defaults: data fetched into .lushpo/data unless LUSHPO_DATA_DIR points at
-# a copy, features in a local store, Keras' own Xception ImageNet weights unless LUSHPO_WEIGHTS is set.
+# The main job's embedded defaults: everything in the project folder .lushpo (hpo/project.py): data
+# fetched into .lushpo/data unless LUSHPO_DATA_DIR points at a copy, features in .lushpo/store, the
+# study in .lushpo/runs/<name>, the export in .lushpo/out/<name>; Keras' own Xception ImageNet
+# weights unless LUSHPO_WEIGHTS is set. The bare `lushpo` verbs use the same folders.
 LUSHPO_DATA_DIR ?= $(abspath .lushpo/data)
-LUSHPO_STORE ?= file://$(abspath .lushpo/store)
 LUSHPO_WEIGHTS ?= imagenet
 RUN_CONFIG ?= configs/quick.yaml
-RUN_NAME ?= quick
-RUNS_DIR ?= $(abspath .lushpo/runs)
-RUN_OUT ?= $(abspath .lushpo/out/$(RUN_NAME))
 RUN_FLAGS ?=
-LUSHPO := env LUSHPO_DATA_DIR=$(LUSHPO_DATA_DIR) LUSHPO_STORE=$(LUSHPO_STORE) \
-	LUSHPO_WEIGHTS=$(LUSHPO_WEIGHTS) $(BIN)/lushpo
+LUSHPO := env LUSHPO_DATA_DIR=$(LUSHPO_DATA_DIR) LUSHPO_WEIGHTS=$(LUSHPO_WEIGHTS) $(BIN)/lushpo
 
 .PHONY: setup lock run test test-fast lint bench k8s-render k8s-validate clean
 
@@ -38,8 +35,7 @@ lock:
 # data → features (once; a second run finds them in the store) → study (resumed; RUN_FLAGS=--overwrite
 # starts it anew) → export (replaced) → evaluate: `lushpo run`, the verb the RayJob and compose call.
 run: setup
-	$(LUSHPO) run --config $(RUN_CONFIG) --name $(RUN_NAME) --storage-path $(RUNS_DIR) \
-		--out $(RUN_OUT) $(RUN_FLAGS)
+	$(LUSHPO) run --config $(RUN_CONFIG) $(RUN_FLAGS)
 
 test: setup tools
 	$(BIN)/python -m pytest

@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from hpo import project
+
 __all__ = [
     "CONSTRAINTS",
     "SAMPLERS",
@@ -326,7 +328,8 @@ class RescoreConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    storage_path: str = "runs"  # Ray Tune results: local path or s3://bucket/prefix
+    # Ray Tune results: local path or s3://bucket/prefix; default <project folder>/runs
+    storage_path: str = field(default_factory=lambda: str(project.runs_dir()))
     optuna_storage: str | None = None  # default sqlite:///<storage_path>/<name>/optuna.db (local)
     endpoint_url: str | None = None  # for s3:// storage; the CLI passes AWS_ENDPOINT_URL
 

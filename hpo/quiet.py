@@ -17,7 +17,9 @@ import os
 import warnings
 from collections.abc import Iterator
 
-__all__ = ["quiet"]
+__all__ = ["quiet", "quieted"]
+
+_quieted = False
 
 _ENV = {
     "TF_CPP_MIN_LOG_LEVEL": "3",  # TensorFlow C++ INFO/WARNING/ERROR after start-up
@@ -25,6 +27,12 @@ _ENV = {
     "RAY_DEDUP_LOGS": "1",
     "OPENCV_FFMPEG_LOGLEVEL": "-8",  # FFmpeg's own lines about a broken clip (BadClipError says it)
     "OPENCV_LOG_LEVEL": "ERROR",
+    # Read by `import ray` (ray.init's default logging_level): the token-auth notice and "Started a
+    # local Ray instance". Ray's own later errors are still shown.
+    "RAY_LOGGER_LEVEL": "error",
+    # Ray Tune's console output engine prints a configuration box and a TensorBoard hint even at
+    # verbose=0; the legacy one prints nothing at verbose=0. lushpo shows its own progress view.
+    "RAY_AIR_NEW_OUTPUT": "0",
 }
 
 
@@ -44,6 +52,8 @@ def _stderr_to_devnull() -> Iterator[None]:
 def quiet(*, tensorflow: bool) -> None:
     """Silence library noise for this process and the processes it starts; with `tensorflow`,
     also import it now so its native start-up lines go nowhere."""
+    global _quieted
+    _quieted = True
     for key, value in _ENV.items():
         os.environ.setdefault(key, value)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -68,3 +78,9 @@ def quiet(*, tensorflow: bool) -> None:
         import absl.logging
 
         absl.logging.set_verbosity(absl.logging.ERROR)
+
+
+def quieted() -> bool:
+    """Whether `quiet` ran in this process: libraries configured later (Optuna sets its own
+    logger to INFO when imported) ask before they speak."""
+    return _quieted

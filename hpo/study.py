@@ -34,6 +34,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from hpo import space as hspace
 from hpo.config import StudyConfig
+from hpo.quiet import quieted
 from hpo.run_files import read_run_file, write_run_file
 from hpo.trainable import STATE_FILE, TRIAL_FILE, TrialSettings, train_cv
 from pipeline.cluster import connect
@@ -422,6 +423,8 @@ class StudyLimiter(ConcurrencyLimiter):
 
 
 def _searcher(cfg: StudyConfig) -> ConcurrencyLimiter:
+    if quieted():  # Optuna's "A new study created in RDB …" and the like
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = _search_space(cfg)
     points = [hspace.paper_best(space)] if cfg.searcher.start_from_paper_best else None
     search = StudySearch(

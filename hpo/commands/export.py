@@ -1,7 +1,8 @@
 """`lushpo export RUN --out DIR`: the best trial of a Ray Tune run → .h5 models + model card.
 
 Reads `LUSHPO_STORE` and `LUSHPO_CACHE_DIR` (the store holds the trial's feature set, copied
-next to the models in the paper's layout) and `AWS_ENDPOINT_URL` (the S3 endpoint of s3:// runs)."""
+next to the models in the paper's layout) and `AWS_ENDPOINT_URL` (the S3 endpoint of s3:// runs);
+without --store or --out, the project folder's (`hpo.project`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import argparse
 import os
 import sys
 
+from hpo import project
 from hpo.export import ExportError, _run_filesystem, export_best
 from hpo.grid import export_grid, read_grid
 from hpo.selection import SELECTED_ON, TIE_BREAK
@@ -27,8 +29,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("run", metavar="RUN", help="Ray Tune run directory (path or s3:// URI)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="folder to write")
-    parser.add_argument("--store", metavar="URI", help="feature store (default: $LUSHPO_STORE)")
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="folder to write (default: $LUSHPO_RESULTS_DIR/<run>, else .lushpo/out/<run>)",
+    )
+    parser.add_argument(
+        "--store", metavar="URI", help="feature store (default: $LUSHPO_STORE, else .lushpo/store)"
+    )
     parser.add_argument(
         "--cache-dir", metavar="DIR", help="node cache (default: $LUSHPO_CACHE_DIR)"
     )
@@ -50,20 +58,15 @@ def _study(args: argparse.Namespace) -> dict | None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    store = args.store or os.environ.get("LUSHPO_STORE")
-    if not store:
-        print(
-            "lushpo export: error: no feature store: pass --store or set LUSHPO_STORE",
-            file=sys.stderr,
-        )
-        return 2
+    store = args.store or project.store_uri()
+    out = args.out or str(project.results_dir() / args.run.rstrip("/").rsplit("/", 1)[-1])
     cache_dir = args.cache_dir or os.environ.get("LUSHPO_CACHE_DIR")
     endpoint_url = os.environ.get("AWS_ENDPOINT_URL")
     grid = read_grid(*_run_filesystem(args.run, endpoint_url))
     if grid is not None:
         results = export_grid(
             args.run,
-            args.out,
+            out,
             grid,
             export=export_best,
             log=lambda msg: print(msg, file=sys.stderr),
@@ -73,12 +76,12 @@ def _run(args: argparse.Namespace) -> int:
             endpoint_url=endpoint_url,
         )
         done = sum(not isinstance(r, str) for r in results.values())
-        print(f"exported {done} of {len(results)} grid cells to {args.out}")
+        print(f"exported {done} of {len(results)} grid cells to {out}")
         return 0 if done else 1
     try:
         result = export_best(
             args.run,
-            args.out,
+            out,
             store=store,
             cache_dir=cache_dir,
             overwrite=args.overwrite,

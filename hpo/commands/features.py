@@ -16,14 +16,14 @@ import os
 import sys
 from pathlib import Path
 
+from hpo import project
 from pipeline.backbones import BACKBONES
 from pipeline.files import atomic_write_text
 from pipeline.frames import SAMPLINGS, VIDEO_SUFFIXES
 
-__all__ = ["add_parser", "default_store_uri"]
+__all__ = ["add_parser"]
 
 DATA_DIR_ENV = "LUSHPO_DATA_DIR"
-STORE_ENV = "LUSHPO_STORE"
 WEIGHTS_ENV = "LUSHPO_WEIGHTS"
 CACHE_ENV = "LUSHPO_CACHE_DIR"
 ADDRESS_ENV = "RAY_ADDRESS"
@@ -114,26 +114,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     export.set_defaults(handler=_export_paper)
 
 
-def default_store_uri(data_dir: Path | None, cache_dir: Path) -> tuple[str, str | None]:
-    """``file://<data-dir>/lushpo-store`` when the data dir is writable, else the user cache.
-
-    Returns the URI and a note to print when the fallback was taken.
-    """
-    if data_dir is not None and os.access(data_dir, os.W_OK):
-        return (data_dir.resolve() / "lushpo-store").as_uri(), None
-    fallback = (cache_dir / "store").resolve()
-    why = f"data dir {data_dir} is not writable" if data_dir is not None else "no data dir"
-    note = f"note: {why}; using feature store {fallback.as_uri()} (set --store or ${STORE_ENV})"
-    return fallback.as_uri(), note
-
-
 def _add_store(parser: argparse.ArgumentParser, default: object = None) -> None:
     parser.add_argument(
         "--store",
         metavar="URI",
         default=default,
-        help=f"feature store, file:///path or s3://bucket/prefix (default: ${STORE_ENV}, "
-        "else file://<data-dir>/lushpo-store)",
+        help="feature store, file:///path or s3://bucket/prefix (default: $LUSHPO_STORE, "
+        "else .lushpo/store)",
     )
 
 
@@ -182,15 +169,10 @@ def _data_dir(args: argparse.Namespace, required: bool) -> Path | None:
     return None
 
 
-def _open_store(args: argparse.Namespace, data_dir: Path | None):
+def _open_store(args: argparse.Namespace):
     from pipeline.store import open_store
 
-    uri = getattr(args, "store", None) or os.environ.get(STORE_ENV)
-    if not uri:
-        uri, note = default_store_uri(data_dir, _cache_dir())
-        if note:
-            print(note, file=sys.stderr)
-    return open_store(uri, cache_dir=_cache_dir())
+    return open_store(getattr(args, "store", None) or project.store_uri(), cache_dir=_cache_dir())
 
 
 def _extract(args: argparse.Namespace) -> int:
@@ -205,7 +187,7 @@ def _extract(args: argparse.Namespace) -> int:
     weights_text = args.weights or os.environ.get(WEIGHTS_ENV) or "imagenet"
     address = args.address or os.environ.get(ADDRESS_ENV) or None
     try:
-        store = _open_store(args, data_dir)
+        store = _open_store(args)
         weights = {
             backbone: resolve_weights(backbone, source, cache_dir=_cache_dir())
             for backbone, source in parse_weights(weights_text, args.backbone).items()
@@ -297,7 +279,7 @@ def _ls(args: argparse.Namespace) -> int:
     from pipeline.store import StoreError
 
     try:
-        store = _open_store(args, _data_dir(args, required=False))
+        store = _open_store(args)
         manifests = store.list()
     except (StoreError, ValueError) as error:
         return _fail(error)
@@ -334,7 +316,7 @@ def _export_paper(args: argparse.Namespace) -> int:
     from pipeline.store import StoreError
 
     try:
-        store = _open_store(args, _data_dir(args, required=False))
+        store = _open_store(args)
         fs = store.get(args.key)
         directory = write_paper_layout(fs, args.out)
     except (StoreError, KeyError, ValueError, OSError) as error:

@@ -9,7 +9,7 @@ rerun by hand. A run interrupted at any step finishes when started again: extrac
 manifest last, the study resumes from its run storage, and the export is replaced.
 
 `make run`, the RayJob entrypoint and deploy/compose.yaml all call this verb. Reads the same
-environment as the verbs it calls, and `LUSHPO_RESULTS_DIR` (default .lushpo/out) for --out.
+environment as the verbs it calls; what no flag places goes to the project folder (`hpo.project`).
 """
 
 from __future__ import annotations
@@ -22,12 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
+from hpo import project
 from hpo.commands import data, evaluate, export, features, tune
 
 __all__ = ["add_parser", "pipeline_steps"]
-
-RESULTS_ENV = "LUSHPO_RESULTS_DIR"
-DEFAULT_RESULTS_DIR = Path(".lushpo/out")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -50,7 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out",
         metavar="DIR",
-        help=f"export folder (default: ${RESULTS_ENV}/<name>, else {DEFAULT_RESULTS_DIR}/<name>)",
+        help="export folder (default: $LUSHPO_RESULTS_DIR/<name>, else .lushpo/out/<name>)",
     )
     parser.add_argument(
         "--fetch",
@@ -79,8 +77,7 @@ def pipeline_steps(
     cfg = tune.config_from_args(args, environ)
     data_dir = _absolute(cfg.split.data_dir) if cfg.split.data_dir else None
     run_path = _absolute(cfg.run_path)
-    results = environ.get(RESULTS_ENV) or DEFAULT_RESULTS_DIR
-    out = _absolute(args.out or str(Path(results) / cfg.name))
+    out = _absolute(args.out or str(project.results_dir(environ) / cfg.name))
     shared = {"--store": cfg.store, "--data-dir": data_dir}
 
     steps: list[tuple[ModuleType, list[str]]] = []

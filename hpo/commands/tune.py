@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from hpo import project
+
 __all__ = [
     "INTERRUPTED",
     "add_parser",
@@ -81,6 +83,9 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         "split.data_dir": args.data_dir,
     }
     defaults = {key: environ.get(env) or None for key, env in _ENV_DEFAULTS.items()}
+    # What neither YAML nor environment places goes to the project folder (hpo.project).
+    defaults["store"] = defaults["store"] or project.store_uri(environ)
+    defaults["storage.storage_path"] = str(project.runs_dir(environ))
     return load_config(args.config, overrides, defaults)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -126,6 +127,13 @@ def test_run_killed_mid_study_then_rerun_twice(env, tmp_path, ray_tmp):
     assert "lushpo run [1/4] features" in second.stderr, "a data step ran without paper files"
     assert "lushpo run [4/4] evaluate" in second.stderr
     assert complete_trials(optuna_db) == TRIALS, "the rerun did not finish the budget exactly"
+    # Quiet by default: Ray's and Optuna's banners stay off the console (the progress view and
+    # lushpo's own lines remain).
+    banners = re.compile(
+        r"Started a local Ray instance|Token authentication|Configuration for experiment|"
+        r"tensorboard|Tuner.restore|A new study created|View detailed results"
+    )
+    assert not banners.findall(second.stdout + second.stderr), second.stderr[-3000:]
     card = json.loads((out / "model_card.json").read_text())
     assert (card["backbone"], card["frames"]) == ("mobilenetv2", 5)
     assert (out / "report.md").is_file()

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import pipeline.extract
+from hpo import project
 from hpo.cli import main
-from hpo.commands.features import default_store_uri
 from pipeline.manifest import build_manifest
 from pipeline.store import open_store
 
@@ -44,13 +44,16 @@ def test_extracts_once_then_finds_it_in_the_store(env, tmp_path, capsys, monkeyp
     assert f"found in store: {key}" in capsys.readouterr().out and calls == []
 
 
-def test_environment_supplies_the_defaults_and_the_store_defaults_to_the_data_dir(
-    env, capsys, monkeypatch
+def test_environment_supplies_the_defaults_and_the_store_defaults_to_the_project_folder(
+    env, tmp_path, capsys, monkeypatch
 ):
     monkeypatch.setenv("LUSHPO_DATA_DIR", str(env))
     monkeypatch.setenv("LUSHPO_WEIGHTS", "none")
+    monkeypatch.delenv("LUSHPO_STORE", raising=False)
+    monkeypatch.delenv("LUSHPO_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
     assert main([*ARGS, "--sampling", "first"]) == 0
-    store = open_store((env / "lushpo-store").as_uri())
+    store = open_store((tmp_path / ".lushpo" / "store").as_uri())
     (key,) = store.find("mobilenetv2", 2, "first")
     assert store.get(key).spec.weights_sha256 == "none"
 
@@ -85,9 +88,16 @@ def test_unknown_backbone_lists_the_valid_names(capsys):
     assert "xception" in capsys.readouterr().err
 
 
-def test_default_store_falls_back_to_the_cache_when_the_data_dir_is_not_writable(tmp_path):
-    uri, note = default_store_uri(tmp_path, tmp_path / "cache")
-    assert uri == (tmp_path / "lushpo-store").as_uri() and note is None
-    uri, note = default_store_uri(tmp_path / "no-such-dir", tmp_path / "cache")
-    assert uri == (tmp_path / "cache" / "store").as_uri()
-    assert "not writable" in note and "--store" in note
+def test_the_project_folder_holds_every_default_and_moves_as_a_whole(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bare: dict[str, str] = {}
+    assert project.home(bare) == tmp_path / ".lushpo"
+    assert project.store_uri(bare) == (tmp_path / ".lushpo" / "store").as_uri()
+    assert project.runs_dir(bare) == tmp_path / ".lushpo" / "runs"
+    assert project.results_dir(bare) == tmp_path / ".lushpo" / "out"
+    moved = {"LUSHPO_HOME": "elsewhere"}  # relative: made absolute against the working dir
+    assert project.store_uri(moved) == (tmp_path / "elsewhere" / "store").as_uri()
+    assert project.runs_dir(moved) == tmp_path / "elsewhere" / "runs"
+    named = {**moved, "LUSHPO_STORE": "s3://bucket/store", "LUSHPO_RESULTS_DIR": "results"}
+    assert project.store_uri(named) == "s3://bucket/store"
+    assert project.results_dir(named) == tmp_path / "results"
