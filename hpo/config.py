@@ -530,7 +530,7 @@ def from_dict(
             flat["scheduler.grace_period"],
             source,
         )
-    storage_path = flat.get("storage.storage_path", StorageConfig.storage_path)
+    storage_path = flat.get("storage.storage_path") or str(project.runs_dir())
     if storage_path.startswith("s3://"):
         if not flat.get("storage.optuna_storage"):
             raise InvalidConfigError(
