@@ -275,6 +275,10 @@ def _search_space(cfg: StudyConfig) -> dict[str, optuna.distributions.BaseDistri
 
 PRUNED_ATTR = "lushpo_pruned"  # user attr of a PRUNED Optuna trial: why it has no test result
 RETRY_ATTR = "lushpo_retry_of"  # user attr: number of the failed Optuna trial this one retries
+# user attr of a trial Tune stopped before its final result had been processed: why. The study's
+# end settles it (`_settle_optuna_trials`): COMPLETE if the final result arrived after all, else
+# PRUNED with this reason.
+STOP_ATTR = "lushpo_stop_requested"
 TUNE_ID_ATTR = "tune_trial_id"  # user attr: the Ray Tune trial id (run dir, progress, export)
 
 # Why a trial ended without its final test result (the value of PRUNED_ATTR).
@@ -305,6 +309,10 @@ class StudySearch(OptunaSearch):
     - Only a trial's final result, with its test accuracy, makes it COMPLETE. A trial that ends
       without one (time budget, ASHA, an error, a driver that died) is PRUNED, and the
       `lushpo_pruned` user attr says why. Intermediate values are the validation curve only.
+    - A stop (time budget, ASHA) is not told to Optuna at once: Tune can still process results
+      the trial had already sent — its final one among them — after telling the searcher it
+      stopped. The trial stays RUNNING with the stop's reason (`lushpo_stop_requested`) until
+      the study ends and `_settle_optuna_trials` reads Tune's own record of it.
     - Every Optuna trial carries its Ray Tune trial id (`tune_trial_id`).
     - Tune pickles the searcher with its experiment state, but the storage is written as trials
       are asked and told, so after a SIGKILL the two disagree. `restore` prunes Optuna trials
@@ -376,12 +384,15 @@ class StudySearch(OptunaSearch):
             self._completed_trials.add(trial_id)  # told before the driver died
             return
         final = bool(result) and result.get("final") is True and result.get(OBJECTIVE) is not None
-        if error or not final:
-            stored = self._stored(trial_id)
+        stored = self._stored(trial_id)
+        if not error and not final and stored is not None:
+            storage = self._ot_study._storage
+            storage.set_trial_user_attr(stored._trial_id, STOP_ATTR, self._why_stopped())
+            self._completed_trials.add(trial_id)  # settled at the study's end
+            return
+        if error:
             if stored is not None:
-                self._ot_study._storage.set_trial_user_attr(
-                    stored._trial_id, PRUNED_ATTR, FAILURE if error else self._why_stopped()
-                )
+                self._ot_study._storage.set_trial_user_attr(stored._trial_id, PRUNED_ATTR, FAILURE)
             result, error = None, False  # no value, not an error: OptunaSearch tells PRUNED
         super().on_trial_complete(trial_id, result, error)
 
@@ -748,21 +759,35 @@ def run_study(
             ray.shutdown()
     if interrupted():
         raise StudyInterruptedError(cfg.name, cfg.run_path)
-    _prune_unfinished_optuna_trials(cfg, elapsed, log)
     records = _records(grid)
+    _settle_optuna_trials(cfg, elapsed, records, log)
     _check_not_all_failed(cfg, records)
     return StudyResult(cfg.name, cfg.run_path, cfg.storage.optuna_storage, records)
 
 
-def _prune_unfinished_optuna_trials(
-    cfg: StudyConfig, elapsed_s: float, log: Callable[[str], None]
+def _settle_optuna_trials(
+    cfg: StudyConfig,
+    elapsed_s: float,
+    records: Sequence[TrialRecord],
+    log: Callable[[str], None],
 ) -> None:
-    """Once every Tune trial has ended, no Optuna trial may stay RUNNING. Those left were
+    """Once every Tune trial has ended, no Optuna trial may stay RUNNING, and each agrees with
+    Tune's record. A trial whose stop was requested (`STOP_ATTR`) is COMPLETE with its test score
+    when its final result reached Tune after all, else PRUNED for that reason. Those left were
     running when the time budget ended the study (Tune stops them without telling the searcher),
     or, without a budget, stopped with the study."""
+    study = optuna.load_study(study_name=cfg.name, storage=cfg.storage.optuna_storage)
+    by_tune_id = {r.trial_id: r for r in records}
+    storage = study._storage
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        record = by_tune_id.get(trial.user_attrs.get(TUNE_ID_ATTR))
+        if record is not None and record.value is not None:
+            study.tell(trial.number, record.value)
+        elif STOP_ATTR in trial.user_attrs:
+            storage.set_trial_user_attr(trial._trial_id, PRUNED_ATTR, trial.user_attrs[STOP_ATTR])
+            storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.PRUNED)
     budget = cfg.budget.time_budget_s
     reason = TIME_BUDGET if budget is not None and elapsed_s >= 0.95 * budget else STOPPED
-    study = optuna.load_study(study_name=cfg.name, storage=cfg.storage.optuna_storage)
     pruned = prune_running_trials(study, set(), reason)
     if pruned:
         log(f"Optuna trials {pruned} of study {cfg.name!r}: PRUNED ({reason})")

@@ -176,6 +176,52 @@ def test_a_trial_stopped_before_its_test_scores_is_never_the_best():
     assert "stopped at epoch 7" in table and "stopped before its first epoch" in table
 
 
+def test_a_stop_that_loses_the_race_with_the_final_result_is_settled_from_tunes_record(tmp_path):
+    """Tune can process a trial's already-sent final result after telling the searcher that the
+    trial stopped (seen with a time budget and fast trials). The searcher leaves such a trial
+    RUNNING with the stop's reason; the study's end makes it COMPLETE with Tune's test score
+    when the final result arrived, else PRUNED for that reason — never PRUNED beside a score."""
+    from hpo import study as hstudy
+
+    cfg = _cfg(tmp_path, "file:///unused", name="race", budget={"time_budget_s": 60})
+    (tmp_path / "runs" / "race").mkdir(parents=True)
+    optuna_study = optuna.create_study(
+        study_name="race", storage=cfg.storage.optuna_storage, direction="maximize"
+    )
+    search = hstudy.StudySearch(
+        space={"x": optuna.distributions.FloatDistribution(0, 1)},
+        metric=hstudy.OBJECTIVE, mode="max", study_name="race",
+        storage=optuna.storages.RDBStorage(cfg.storage.optuna_storage),
+        time_budget_s=60, scheduler=True,
+    )  # fmt: skip
+    search.set_search_properties(hstudy.OBJECTIVE, "max", {})
+    for tune_id in ("late", "cut", "done"):
+        search.suggest(tune_id)
+    epoch = {hstudy.VALIDATION: 0.5, "training_iteration": 1, "final": False}
+    search.on_trial_complete("late", result={**epoch, hstudy.OBJECTIVE: None})
+    search.on_trial_complete("cut", result={**epoch, hstudy.OBJECTIVE: None})
+    search.on_trial_complete("done", result={hstudy.OBJECTIVE: 0.7, "final": True})
+    by_attr = {t.user_attrs[hstudy.TUNE_ID_ATTR]: t for t in optuna_study.get_trials()}
+    assert by_attr["late"].state == by_attr["cut"].state == optuna.trial.TrialState.RUNNING
+    assert by_attr["late"].user_attrs[hstudy.STOP_ATTR] == hstudy.SCHEDULER
+
+    def record(tune_id: str, metrics: dict) -> hstudy.TrialRecord:
+        return hstudy.TrialRecord(tune_id, "TERMINATED", {}, metrics, [], None, str(tmp_path))
+
+    records = [
+        record("late", {hstudy.OBJECTIVE: 0.9, "final": True}),  # its final result came after
+        record("cut", {hstudy.VALIDATION: 0.5, "final": False}),
+        record("done", {hstudy.OBJECTIVE: 0.7, "final": True}),
+    ]
+    hstudy._settle_optuna_trials(cfg, 10.0, records, log=lambda _line: None)
+    by_attr = {t.user_attrs[hstudy.TUNE_ID_ATTR]: t for t in optuna_study.get_trials()}
+    assert by_attr["late"].state == optuna.trial.TrialState.COMPLETE
+    assert by_attr["late"].value == 0.9 and hstudy.PRUNED_ATTR not in by_attr["late"].user_attrs
+    assert by_attr["cut"].state == optuna.trial.TrialState.PRUNED
+    assert by_attr["cut"].user_attrs[hstudy.PRUNED_ATTR] == hstudy.SCHEDULER
+    assert by_attr["done"].value == 0.7
+
+
 def test_optuna_record_through_optuna_dashboard(tmp_path, store, local_ray):
     """A study cut short by ASHA and its time budget, read back through optuna-dashboard's HTTP
     API: only COMPLETE trials with their final test score, PRUNED trials with a reason, each
