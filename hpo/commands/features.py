@@ -1,8 +1,9 @@
 """`lushpo features [ls | export-paper KEY]`: extract backbone features into the feature store
 once, list what the store holds, and write a set in the paper's own npy layout.
 
-The only place this verb reads the environment: `LUSHPO_DATA_DIR`, `LUSHPO_STORE`,
-`LUSHPO_WEIGHTS`, `LUSHPO_CACHE_DIR`. Extraction first computes the feature set's key from the
+The only place this verb reads the environment: `LUSHPO_DATA_DIR`, `LUSHPO_WEIGHTS`,
+`LUSHPO_CACHE_DIR`; the default store is the project folder's (`hpo.project`: `LUSHPO_STORE`, else
+`.lushpo/store`). Extraction first computes the feature set's key from the
 weights' sha256 and the dataset digest (no TensorFlow, no inference) and stops there when the store
 already holds it, so re-running a pipeline step costs seconds.
 """
@@ -156,17 +157,15 @@ def _cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser()
 
 
-def _data_dir(args: argparse.Namespace, required: bool) -> Path | None:
+def _data_dir(args: argparse.Namespace) -> Path:
     if getattr(args, "data_dir", None) is not None:
         return args.data_dir
     env = os.environ.get(DATA_DIR_ENV)
     if env:
         return Path(env)
-    if required:
-        raise SystemExit(
-            f"lushpo features: error: no data directory; pass --data-dir or set ${DATA_DIR_ENV}"
-        )
-    return None
+    raise SystemExit(
+        f"lushpo features: error: no data directory; pass --data-dir or set ${DATA_DIR_ENV}"
+    )
 
 
 def _open_store(args: argparse.Namespace):
@@ -183,7 +182,7 @@ def _extract(args: argparse.Namespace) -> int:
     from pipeline.frames import BadClipError
     from pipeline.store import StoreError
 
-    data_dir = _data_dir(args, required=True)
+    data_dir = _data_dir(args)
     weights_text = args.weights or os.environ.get(WEIGHTS_ENV) or "imagenet"
     address = args.address or os.environ.get(ADDRESS_ENV) or None
     try:
