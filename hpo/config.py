@@ -530,7 +530,7 @@ def from_dict(
             flat["scheduler.grace_period"],
             source,
         )
-    storage_path = flat.get("storage.storage_path") or str(project.runs_dir())
+    storage_path = flat.get("storage.storage_path") or StorageConfig().storage_path
     if storage_path.startswith("s3://"):
         if not flat.get("storage.optuna_storage"):
             raise InvalidConfigError(

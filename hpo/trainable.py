@@ -391,11 +391,11 @@ class LockstepCV:
         self._predict_val = tf.function(self._predict_all)
 
     def _class_weights(self, y: np.ndarray) -> np.ndarray:
-        """Each training clip's weight: "balanced" class weight, or 1."""
-        if not self.params.get("class_weight"):
-            return np.ones(len(y), dtype=np.float32)
-        weights = balanced_class_weights(y)
-        return np.asarray([weights[int(c)] for c in y], dtype=np.float32)
+        """Each training clip's weight: its class's "balanced" weight, or 1."""
+        from sklearn.utils.class_weight import compute_sample_weight
+
+        balanced = compute_sample_weight("balanced", y) if self.params.get("class_weight") else 1
+        return np.broadcast_to(np.asarray(balanced, dtype=np.float32), len(y))
 
     @property
     def done(self) -> bool:
@@ -452,8 +452,8 @@ class LockstepCV:
             step = self._steps.get(stepping)
             if step is None:
                 step = self._steps[stepping] = self._make_step(stepping)
-            for k, loss in zip(stepping, np.asarray(step(index, count)), strict=True):
-                sums[k] += float(loss) * count[stepping.index(k)]
+            for j, loss in enumerate(np.asarray(step(index, count))):
+                sums[stepping[j]] += float(loss) * count[j]
         return {k: sums[k] / len(orders[k]) for k in active}
 
     def _make_step(self, folds: tuple[int, ...]) -> Callable[..., Any]:
@@ -472,8 +472,8 @@ class LockstepCV:
                     x = tf.gather(self._x_train[k], index[j])
                     y = tf.gather(self._y_train[k], index[j])
                     weight = tf.gather(self._sample_weight[k], index[j]) * real[j]
-                    proba = tf.cast(model(x, training=True), tf.float32)
-                    loss = keras.losses.sparse_categorical_crossentropy(y, proba)
+                    # float32 even under mixed precision: the softmax layer is float32
+                    loss = keras.losses.sparse_categorical_crossentropy(y, model(x, training=True))
                     losses.append(tf.reduce_sum(loss * weight) / count[j])
                 total = tf.add_n(losses)
             gradients = tape.gradient(total, variables)
@@ -493,9 +493,7 @@ class LockstepCV:
 
     def _predict_all(self, x: tf.Tensor) -> tf.Tensor:
         """Every fold model's probabilities on its own rows of ``x`` ``[folds, rows, …]``."""
-        return tf.stack(
-            [tf.cast(m(x[k], training=False), tf.float32) for k, m in enumerate(self.models)]
-        )
+        return tf.stack([m(x[k], training=False) for k, m in enumerate(self.models)])
 
     def _restore_best(self, k: int) -> None:
         if self.best_weights[k] is not None:

@@ -50,16 +50,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run)
 
 
+def _run_name(run: str) -> str:
+    """A run folder's last path part: the study's name."""
+    return run.rstrip("/").rsplit("/", 1)[-1]
+
+
 def _study(args: argparse.Namespace) -> dict | None:
     if not args.optuna_storage:
         return None
-    name = args.study_name or args.run.rstrip("/").rsplit("/", 1)[-1]
+    name = args.study_name or _run_name(args.run)
     return {"optuna_storage": args.optuna_storage, "study_name": name}
 
 
 def _run(args: argparse.Namespace) -> int:
     store = args.store or project.store_uri()
-    out = args.out or str(project.results_dir() / args.run.rstrip("/").rsplit("/", 1)[-1])
+    out = args.out or str(project.results_dir() / _run_name(args.run))
     cache_dir = args.cache_dir or os.environ.get("LUSHPO_CACHE_DIR")
     endpoint_url = os.environ.get("AWS_ENDPOINT_URL")
     grid = read_grid(*_run_filesystem(args.run, endpoint_url))

@@ -27,7 +27,6 @@ __all__ = [
 INTERRUPTED = 130  # exit status after Ctrl-C, as shells report 128 + SIGINT
 
 _ENV_DEFAULTS = {
-    "store": "LUSHPO_STORE",
     "split.data_dir": "LUSHPO_DATA_DIR",
     "cache_dir": "LUSHPO_CACHE_DIR",
     "address": "RAY_ADDRESS",
@@ -83,8 +82,8 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         "split.data_dir": args.data_dir,
     }
     defaults = {key: environ.get(env) or None for key, env in _ENV_DEFAULTS.items()}
-    # What neither YAML nor environment places goes to the project folder (hpo.project).
-    defaults["store"] = defaults["store"] or project.store_uri(environ)
+    # The project folder (hpo.project) below YAML: LUSHPO_STORE, else .lushpo/store and runs.
+    defaults["store"] = project.store_uri(environ)
     defaults["storage.storage_path"] = str(project.runs_dir(environ))
     return load_config(args.config, overrides, defaults)
 
