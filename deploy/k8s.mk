@@ -39,4 +39,5 @@ k8s-validate: setup k8s-render
 
 # kustomize may not read ../configs: k8s/base/study.yaml is a copy (a test asserts they match).
 k8s-sync-config:
-	cp configs/paper-xception-20.yaml k8s/base/study.yaml
+	sed 's|$$schema=lushpo.schema.json|$$schema=../../configs/lushpo.schema.json|' \
+		configs/paper-xception-20.yaml > k8s/base/study.yaml

@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-VERBS = ("run", "data", "features", "tune", "export", "evaluate", "predict")
+VERBS = ("run", "data", "features", "tune", "export", "evaluate", "predict", "config")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,6 @@ the interrupted one is resumed, the rest start).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -42,13 +41,10 @@ def cell_configs(cfg: StudyConfig) -> list[StudyConfig]:
     for backbone in cfg.feature_set.backbone:
         for frames in sorted(cfg.feature_set.frames):
             cells.append(
-                dataclasses.replace(
-                    cfg,
+                cfg.replace(
                     name=cell_label(backbone, frames),
-                    feature_set=dataclasses.replace(
-                        cfg.feature_set, backbone=(backbone,), frames=(frames,), grid=False
-                    ),
-                    storage=dataclasses.replace(cfg.storage, storage_path=parent),
+                    feature_set={"backbone": (backbone,), "frames": (frames,), "grid": False},
+                    storage={"storage_path": parent},
                 )
             )
     return cells

@@ -23,7 +23,6 @@ paper-style figure.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -148,12 +147,8 @@ def _check_no_leak(outer: int, test_ids: Sequence[str], inner: Split) -> None:
 def outer_config(cfg: StudyConfig, outer: int) -> StudyConfig:
     """The inner study of outer fold `outer`: named ``<name>-outer-<outer>``, its Ray Tune run
     under ``<run_path>/nested``, its Optuna study in the config's own Optuna storage."""
-    storage = dataclasses.replace(
-        cfg.storage,
-        storage_path=f"{cfg.run_path}/{NESTED_DIR}",
-        optuna_storage=cfg.storage.optuna_storage,
-    )
-    return dataclasses.replace(cfg, name=f"{cfg.name}-outer-{outer}", storage=storage)
+    storage = {"storage_path": f"{cfg.run_path}/{NESTED_DIR}"}  # the Optuna storage is kept
+    return cfg.replace(name=f"{cfg.name}-outer-{outer}", storage=storage)
 
 
 # --- the refit on the whole outer training set -------------------------------------------------

@@ -134,6 +134,7 @@ def test_compose_has_head_two_workers_and_minio():
 def test_k8s_study_config_is_the_paper_config():
     """kustomize cannot read ../configs, so k8s/base keeps a copy (`make k8s-sync-config`)."""
     paper = (REPO / "configs" / "paper-xception-20.yaml").read_text()
+    paper = paper.replace("$schema=lushpo.schema.json", "$schema=../../configs/lushpo.schema.json")
     assert (REPO / "k8s" / "base" / "study.yaml").read_text() == paper, (
         "k8s/base/study.yaml differs from configs/paper-xception-20.yaml: run make k8s-sync-config"
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hpo.config import CONSTRAINTS, InvalidConfigError, config_keys, from_dict, load_config
+from hpo.config import InvalidConfigError, StudyConfig, config_keys, from_dict, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = {"name": "t", "split": {"kind": "stratified", "k": 3}}
@@ -21,7 +21,19 @@ def _with(**sections) -> dict:
 
 
 def test_every_field_has_a_constraint():
-    assert set(config_keys()) == set(CONSTRAINTS), set(config_keys()) ^ set(CONSTRAINTS)
+    schema = StudyConfig.model_json_schema()
+    defs = schema["$defs"]
+    constrained = {"type", "anyOf", "enum", "const", "$ref"}
+    for key in config_keys():
+        node = schema
+        for part in key.split("."):
+            node = (
+                node.get("properties", {}).get(part)
+                or defs[node["$ref"].split("/")[-1]]["properties"][part]
+            )
+        assert constrained & set(node), f"{key} accepts anything: {node}"
+    assert schema["additionalProperties"] is False  # unknown keys are refused
+    assert all(d["additionalProperties"] is False for d in defs.values())
 
 
 def test_defaults_and_normalisation(tmp_path):
@@ -36,7 +48,7 @@ def test_defaults_and_normalisation(tmp_path):
     assert cfg.searcher.sampler == "tpe" and cfg.scheduler.name == "none"
     assert cfg.storage.optuna_storage == f"sqlite:///{tmp_path}/runs/t/optuna.db"
     assert cfg.run_path == f"{tmp_path}/runs/t"
-    with pytest.raises(AttributeError):  # frozen
+    with pytest.raises(ValueError, match="frozen"):
         cfg.name = "other"  # type: ignore[misc]
 
 
@@ -207,3 +219,67 @@ def test_lushpo_tune_reports_bad_config_and_missing_feature_set(tmp_path, capsys
     err = capsys.readouterr().err
     assert "xception-f20-even" in err and store.as_uri() in err  # names what and where
     assert not runs.exists()  # failed before any run directory was written
+
+
+def _schema_configs() -> list[Path]:
+    return [*sorted((REPO / "configs").glob("*.yaml")), REPO / "k8s" / "base" / "study.yaml",
+            REPO / "k8s" / "overlays" / "gpu" / "study.yaml"]  # fmt: skip
+
+
+def test_schema_file_is_current_and_every_config_names_it(capsys):
+    """configs/lushpo.schema.json is what `lushpo config schema` prints, and each shipped config
+    carries the comment editors read it from, resolving to that file."""
+    import re
+
+    from hpo.cli import main
+
+    assert main(["config", "schema"]) == 0
+    printed = capsys.readouterr().out
+    assert (REPO / "configs" / "lushpo.schema.json").read_text() == printed, (
+        "configs/lushpo.schema.json is stale: lushpo config schema --out configs/lushpo.schema.json"
+    )
+    for path in _schema_configs():
+        first = path.read_text().splitlines()[0]
+        match = re.fullmatch(r"# yaml-language-server: \$schema=(\S+)", first)
+        assert match, f"{path} lacks the schema comment"
+        assert (path.parent / match[1]).resolve() == REPO / "configs" / "lushpo.schema.json"
+
+
+def test_json_schema_accepts_shipped_configs_and_refuses_bad_values():
+    """What an editor checks as the YAML is typed agrees with the loader."""
+    import json
+
+    import jsonschema
+    import yaml
+
+    schema = json.loads((REPO / "configs" / "lushpo.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    for path in _schema_configs():
+        errors = list(validator.iter_errors(yaml.safe_load(path.read_text())))
+        assert not errors, f"{path}: {errors[0].message}"
+    bad_configs = [
+        _with(budget={"trials": 0}),
+        _with(budgett={}),
+        _with(searcher={"sampler": "x"}),
+        _with(feature_set={"frames": [20, 0]}),
+        _with(training={"deterministic": "x"}),
+    ]
+    for bad in bad_configs:
+        assert list(validator.iter_errors(bad)), bad
+        with pytest.raises(InvalidConfigError):
+            from_dict(bad)
+
+
+def test_config_check_prints_the_resolved_config(tmp_path, capsys):
+    import json
+
+    from hpo.cli import main
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: n\nsplit: {kind: stratified}\nfeature_set: {frames: 5}\n")
+    assert main(["config", "check", "--config", str(path), "--trials", "7"]) == 0
+    resolved = json.loads(capsys.readouterr().out)
+    assert resolved["budget"]["trials"] == 7 and resolved["feature_set"]["frames"] == [5]
+    path.write_text("name: n\nsplit: {kind: stratified}\nbudget: {trials: 0}\n")
+    assert main(["config", "check", "--config", str(path)]) == 2
+    assert "'budget.trials' key" in capsys.readouterr().err

@@ -4,7 +4,6 @@ model card and shown in the evaluate report beside the paper-style figure."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -164,12 +163,11 @@ def test_nested_run_keeps_outer_tests_out_and_reaches_the_report(tmp_path, capsy
     uri, _key, fs = put_synthetic(tmp_path / "store", clips=24, frames=4, dim=8, signal=2.0)
     data = _config(tmp_path, uri)
     cfg = from_dict(data, source="test")
-    plain_budget = dataclasses.replace(cfg.budget, trials=1)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     lines: list[str] = []
     try:
         # the paper-style study (one trial suffices here) the export takes its model from
-        run_study(dataclasses.replace(cfg, budget=plain_budget), log=lines.append)
+        run_study(cfg.replace(budget={"trials": 1}), log=lines.append)
         record = run_nested(cfg, inner_k=2, log=lines.append)
 
         # nested.json: per-outer-fold results and the summary, as returned

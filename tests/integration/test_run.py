@@ -22,6 +22,7 @@ import yaml
 
 from tests.support.clips import write_clip
 from tests.support.ray_cli import complete_trials, pids_naming
+from tests.support.read_only import read_only
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -151,3 +152,28 @@ def test_run_killed_mid_study_then_rerun_twice(env, tmp_path, ray_tmp):
     assert notes.read_text() == "mine"
     assert json.loads((out / "model_card.json").read_text())["trial_id"] == card["trial_id"]
     assert not pids_naming(str(ray_tmp)), "a run left Ray processes behind"
+
+    # Bad places to write, through the real verbs: one line naming the folder or what to pass,
+    # exit 1 or 2, no traceback, nothing half-written.
+    run, store = str(tmp_path / "runs" / "tiny"), (tmp_path / "store").as_uri()
+    report = (out / "report.md").read_text()
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    with read_only(locked), read_only(out):
+        cases = {
+            "export into an existing export": (["export", run, "--out", str(out)], 2,
+                                               "--overwrite"),
+            "export --out in a read-only folder": (
+                ["export", run, "--out", str(locked / "x")], 1, f"permission denied: {locked}"
+            ),
+            "evaluate a read-only export": (["evaluate", str(out), "--no-paper"], 1,
+                                            f"permission denied: {out}"),
+        }  # fmt: skip
+        for case, (args, code, named) in cases.items():
+            done = subprocess.run([LUSHPO, *args, "--store", store], env=env, capture_output=True,
+                                  text=True, timeout=600, check=False)  # fmt: skip
+            lines = [line for line in done.stderr.splitlines() if line.strip()]
+            assert done.returncode == code and len(lines) == 1, (case, done.stderr[-3000:])
+            assert named in lines[0] and "Traceback" not in done.stderr, (case, lines[0])
+    assert not any(locked.iterdir()), "a failed export left a folder behind"
+    assert (out / "report.md").read_text() == report
