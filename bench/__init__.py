@@ -7,7 +7,7 @@ __all__ = ["BENCHMARKS"]
 
 BENCHMARKS: dict[str, str] = {
     "p1": "bench.p1_extraction",  # extraction frames/s ÷ bare model.predict
-    "p2": "bench.p2_study",  # run_study wall time ÷ plain Optuna loop
+    "p2": "bench.p2_study",  # lushpo tune ÷ Optuna alone (sequential, and n processes)
     "p3": "bench.p3_cluster_extraction",  # cluster extraction frames/s, 2 nodes ÷ 1 node
     "p6": "bench.p6_folds",  # 5-fold trial time ÷ 1-fold, same head and epochs
 }

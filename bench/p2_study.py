@@ -1,157 +1,199 @@
-"""P2: what running a study under lushpo costs against a plain sequential Optuna loop.
+"""P2: what running a study under lushpo costs against Optuna on its own, side by side in one run.
 
-P2 = wall time of `hpo.study.run_study` (N trials, local Ray instance started and stopped inside
-the timing, checkpoints, Optuna RDB storage, progress callback) ÷ wall time of a plain
-``optuna`` ask/tell loop that runs the same training function (`hpo.trainable.cross_validate`,
-the maths `train_cv` wraps) on the same features, same search space, same N, same TPE seed.
-Goal: ≤ 1.05 on the 2-core development machine.
+Four contenders run the same N trials of the same training function (`hpo.trainable.
+cross_validate`, the maths lushpo's trainable wraps) on the same features and split, each as a
+fresh process timed from its start to its exit, so each pays its own interpreter start and imports
+(TensorFlow included), as a user typing the command does:
 
-lushpo runs once per ``--concurrency`` value, side by side with the one baseline: 1 (one trial
-at a time with every core: the cost of Ray, checkpoints and storage alone) and the machine's core
-count (one single-threaded trial per core: what `lushpo tune` does with ``max_concurrent`` set to
-the cores). P2 is the ratio of the last value listed. With N below TPE's 10 random start-up
-trials every run samples the same configs (checked: ``same_configs``).
+- ``optuna-seq``: a plain sequential Optuna loop (``study.optimize``, in-memory storage, TPE), one
+  trial at a time with every core;
+- ``lushpo-1``: ``lushpo tune`` at ``max_concurrent: 1`` (one trial with every core): a local Ray
+  instance started and stopped, Ray Tune, checkpoints, Optuna on sqlite, the progress log;
+- ``optuna-par``: Optuna's own parallel mode, n worker processes sharing one ``JournalStorage``
+  file, one single-threaded trial per process;
+- ``lushpo-n``: ``lushpo tune`` at ``max_concurrent: n``, one single-threaded trial per core.
 
-The features are synthetic but shaped like the paper's Xception-20 set (119 clips × 20 frames ×
-2048) so a trial costs what a real one does; the split is a stratified 5-fold split of them.
-Trials must be long against Ray's fixed costs (≈ 15-20 s to start a local instance here), so N
-and max_epochs are chosen to make the baseline run for minutes.
+P2 at concurrency 1 = lushpo-1 ÷ optuna-seq; at concurrency n (the cores) = lushpo-n ÷ optuna-par.
+Goal: ≤ 1.05 for both. Every trial costs the same: the head's size and batch are fixed (64-unit
+LSTM, one 64-unit dense layer, batch 32, early stopping off), while TPE still samples dropouts and
+learning rate. The sequential pair samples the very same configs (same TPE seed, same order;
+checked: ``same_configs``). The features are synthetic, shaped like the paper's Xception-20 set
+(119 clips × 20 frames × 2048), 5-fold stratified split. The default size (16 trials × 40 epochs,
+a few minutes per contender) stands for a real study such as `make run`'s 9 minutes: lushpo's
+costs are mostly fixed per study (Ray's start and stop, the first trial's worker), and
+``fixed_overhead_s`` records them so the ratio can be read for any study length.
 
-    python -m bench p2            # or: python -c "from bench.p2_study import run; run()"
+    python -m bench p2 [--trials N] [--max-epochs E] [--concurrency N]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from bench._record import machine, write_record
 
 __all__ = ["run"]
 
 RESULTS = Path(__file__).resolve().parent / "results" / "p2_study.json"
+REPO = Path(__file__).resolve().parents[1]
 
-# A modest space of heads (paper-sized heads take ~5 s per lockstep epoch here).
-SPACE = {
-    "lstm_units": [64, 128],
-    "dense_layers": 1,
-    "dense_units_1": [64, 128],
-    "batch_size": [16, 32],
-}
+# Fixed size and batch: every trial costs the same, whatever TPE samples for the rest.
+SPACE = {"lstm_units": [64], "dense_layers": 1, "dense_units_1": [64], "batch_size": [32]}
 
 
-def _baseline(
-    store_uri: str, key: str, split: Any, space: dict, args: argparse.Namespace
-) -> tuple[float, list[float], list[dict]]:
-    """The plain loop: one process, TPE ask/tell, cross_validate per trial."""
-    import optuna
+def _study_yaml(root: Path, store_uri: str, concurrent: int, args: argparse.Namespace) -> Path:
+    single = concurrent == 1
+    config = {
+        "name": f"p2-{concurrent}",
+        "store": store_uri,
+        "feature_set": {"backbone": "synthetic", "frames": args.frames},
+        "split": {"kind": "stratified", "k": 5, "seed": args.seed},
+        "space": SPACE,
+        "budget": {"trials": args.trials, "max_concurrent": concurrent,
+                   "max_epochs": args.max_epochs, "patience": args.max_epochs},
+        "searcher": {"sampler": "tpe", "seed": args.seed},
+        "training": {"seed": args.seed},
+        "resources": {"cpu": os.cpu_count() if single else 1,
+                      "intra_op_threads": None if single else 1},
+        "storage": {"storage_path": str(root / "runs")},
+        "num_cpus": os.cpu_count(),
+    }  # fmt: skip
+    path = root / f"p2-{concurrent}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
+
+def _timed(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """Run one contender as a fresh process: its wall time, and the machine's load around it."""
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{argv[:4]} failed ({done.returncode}): {done.stderr[-3000:]}")
+    return {"wall_s": round(wall, 2), "load_1m_before": round(load, 2),
+            "load_1m_after": round(os.getloadavg()[0], 2), "stdout": done.stdout}  # fmt: skip
+
+
+# --- the Optuna contenders (`python -m bench.p2_study optuna JOB WORKERS`) -----------------------
+
+
+def _trials(study: Any, job: dict[str, Any], n_trials: int, threads: int | None) -> None:
+    """Ask/tell `n_trials` trials of `study`: cross_validate of each sampled config."""
+    from hpo.space import search_space
     from hpo.trainable import TrialSettings, configure_tensorflow, cross_validate
+    from pipeline.manifest import Split
     from pipeline.store import open_store
 
-    configure_tensorflow(
-        TrialSettings(store_uri=store_uri, feature_sets=key, split=split, seed=args.seed)
-    )
-    start = time.perf_counter()
-    fs = open_store(store_uri).get(key)
-    study = optuna.create_study(
-        direction="maximize", sampler=optuna.samplers.TPESampler(seed=args.seed)
-    )
-    values, configs = [], []
-    for _ in range(args.trials):
+    split = Split.from_dict(job["split"])
+    settings = TrialSettings(job["store"], job["key"], split, intra_op_threads=threads)
+    configure_tensorflow(settings)
+    fs = open_store(job["store"]).get(job["key"])
+    space = search_space(SPACE)  # what lushpo searches for this config
+    for _ in range(n_trials):
         trial = study.ask(fixed_distributions=space)
         result = cross_validate(
-            fs.features,
-            fs.labels,
-            fs.clip_ids,
-            split,
-            trial.params,
-            max_epochs=args.max_epochs,
-            patience=args.max_epochs,
-            validation_fraction=0.2,
-            seed=args.seed,
-        )
-        value = float(result.metrics["accuracy"])
-        study.tell(trial, value)
-        values.append(value)
-        configs.append(trial.params)
-    return time.perf_counter() - start, values, configs
+            fs.features, fs.labels, fs.clip_ids, split, trial.params,
+            max_epochs=job["max_epochs"], patience=job["max_epochs"], validation_fraction=0.2,
+            seed=job["seed"],
+        )  # fmt: skip
+        study.tell(trial, float(result.metrics["accuracy"]))
 
 
-def _lushpo(
-    store_uri: str, runs: Path, concurrent: int, args: argparse.Namespace
-) -> tuple[float, list[float], list[dict]]:
-    from hpo.config import from_dict
-    from hpo.study import run_study
+def _journal(job: dict[str, Any]) -> Any:
+    import optuna
 
-    cfg = from_dict(
-        {
-            "name": "p2",
-            "store": store_uri,
-            "feature_set": {"backbone": "synthetic", "frames": args.frames},
-            "split": {"kind": "stratified", "k": 5, "seed": args.seed},
-            "space": SPACE,
-            "budget": {
-                "trials": args.trials,
-                "max_concurrent": concurrent,
-                "max_epochs": args.max_epochs,
-                "patience": args.max_epochs,
-            },
-            "searcher": {"sampler": "tpe", "seed": args.seed},
-            "training": {"seed": args.seed},
-            "resources": {
-                "cpu": 1 if concurrent > 1 else os.cpu_count() or 1,
-                "intra_op_threads": 1 if concurrent > 1 else None,
-            },
-            "storage": {"storage_path": str(runs)},
-            "num_cpus": os.cpu_count(),
-        },
-        source="bench/p2_study.py",
+    return optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(job["journal"])
     )
-    start = time.perf_counter()
-    result = run_study(cfg, log=lambda line: None)
-    elapsed = time.perf_counter() - start
-    done = [t for t in result.trials if t.value is not None]
-    return elapsed, [t.value for t in done], [t.params for t in done]
 
 
-def _same_configs(a: list[dict], b: list[dict], space: dict) -> bool:
-    """The same configs were sampled, in any order (concurrent trials finish out of order)."""
+def _optuna_worker(job: dict[str, Any], rank: int, n_trials: int) -> None:
+    import optuna
 
-    def canon(configs: list[dict]) -> list[str]:
-        return sorted(repr(sorted((k, c[k]) for k in space)) for c in configs)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=job["seed"] + rank)
+    study = optuna.load_study(study_name="p2", storage=_journal(job), sampler=sampler)
+    _trials(study, job, n_trials, threads=1)
 
-    return len(a) == len(b) and canon(a) == canon(b)
+
+def _optuna_main(job_path: str, workers: int) -> None:
+    """optuna-seq (workers == 1, in-memory storage) or optuna-par (a JournalStorage file)."""
+    import multiprocessing
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    job = json.loads(Path(job_path).read_text())
+    if workers == 1:
+        sampler = optuna.samplers.TPESampler(seed=job["seed"])
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        _trials(study, job, job["trials"], threads=None)
+    else:
+        study = optuna.create_study(study_name="p2", storage=_journal(job), direction="maximize")
+        context = multiprocessing.get_context("spawn")  # fresh interpreters, as n shells would
+        procs = [
+            context.Process(target=_optuna_worker, args=(job, rank, share))
+            for rank, share in enumerate(
+                job["trials"] // workers + (i < job["trials"] % workers) for i in range(workers)
+            )
+        ]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+            if p.exitcode != 0:
+                raise SystemExit(f"optuna worker exited with {p.exitcode}")
+    done = [t for t in study.trials if t.value is not None]
+    print(json.dumps({"values": [t.value for t in done], "params": [t.params for t in done]}))
+
+
+# --- the bench -----------------------------------------------------------------------------------
+
+
+def _lushpo_trials(run_dir: Path) -> tuple[list[float], list[dict]]:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=run_dir.name, storage=f"sqlite:///{run_dir}/optuna.db")
+    done = [t for t in study.trials if t.value is not None]
+    return [t.value for t in done], [t.params for t in done]
+
+
+def _canon(configs: list[dict]) -> list[str]:
+    return sorted(repr(sorted(c.items())) for c in configs)
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
-    """Measure P2 once, write bench/results/p2_study.json and return the record."""
+    """Measure P2 at concurrency 1 and n, write bench/results/p2_study.json, return the record."""
     parser = argparse.ArgumentParser(prog="bench p2", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trials", type=int, default=6)
-    parser.add_argument("--max-epochs", type=int, default=25)
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--max-epochs", type=int, default=40)
     parser.add_argument("--clips", type=int, default=119)
     parser.add_argument("--frames", type=int, default=20)
     parser.add_argument("--dim", type=int, default=2048)
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        nargs="+",
-        default=[1, os.cpu_count() or 1],
-        help="lushpo's max_concurrent, one lushpo run each (P2 uses the last)",
-    )
+    parser.add_argument("--concurrency", type=int, default=os.cpu_count() or 1,
+                        help="n for the parallel pair (default: the cores)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    from hpo.config import from_dict
-    from hpo.study import _search_space, compute_split  # what the study itself searches/splits
+    from hpo.config import load_config
+    from hpo.study import compute_split
     from pipeline.store import open_store
     from tests.support.featuresets import synthetic_feature_set
 
+    n = args.concurrency
     with tempfile.TemporaryDirectory(prefix="lushpo-p2-") as tmp:
         root = Path(tmp)
         fs = synthetic_feature_set(
@@ -160,43 +202,49 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         (root / "store").mkdir()
         store_uri = (root / "store").as_uri()
         key = open_store(store_uri).put(fs)
+        configs = {c: _study_yaml(root, store_uri, c, args) for c in (1, n)}
+        split = compute_split(load_config(configs[1]), key, "driver")  # what lushpo splits
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "LUSHPO_"))}
+        env |= {"PYTHONPATH": str(REPO), "RAY_TMPDIR": tempfile.mkdtemp(prefix="p2r", dir="/tmp"),
+                "LUSHPO_HOME": str(root / "home")}  # fmt: skip
+        lushpo = str(Path(sys.executable).with_name("lushpo"))
+        contenders: dict[str, dict[str, Any]] = {}
+        for name, workers in (("optuna-seq", 1), (f"optuna-par-{n}", n)):
+            job = {"store": store_uri, "key": key, "split": split.to_dict(), "seed": args.seed,
+                   "trials": args.trials, "max_epochs": args.max_epochs,
+                   "journal": str(root / f"{name}.log")}  # fmt: skip
+            (root / f"{name}.json").write_text(json.dumps(job))
+            argv = [sys.executable, "-m", "bench.p2_study", "optuna", str(root / f"{name}.json"),
+                    str(workers)]  # fmt: skip
+            contenders[name] = _timed(argv, env)
+            contenders[name] |= json.loads(contenders[name].pop("stdout").splitlines()[-1])
+        for c in (1, n):
+            name = f"lushpo-{c}"
+            contenders[name] = _timed([lushpo, "tune", "--config", str(configs[c])], env)
+            del contenders[name]["stdout"]
+            values, params = _lushpo_trials(root / "runs" / f"p2-{c}")
+            contenders[name] |= {"values": values, "params": params}
 
-        # The study's split and space, computed the way the study computes them.
-        cfg = from_dict(
-            {
-                "name": "p2",
-                "store": store_uri,
-                "split": {"kind": "stratified", "k": 5, "seed": args.seed},
-                "space": SPACE,
-            }
-        )
-        split = compute_split(cfg, key, "driver")
-        space = _search_space(cfg)
-
-        baseline_s, baseline_values, baseline_configs = _baseline(
-            store_uri, key, split, space, args
-        )
-        runs = {}
-        for concurrent in args.concurrency:
-            lushpo_s, values, configs = _lushpo(
-                store_uri, root / f"runs-{concurrent}", concurrent, args
-            )
-            runs[str(concurrent)] = {
-                "lushpo_wall_s": round(lushpo_s, 2),
-                "ratio": round(lushpo_s / baseline_s, 4),
-                "same_configs": _same_configs(configs, baseline_configs, space),
-                "lushpo_accuracies": values,
-            }
-
-    last = runs[str(args.concurrency[-1])]
+    for name, c in contenders.items():
+        if len(c["values"]) != args.trials:
+            raise RuntimeError(f"{name} finished {len(c['values'])} of {args.trials} trials")
+    seq, one = contenders["optuna-seq"], contenders["lushpo-1"]
+    par, many = contenders[f"optuna-par-{n}"], contenders[f"lushpo-{n}"]
     record = {
         "metric": "P2",
-        "value": last["ratio"],
-        "goal": "<= 1.05",
-        "lushpo_wall_s": last["lushpo_wall_s"],
-        "baseline_wall_s": round(baseline_s, 2),
-        "lushpo_max_concurrent": args.concurrency[-1],
-        "by_max_concurrent": runs,
+        "value_concurrency_1": round(one["wall_s"] / seq["wall_s"], 4),
+        f"value_concurrency_{n}": round(many["wall_s"] / par["wall_s"], 4),
+        "goal": "<= 1.05 at both",
+        "fixed_overhead_s": {
+            "concurrency_1": round(one["wall_s"] - seq["wall_s"], 1),
+            f"concurrency_{n}": round(many["wall_s"] - par["wall_s"], 1),
+        },
+        "same_configs_at_concurrency_1": _canon(one["params"]) == _canon(seq["params"]),
+        "same_accuracies_at_concurrency_1": sorted(one["values"]) == sorted(seq["values"]),
+        "contenders": {
+            name: {k: v for k, v in c.items() if k not in ("params",)}
+            for name, c in contenders.items()
+        },
         "trials": args.trials,
         "max_epochs": args.max_epochs,
         "early_stopping": "off (patience = max_epochs)",
@@ -204,14 +252,14 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "stratified split",
         "space": SPACE,
         "seed": args.seed,
-        "baseline_accuracies": baseline_values,
-        "includes": "lushpo: ray.init + Tuner.fit + checkpoints (default cadence) + Optuna "
-        "sqlite + shutdown; "
-        "baseline: store read + optuna in-memory ask/tell + cross_validate",
+        "timing": "each contender a fresh process, from start to exit (imports included)",
         "machine": machine(),
     }
     return write_record(record, args.out)
 
 
 if __name__ == "__main__":
-    run()
+    if sys.argv[1:2] == ["optuna"]:
+        _optuna_main(sys.argv[2], int(sys.argv[3]))
+    else:
+        run(sys.argv[1:])

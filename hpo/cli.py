@@ -44,8 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     if not verbose:
         from hpo.quiet import quiet
 
-        # Before the parser: building it imports the verbs, and some of them TensorFlow.
-        quiet(tensorflow=True)
+        # TensorFlow is imported now, its start-up lines silenced, only by the verbs that train or
+        # predict in this process: a study's driver leaves it to the trials' processes, and its
+        # import costs seconds.
+        verb = next((a for a in argv if a in VERBS), None)
+        quiet(tensorflow=verb not in ("tune", "data", "config"))
     args = build_parser().parse_args(argv)
     if verbose:
         return int(args.handler(args) or 0)

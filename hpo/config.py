@@ -22,9 +22,13 @@ from hpo import project
 __all__ = ["InvalidConfigError", "StudyConfig", "from_dict", "load_config"]
 
 FLAGS = {  # the flag that sets a key: error messages name both ways to fix a value
-    **{k: f"--{k}" for k in ("name", "store", "address")},
-    **{"budget.trials": "--trials", "split.data_dir": "--data-dir"},
-    **{f"storage.{k}": f"--{k.replace('_', '-')}" for k in ("storage_path", "optuna_storage")},
+    "name": "--name",
+    "store": "--store",
+    "address": "--address",
+    "budget.trials": "--trials",
+    "split.data_dir": "--data-dir",
+    "storage.storage_path": "--storage-path",
+    "storage.optuna_storage": "--optuna-storage",
 }
 
 
@@ -101,6 +105,9 @@ class BudgetConfig(_Section):
     max_failures: Natural = Field(1, description="retries of a failed trial from its checkpoint")
     checkpoint_every: Natural = Field(5, description="epochs between checkpoints; 0: final only")
     checkpoint_interval_s: Annotated[Float, Field(ge=0)] = 60.0
+    report_interval_s: Annotated[Float, Field(ge=0)] = Field(
+        5.0, description="a trial reports at most this often; 0 (and ASHA): every epoch"
+    )
 
 
 class SchedulerConfig(_Section):

@@ -49,7 +49,7 @@ from hpo.study import (
     start_ray,
     trial_settings,
 )
-from hpo.trainable import TrialSettings
+from hpo.trial_settings import TrialSettings
 from pipeline.groups import grouped_split
 from pipeline.manifest import LABELS, Clip, Manifest, Split, check_split, stratified_split
 

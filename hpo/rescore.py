@@ -38,7 +38,7 @@ from hpo.study import (
     start_ray,
     trial_settings,
 )
-from hpo.trainable import TrialSettings
+from hpo.trial_settings import TrialSettings
 
 __all__ = [
     "RESCORE_FILE",

@@ -27,7 +27,6 @@ import optuna
 import pyarrow.fs as pafs
 import ray
 from ray import tune
-from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
@@ -36,7 +35,7 @@ from hpo import space as hspace
 from hpo.config import StudyConfig
 from hpo.quiet import quieted
 from hpo.run_files import read_run_file, write_run_file
-from hpo.trainable import STATE_FILE, TRIAL_FILE, TrialSettings, train_cv
+from hpo.trial_settings import HISTORY, STATE_FILE, TRIAL_FILE, TrialSettings
 from pipeline.cluster import connect
 from pipeline.files import on_node, s3_filesystem
 from pipeline.groups import grouped_split, read_groups
@@ -369,11 +368,11 @@ class StudySearch(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._reopen_if_failed(trial_id)
-        if self._state(trial_id) != optuna.trial.TrialState.RUNNING:
+        history = result.get(HISTORY) or []  # the epochs since the last report; never test scores
+        if not history or self._state(trial_id) != optuna.trial.TrialState.RUNNING:
             return
-        if result.get("final") is True or result.get(VALIDATION) is None:
-            return  # the final result is the test score: never an intermediate value
-        self._ot_trials[trial_id].report(float(result[VALIDATION]), result[TRAINING_ITERATION])
+        for epoch, val_accuracy in history:
+            self._ot_trials[trial_id].report(float(val_accuracy), int(epoch))
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
@@ -491,6 +490,9 @@ def trial_settings(
         mixed_precision=cfg.training.mixed_precision,
         checkpoint_every=cfg.budget.checkpoint_every,
         checkpoint_interval_s=cfg.budget.checkpoint_interval_s,
+        # ASHA decides between epochs; otherwise a report every few seconds is enough for the
+        # progress view and the time budget, and spares a driver round trip per epoch.
+        report_every_s=0.0 if cfg.scheduler.name == "asha" else cfg.budget.report_interval_s,
     )
 
 
@@ -556,7 +558,10 @@ def on_this_node(settings: TrialSettings) -> TrialSettings:
 
 
 def train_on_node(config: dict[str, Any], settings: TrialSettings) -> None:
-    """`train_cv` with this node's cache dir (`on_this_node`)."""
+    """`train_cv` with this node's cache dir (`on_this_node`). TensorFlow is imported here, in
+    the trial's process, never by the study's driver."""
+    from hpo.trainable import train_cv
+
     train_cv(config, on_this_node(settings))
 
 

@@ -43,6 +43,7 @@ import tensorflow as tf
 
 from hpo.metrics import flatten, fold_metrics, summarize
 from hpo.model import build_model, predict_proba
+from hpo.trial_settings import HISTORY, STATE_FILE, TRIAL_FILE, TrialSettings
 from pipeline.files import atomic_write_text
 from pipeline.groups import inner_validation
 from pipeline.manifest import LABELS, Split
@@ -61,78 +62,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "lockstep.json"
-TRIAL_FILE = "trial.json"
-
-
-@dataclass(frozen=True)
-class TrialSettings:
-    """What every trial of a study shares; small and picklable (passed by ``tune.with_parameters``).
-
-    ``feature_sets`` is one store key, or a mapping ``"backbone/frames"`` → key when the backbone
-    and N are search dimensions (``config["backbone"]``, ``config["frames"]`` pick the entry).
-    """
-
-    store_uri: str
-    feature_sets: str | Mapping[str, str]
-    split: Split
-    cache_dir: str | None = None
-    max_epochs: int = 100
-    patience: int = 10
-    validation_fraction: float = 0.2
-    seed: int = 0
-    gpu_memory_limit_mb: int | None = None  # logical GPU memory cap (fractional GPUs)
-    intra_op_threads: int | None = None  # None: TensorFlow's default (all cores)
-    inter_op_threads: int | None = None
-    checkpoint_every: int = 5  # epochs between lockstep checkpoints; 0 = final checkpoint only
-    checkpoint_interval_s: float = 60.0  # and at least this long after the trial's previous one
-    deterministic: bool | None = None  # TensorFlow op determinism; None: on only without a GPU
-    mixed_precision: bool = False  # Keras "mixed_bfloat16" (the softmax stays float32)
-
-    def __post_init__(self) -> None:
-        checks = {
-            "max_epochs": self.max_epochs >= 1,
-            "patience": self.patience >= 1,
-            "validation_fraction": 0.0 < self.validation_fraction < 1.0,
-            "checkpoint_every": self.checkpoint_every >= 0,
-            "checkpoint_interval_s": self.checkpoint_interval_s >= 0,
-            "gpu_memory_limit_mb": self.gpu_memory_limit_mb is None or self.gpu_memory_limit_mb > 0,
-            "intra_op_threads": self.intra_op_threads is None or self.intra_op_threads >= 1,
-            "inter_op_threads": self.inter_op_threads is None or self.inter_op_threads >= 1,
-            "split": len(self.split.folds) >= 2,
-            "feature_sets": bool(self.feature_sets),
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            values = {name: getattr(self, name) for name in bad}
-            raise ValueError(f"TrialSettings fields out of range: {values}")
-        if not isinstance(self.feature_sets, str):
-            object.__setattr__(self, "feature_sets", dict(self.feature_sets))
-
-    def feature_set_key(self, config: Mapping[str, Any]) -> str:
-        """The store key this trial reads: the single key, or the ``backbone/frames`` entry."""
-        if isinstance(self.feature_sets, str):
-            return self.feature_sets
-        pairs = [name.split("/", 1) for name in self.feature_sets]
-        wanted = []
-        for pos, dim in enumerate(("backbone", "frames")):
-            if dim in config:
-                wanted.append(str(config[dim]))
-                continue
-            values = {p[pos] for p in pairs if len(p) == 2}
-            if len(values) != 1:
-                raise ValueError(
-                    f"trial config lacks {dim!r} but feature_sets has several: "
-                    f"{sorted(self.feature_sets)}"
-                )
-            wanted.append(values.pop())
-        name = "/".join(wanted)
-        if name not in self.feature_sets:
-            raise ValueError(
-                f"no feature set for {name!r} in feature_sets {sorted(self.feature_sets)}"
-            )
-        return self.feature_sets[name]
 
 
 def configure_tensorflow(settings: TrialSettings) -> None:
@@ -696,11 +625,11 @@ def _report(metrics: Mapping[str, Any], checkpoint_dir: Path | None = None) -> N
     tune.report({**metrics, "node_id": node_id}, checkpoint=checkpoint)
 
 
-def _epoch_result(record: Mapping[str, Any]) -> dict[str, Any]:
+def _epoch_result(record: Mapping[str, Any], history: list[list[float]]) -> dict[str, Any]:
     """An epoch's report: validation only. `test_accuracy` is None until the final result (Ray
     Tune wants the searcher's metric in every result)."""
     result = {k: v for k, v in record.items() if k != "folds"}
-    return {**result, "test_accuracy": None, "final": False}
+    return {**result, "test_accuracy": None, "final": False, HISTORY: history}
 
 
 def write_trial(
@@ -750,7 +679,9 @@ def training_record(settings: TrialSettings) -> dict[str, Any]:
 
 
 def _final_result(
-    result_metrics: Mapping[str, float], epochs: list[Mapping[str, Any]]
+    result_metrics: Mapping[str, float],
+    epochs: list[Mapping[str, Any]],
+    history: list[list[float]] | None = None,
 ) -> dict[str, Any]:
     """The trial's last report: the test scores (`test_accuracy`, the study's objective, is the
     mean test accuracy; `accuracy` and the rest are `hpo.metrics.flatten` of the summary) and the
@@ -762,6 +693,7 @@ def _final_result(
         "val_accuracy": val,
         "epoch": len(epochs),
         "final": True,
+        HISTORY: history or [],
     }
 
 
@@ -798,21 +730,28 @@ def train_cv(config: dict[str, Any], settings: TrialSettings) -> None:
                 )
         fs = open_store(settings.store_uri, settings.cache_dir).get(key)
 
-        last_checkpoint = time.monotonic()
+        last_checkpoint = last_report = time.monotonic()
+        pending: list[list[float]] = []  # epochs not reported yet
 
         def on_epoch(cv: LockstepCV, record: dict[str, Any]) -> None:
-            nonlocal last_checkpoint
-            result = _epoch_result(record)
+            nonlocal last_checkpoint, last_report
+            pending.append([record["epoch"], record["val_accuracy"]])
             every = settings.checkpoint_every
-            waited = time.monotonic() - last_checkpoint
+            now = time.monotonic()
             due = every and cv.epoch % every == 0 and not cv.done
-            if due and waited >= settings.checkpoint_interval_s:
+            checkpoint = due and now - last_checkpoint >= settings.checkpoint_interval_s
+            if not checkpoint and now - last_report < settings.report_every_s:
+                return  # the trial keeps training; the next report carries this epoch
+            result = _epoch_result(record, pending.copy())
+            pending.clear()
+            if checkpoint:
                 state_dir = Path(tempfile.mkdtemp(prefix="state-", dir=tmp))
                 cv.save(state_dir, extra)
                 _report(result, state_dir)
                 last_checkpoint = time.monotonic()
             else:
                 _report(result)
+            last_report = time.monotonic()
 
         result = cross_validate_with(fs, settings, params, resume_from=resume, on_epoch=on_epoch)
         final_dir = Path(tmp) / "final"
@@ -824,4 +763,4 @@ def train_cv(config: dict[str, Any], settings: TrialSettings) -> None:
             split=settings.split,
             training=training_record(settings),
         )
-        _report(_final_result(result.metrics, result.epochs), final_dir)
+        _report(_final_result(result.metrics, result.epochs, pending), final_dir)

@@ -11,7 +11,6 @@ import os
 import sys
 from pathlib import Path
 
-from hpo.evaluate import REPORT_MD, evaluate
 from hpo.grid import GRID_FILE
 from hpo.report import comparison_table, confidence_section, estimates_section
 from pipeline.files import atomic_write_text
@@ -82,6 +81,8 @@ def _missing_paper(args: argparse.Namespace) -> str | None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from hpo.evaluate import REPORT_MD, evaluate  # TensorFlow, when run
+
     if (args.directory / GRID_FILE).is_file():
         return _run_grid(args)
     paper_csv = _paper_csv(args)
@@ -117,7 +118,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _run_grid(args: argparse.Namespace) -> int:
     """A grid export: evaluate every cell, then the paper's whole table (68 rows)."""
-
+    from hpo.evaluate import evaluate  # TensorFlow, when run
     from hpo.paper import read_evaluation
     from hpo.paper_table import grid_table, plot_grid, render_grid_markdown
 

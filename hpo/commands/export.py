@@ -11,7 +11,6 @@ import os
 import sys
 
 from hpo import project
-from hpo.export import ExportError, _run_filesystem, export_best
 from hpo.grid import export_grid, read_grid
 from hpo.selection import SELECTED_ON, TIE_BREAK
 
@@ -63,6 +62,12 @@ def _study(args: argparse.Namespace) -> dict | None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from hpo.export import (
+        ExportError,
+        _run_filesystem,
+        export_best,
+    )  # TensorFlow, when run
+
     store = args.store or project.store_uri()
     out = args.out or str(project.results_dir() / _run_name(args.run))
     cache_dir = args.cache_dir or os.environ.get("LUSHPO_CACHE_DIR")

@@ -11,7 +11,6 @@ import os
 import sys
 from pathlib import Path
 
-from hpo.predict import WeightsMismatchError, predict
 from pipeline.manifest import LABELS
 
 __all__ = ["add_parser"]
@@ -51,6 +50,7 @@ def _card_weights(model_dir: Path) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from hpo.predict import WeightsMismatchError, predict  # TensorFlow, when run
     from pipeline.backbones import UnknownBackboneError, WeightsError
     from pipeline.frames import BadClipError
 

@@ -388,6 +388,31 @@ def test_train_cv_reports_each_epoch_then_the_final_result(trial):
     assert probabilities.shape == (1, 3)
 
 
+def _scores(result: dict) -> dict:
+    """A report's numbers, without the validation history it carries for the searcher."""
+    from hpo.trial_settings import HISTORY
+
+    return {k: v for k, v in result.items() if k != HISTORY}
+
+
+def test_train_cv_batches_epochs_between_reports_and_loses_none(trial, tmp_path):
+    """With `report_every_s`, epochs between reports travel in the next report's history (a
+    report is a driver round trip); checkpoints are still reported when due; every epoch's
+    validation accuracy reaches the searcher exactly once, the last ones with the final result."""
+    from hpo.trial_settings import HISTORY
+
+    settings, every_epoch = trial
+    batched = _run(replace(settings, report_every_s=3600), Reports(tmp_path / "batched"))
+    assert [(m["epoch"], m["final"], d is not None) for m, d in batched] == [
+        (2, False, True),  # the checkpoint at epoch 2 is reported at once
+        (4, True, True),
+    ]
+    history = [entry for m, _ in batched for entry in m[HISTORY]]
+    assert history == [[m["epoch"], m["val_accuracy"]] for m, _ in every_epoch[:-1]]
+    assert every_epoch[-1][0][HISTORY] == []  # reported every epoch: nothing left for the final
+    assert batched[-1][0]["accuracy"] == pytest.approx(every_epoch[-1][0]["accuracy"], abs=1e-6)
+
+
 def test_train_cv_resumes_from_the_ray_checkpoint(trial, tmp_path):
     import ray.tune
 
@@ -395,11 +420,11 @@ def test_train_cv_resumes_from_the_ray_checkpoint(trial, tmp_path):
     state = ray.tune.Checkpoint.from_directory(str(first[1][1]))  # saved after epoch 2
     resumed = _run(settings, Reports(tmp_path / "resumed"), state)
     assert [m["epoch"] for m, _ in resumed] == [3, 4, 4]
-    assert resumed[-1][0] == pytest.approx(first[-1][0], abs=1e-6)
+    assert _scores(resumed[-1][0]) == pytest.approx(_scores(first[-1][0]), abs=1e-6)
     # A trial restarted after its final report re-reports the final result without training.
     done = ray.tune.Checkpoint.from_directory(str(first[-1][1]))
     again = _run(settings, Reports(tmp_path / "again"), done)
-    assert len(again) == 1 and again[0][0] == pytest.approx(first[-1][0])
+    assert len(again) == 1 and _scores(again[0][0]) == pytest.approx(_scores(first[-1][0]))
     # A checkpoint of another feature set is refused before any data is read.
     other = replace(settings, feature_sets="synthetic-f5-even-000000000000")
     with pytest.raises(ValueError, match=r"checkpoint .* is for feature set"):

@@ -144,6 +144,7 @@ def test_worker_raylet_killed_mid_trial_is_retried_from_its_checkpoint(tmp_path,
             "max_epochs": 3,
             "patience": 3,
             "max_failures": 2,
+            "report_interval_s": 0,  # every epoch: the kill lands mid-trial
         },
     )
     cfg = from_dict(data, source="test")

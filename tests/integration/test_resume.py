@@ -22,6 +22,7 @@ import optuna
 import pytest
 from ray.tune import ExperimentAnalysis
 
+from hpo.trial_settings import HISTORY
 from tests.integration.driver import Driver, write_config
 from tests.support.featuresets import put_synthetic
 
@@ -83,9 +84,11 @@ def done_trials(lines: list[str]) -> dict[str, float]:
     return {m[1]: float(m[2]) for line in lines if (m := DONE.search(line))}
 
 
-def epoch_results(trial_dir: Path) -> list[dict]:
+def epoch_results(trial_dir: Path) -> list[list[float]]:
+    """Every epoch the trial reported, as ``[epoch, val_accuracy]`` (a report carries the epochs
+    since the previous one)."""
     rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
-    return [r for r in rows if not r.get("final")]
+    return [epoch for r in rows for epoch in r[HISTORY]]
 
 
 def check_resumed_study(run_dir: Path, optuna_url: str, name: str, before: dict[str, float]):
@@ -98,7 +101,7 @@ def check_resumed_study(run_dir: Path, optuna_url: str, name: str, before: dict[
     by_id = {t.trial_id: t for t in trials}
     for trial_id, value in before.items():
         assert by_id[trial_id].last_result["accuracy"] == pytest.approx(value, abs=5e-5)
-        # trained once: its result log holds EPOCHS epoch results, none replayed after resume
+        # trained once: its results carry EPOCHS epochs, none replayed after resume
         assert len(epoch_results(Path(by_id[trial_id].path))) == EPOCHS
     configs = [tuple(sorted(t.config.items())) for t in trials]
     assert len(set(configs)) == TRIALS, configs
