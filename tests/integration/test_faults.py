@@ -116,6 +116,13 @@ class _KillNodeOnResult(_DriverOnly):
         if self.killed_trial is None and result.get("node_id") == self.node.node_id:
             self.killed_trial = trial.trial_id
             self.cluster.remove_node(self.node, allow_graceful=False)
+            # The trial's worker exits only once it notices its raylet is gone, and a tiny trial
+            # could finish first. Holding the driver here holds the trial too (it waits at its
+            # report for the driver to take it) until the cluster has marked the node dead.
+            deadline = time.monotonic() + 120
+            while any(n["NodeID"] == self.node.node_id and n["Alive"] for n in ray.nodes()):
+                assert time.monotonic() < deadline, "the killed node was never marked dead"
+                time.sleep(0.5)
 
 
 @pytest.fixture
