@@ -1,11 +1,11 @@
 """P2: what running a study under lushpo costs against Optuna on its own, side by side in one run.
 
 Four contenders run the same N trials of the same training function (`hpo.trainable.
-cross_validate`, the maths lushpo's trainable wraps) on the same features and split, each as a
+cross_validate_with`, the maths lushpo's trainable wraps) on the same features and split, each as a
 fresh process timed from its start to its exit, so each pays its own interpreter start and imports
 (TensorFlow included), as a user typing the command does:
 
-- ``optuna-seq``: a plain sequential Optuna loop (``study.optimize``, in-memory storage, TPE), one
+- ``optuna-seq``: a plain sequential Optuna loop (ask/tell, in-memory storage, TPE), one
   trial at a time with every core;
 - ``lushpo-1``: ``lushpo tune`` at ``max_concurrent: 1`` (one trial with every core): a local Ray
   instance started and stopped, Ray Tune, checkpoints, Optuna on sqlite, the progress log;
@@ -91,22 +91,20 @@ def _timed(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
 def _trials(study: Any, job: dict[str, Any], n_trials: int, threads: int | None) -> None:
     """Ask/tell `n_trials` trials of `study`: cross_validate of each sampled config."""
     from hpo.space import search_space
-    from hpo.trainable import TrialSettings, configure_tensorflow, cross_validate
+    from hpo.trainable import TrialSettings, configure_tensorflow, cross_validate_with
     from pipeline.manifest import Split
     from pipeline.store import open_store
 
-    split = Split.from_dict(job["split"])
-    settings = TrialSettings(job["store"], job["key"], split, intra_op_threads=threads)
+    settings = TrialSettings(
+        job["store"], job["key"], Split.from_dict(job["split"]), max_epochs=job["max_epochs"],
+        patience=job["max_epochs"], seed=job["seed"], intra_op_threads=threads,
+    )  # fmt: skip
     configure_tensorflow(settings)
     fs = open_store(job["store"]).get(job["key"])
     space = search_space(SPACE)  # what lushpo searches for this config
     for _ in range(n_trials):
         trial = study.ask(fixed_distributions=space)
-        result = cross_validate(
-            fs.features, fs.labels, fs.clip_ids, split, trial.params,
-            max_epochs=job["max_epochs"], patience=job["max_epochs"], validation_fraction=0.2,
-            seed=job["seed"],
-        )  # fmt: skip
+        result = cross_validate_with(fs, settings, trial.params)  # the study's own call
         study.tell(trial, float(result.metrics["accuracy"]))
 
 
