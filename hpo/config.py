@@ -11,25 +11,16 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
-from pydantic import StrictBool as Bool
-from pydantic import StrictFloat as Float  # ints are accepted for floats
-from pydantic import StrictInt as Int  # YAML gives real ints: true/false and 1.5 are refused
 
 from hpo import project
+from pipeline.files import read_document
 
-__all__ = ["InvalidConfigError", "StudyConfig", "from_dict", "load_config"]
+__all__ = ["InvalidConfigError", "StudyConfig", "config_keys", "from_dict", "load_config"]
 
-FLAGS = {  # the flag that sets a key: error messages name both ways to fix a value
-    "name": "--name",
-    "store": "--store",
-    "address": "--address",
-    "budget.trials": "--trials",
-    "split.data_dir": "--data-dir",
-    "storage.storage_path": "--storage-path",
-    "storage.optuna_storage": "--optuna-storage",
-}
+# Keys a flag of `tune`/`run` also sets, named `--` + the last part with dashes (--trials).
+FLAGGED = {"name", "store", "address", "budget.trials", "split.data_dir"}
+FLAGGED |= {"storage.storage_path", "storage.optuna_storage"}
 
 
 class InvalidConfigError(ValueError):
@@ -37,7 +28,8 @@ class InvalidConfigError(ValueError):
 
     def __init__(self, key: str, allowed: str, got: Any, source: str, message: str = "") -> None:
         self.key, self.allowed, self.got, self.source = key, allowed, got, source
-        fix = f"set `{key}` in {source}" + (f" or pass {FLAGS[key]}" if key in FLAGS else "")
+        flag = "--" + key.rpartition(".")[2].replace("_", "-")
+        fix = f"set `{key}` in {source}" + (f" or pass {flag}" if key in FLAGGED else "")
         must = f"The '{key}' key in {source} must be {allowed}. Got {got!r} instead; {fix}."
         super().__init__(message or must)
 
@@ -51,9 +43,10 @@ _WORDS = {
     r"^[a-z0-9_]+$": "a backbone registry name such as 'xception'",
 }
 _NAME, _URI, _SQLALCHEMY, _HTTP, _BACKBONE = (Annotated[str, Field(pattern=p)] for p in _WORDS)
-Count = Annotated[Int, Field(ge=1)]
-Natural = Annotated[Int, Field(ge=0)]
+Count, Natural = Annotated[int, Field(ge=1)], Annotated[int, Field(ge=0)]
+Positive, NonNegative = Annotated[float, Field(gt=0)], Annotated[float, Field(ge=0)]
 Text = Annotated[str, Field(min_length=1)]
+Layer = Mapping[str, Any] | None  # dotted keys ("budget.trials") to values; None: not given
 
 
 def _local_abs(path: str) -> str:
@@ -65,15 +58,16 @@ LocalPath = Annotated[str, Field(min_length=1), AfterValidator(_local_abs)]
 
 
 def _one_or_many(item: Any) -> Any:  # YAML: a scalar or a non-empty list; the model: a tuple
-    as_list = BeforeValidator(
-        lambda v: v if isinstance(v, (list, tuple)) else [v],
+    as_tuple = BeforeValidator(
+        lambda v: tuple(v) if isinstance(v, (list, tuple)) else (v,),
         json_schema_input_type=item | Annotated[list[item], Field(min_length=1)],
     )
-    return Annotated[tuple[item, ...], as_list, Field(min_length=1)]
+    return Annotated[tuple[item, ...], as_tuple, Field(min_length=1)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: YAML gives real types, so `true` or 1.5 for an int is refused (ints pass as floats)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class FeatureSetConfig(_Section):
@@ -81,7 +75,7 @@ class FeatureSetConfig(_Section):
     frames: _one_or_many(Count) = (20,)
     sampling: Literal["even", "first"] = "even"
     key: Text | None = Field(None, description="a store key; skips the (backbone, frames) look-up")
-    grid: Bool = Field(False, description="true: one study per (backbone, frames) cell (hpo.grid)")
+    grid: bool = Field(False, description="true: one study per (backbone, frames) cell (hpo.grid)")
 
 
 class SplitConfig(_Section):
@@ -92,7 +86,7 @@ class SplitConfig(_Section):
     data_dir: LocalPath | None = None
     group_by: Literal["patient", "source"] = "patient"
     metadata: LocalPath | None = Field(None, description="default <data_dir>/pocus/…_metadata.csv")
-    k: Annotated[Int, Field(ge=2)] = 5
+    k: Annotated[int, Field(ge=2)] = 5
     seed: Natural = 0
 
 
@@ -101,11 +95,11 @@ class BudgetConfig(_Section):
     max_concurrent: Count = 1
     max_epochs: Count = 100
     patience: Count = 10
-    time_budget_s: Annotated[Float, Field(gt=0)] | None = None
+    time_budget_s: Positive | None = None
     max_failures: Natural = Field(1, description="retries of a failed trial from its checkpoint")
     checkpoint_every: Natural = Field(5, description="epochs between checkpoints; 0: final only")
-    checkpoint_interval_s: Annotated[Float, Field(ge=0)] = 60.0
-    report_interval_s: Annotated[Float, Field(ge=0)] = Field(
+    checkpoint_interval_s: NonNegative = 60.0
+    report_interval_s: NonNegative = Field(
         5.0, description="a trial reports at most this often; 0 (and ASHA): every epoch"
     )
 
@@ -113,32 +107,32 @@ class BudgetConfig(_Section):
 class SchedulerConfig(_Section):
     name: Literal["none", "asha"] = "none"
     grace_period: Count = Field(5, description="epochs before ASHA may stop a trial")
-    reduction_factor: Annotated[Float, Field(gt=1)] = 3.0
+    reduction_factor: Annotated[float, Field(gt=1)] = 3.0
 
 
 class SearcherConfig(_Section):
     sampler: Literal["tpe", "random", "cmaes"] = "tpe"  # the registry: hpo.study.SAMPLERS
     seed: Natural = 0
-    start_from_paper_best: Bool = Field(False, description="the paper's point as the first trial")
+    start_from_paper_best: bool = Field(False, description="the paper's point as the first trial")
 
 
 class ResourcesConfig(_Section):
-    cpu: Annotated[Float, Field(gt=0)] = 1.0
-    gpu: Annotated[Float, Field(ge=0, description="fractions such as 0.25 share one GPU")] = 0.0
+    cpu: Positive = 1.0
+    gpu: NonNegative = Field(0.0, description="fractions such as 0.25 share one GPU")
     gpu_memory_limit_mb: Count | None = None
     intra_op_threads: Count | None = None
 
 
 class TrainingConfig(_Section):
-    validation_fraction: Annotated[Float, Field(gt=0, lt=1)] = 0.2
+    validation_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     seed: Natural = 0
-    deterministic: Literal["auto"] | Bool = Field("auto", description="auto: on without a GPU")
-    mixed_precision: Bool = Field(False, description="bfloat16 compute, float32 softmax")
+    deterministic: Literal["auto"] | bool = Field("auto", description="auto: on without a GPU")
+    mixed_precision: bool = Field(False, description="bfloat16 compute, float32 softmax")
 
 
 class RescoreConfig(_Section):
     top_k: Natural = Field(0, description="top trials retrained with fresh seeds; 0: off")
-    seeds: Annotated[Int, Field(ge=2)] = 5
+    seeds: Annotated[int, Field(ge=2)] = 5
 
 
 class StorageConfig(_Section):
@@ -182,21 +176,21 @@ class StudyConfig(_Section):
 
 def config_keys() -> list[str]:
     """Every YAML key of a StudyConfig: ``name`` or ``section.field``."""
-    fields = StudyConfig.model_fields
-    return [f"{name}.{sub}" if sub else name for name, info in fields.items()
+    return [f"{name}.{sub}" if sub else name for name, info in StudyConfig.model_fields.items()
             for sub in getattr(info.annotation, "model_fields", None) or [""]]  # fmt: skip
 
 
 def describe(schema: Mapping[str, Any], defs: Mapping[str, Any]) -> str:
     """What a JSON Schema accepts, in words: 'an int in [1, inf)', "a str among {'a', 'b'}"."""
     schema = defs[schema["$ref"].rsplit("/", 1)[-1]] if "$ref" in schema else schema
+    kind = schema.get("type")
     if "anyOf" in schema:
         forms = [describe(s, defs) for s in schema["anyOf"]]
         return ", ".join(forms[:-1]) + " or " + forms[-1]
     if "const" in schema or "enum" in schema:
-        values = schema.get("enum", [schema.get("const")])
-        return "a str among {" + ", ".join(map(repr, values)) + "}"
-    kind = schema.get("type")
+        return (
+            "a str among {" + ", ".join(map(repr, schema.get("enum", [schema.get("const")]))) + "}"
+        )
     if kind in ("integer", "number"):
         lo = schema.get("minimum", schema.get("exclusiveMinimum", "-inf"))
         hi = schema.get("maximum", schema.get("exclusiveMaximum", "inf"))
@@ -205,11 +199,8 @@ def describe(schema: Mapping[str, Any], defs: Mapping[str, Any]) -> str:
     if kind == "array":
         size = "a non-empty list" if schema.get("minItems") else "a list"
         return f"{size} of ({describe(schema.get('items', {}), defs)})"
-    if kind == "object":
-        return "a mapping of " + ", ".join(schema.get("properties", ["keys to values"]))
-    if kind == "string":
-        return _WORDS.get(schema.get("pattern"), "a str")
-    return {"boolean": "true or false", "null": "None"}.get(kind, "a value")
+    words = {"string": _WORDS.get(schema.get("pattern"), "a str"), "object": "a mapping"}
+    return {**words, "boolean": "true or false", "null": "None"}.get(kind, "a value")
 
 
 def _error(exc: ValidationError, data: Mapping[str, Any], source: str) -> InvalidConfigError:
@@ -223,7 +214,7 @@ def _error(exc: ValidationError, data: Mapping[str, Any], source: str) -> Invali
         message = (f"Unknown key '{'.'.join(loc)}' in {source}: {hint}rename or remove it "
                    "(`lushpo config schema` lists every key)")  # fmt: skip
         return InvalidConfigError(".".join(loc), "a known key", loc[-1], source, message)
-    key = loc[0] if ".".join(loc[:2]) not in config_keys() else ".".join(loc[:2])
+    key = ".".join(loc[:2]) if ".".join(loc[:2]) in config_keys() else loc[0]
     schema, got = StudyConfig.model_json_schema(), data.get(loc[0])
     field = schema["properties"][loc[0]]
     if "." in key:
@@ -237,21 +228,18 @@ def _check(cfg: StudyConfig, source: str) -> None:
     from hpo.space import InvalidSpaceError, paper_best, search_space
 
     split, fs, asha = cfg.split, cfg.feature_set, cfg.scheduler
-    s3 = cfg.run_path.startswith("s3://")
-    rules = [
-        ("split.data_dir", split.kind == "paper" and not (split.cross_val or split.data_dir), None,
-         "a data dir holding paper/cross_val.json (or set split.cross_val, or LUSHPO_DATA_DIR) "
-         "when split.kind is 'paper'"),
+    needs = "{} (or split.data_dir holding {}, or LUSHPO_DATA_DIR) when split.kind is '{}'"
+    rules = [  # key, broken, got, what it must be
+        ("split.data_dir", split.kind == "paper" and not (split.cross_val or split.data_dir),
+         None, needs.format("split.cross_val", "paper/cross_val.json", "paper")),
         ("split.metadata", split.kind == "grouped" and not (split.metadata or split.data_dir),
-         None, "the POCUS dataset_metadata.csv (or split.data_dir holding "
-         "pocus/dataset_metadata.csv, or LUSHPO_DATA_DIR) when split.kind is 'grouped'"),
+         None, needs.format("the POCUS metadata", "pocus/dataset_metadata.csv", "grouped")),
         ("feature_set.key", fs.grid and fs.key, fs.key, "unset when feature_set.grid is true"),
-        ("scheduler.grace_period", asha.name == "asha"
-         and asha.grace_period > cfg.budget.max_epochs,
-         asha.grace_period, "at most budget.max_epochs"),
-        ("storage.optuna_storage", s3 and not cfg.storage.optuna_storage, None,
-         "an SQLAlchemy URL (required when storage.storage_path is s3://; the sqlite default "
-         "lives next to a local storage path only)"),
+        ("scheduler.grace_period", asha.name == "asha" and asha.grace_period
+         > cfg.budget.max_epochs, asha.grace_period, "at most budget.max_epochs"),
+        ("storage.optuna_storage", cfg.run_path.startswith("s3://")
+         and not cfg.storage.optuna_storage, None, "an SQLAlchemy URL when storage.storage_path "
+         "is s3:// (the sqlite default lives next to a local storage path only)"),
     ]  # fmt: skip
     for key, broken, got, allowed in rules:
         if broken:
@@ -275,8 +263,8 @@ def _check(cfg: StudyConfig, source: str) -> None:
 
 def from_dict(
     data: Mapping[str, Any],
-    overrides: Mapping[str, Any] | None = None,
-    defaults: Mapping[str, Any] | None = None,
+    overrides: Layer = None,
+    defaults: Layer = None,
     source: str = "the config",
 ) -> StudyConfig:
     """Validate a config mapping, with dotted-key `defaults` under it and `overrides` over it
@@ -300,23 +288,14 @@ def from_dict(
     return cfg.replace(storage={"optuna_storage": f"sqlite:///{cfg.run_path}/optuna.db"})
 
 
-def load_config(
-    path: str | Path,
-    overrides: Mapping[str, Any] | None = None,
-    defaults: Mapping[str, Any] | None = None,
-) -> StudyConfig:
+def load_config(path: str | Path, overrides: Layer = None, defaults: Layer = None) -> StudyConfig:
     """Read a study YAML file; `overrides` (CLI flags) win over it, `defaults` (env) lose to it."""
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = read_document(path) or {}
     except FileNotFoundError:
-        problem = "no such config file; pass --config an existing YAML file"
-    except OSError as exc:
-        problem = f"cannot read it ({exc.strerror})"
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        problem = f"not valid YAML: {what}{where}"
+        problem = f"{path}: no such config file; pass --config an existing YAML file"
+    except ValueError as exc:  # unreadable or not YAML: one line naming the file and the spot
+        problem = str(exc)
     else:
         return from_dict(data, overrides, defaults, source=str(path))
-    raise InvalidConfigError("--config", "a YAML file", str(path), str(path), f"{path}: {problem}")
+    raise InvalidConfigError("--config", "a YAML file", str(path), str(path), problem)

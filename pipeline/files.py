@@ -1,5 +1,6 @@
-"""File helpers every stage uses, each written once: atomic writes, sha256 of a file, the pyarrow
-S3 filesystem for an endpoint, and the per-node path template.
+"""File helpers every stage uses, each written once: atomic writes, sha256 of a file, a JSON or
+YAML file read with one-line errors, the pyarrow S3 filesystem for an endpoint, and the per-node
+path template.
 
 Atomic writes go to a temporary name in the target's folder, are flushed and fsync'd, then
 renamed over the target: a reader (or a restart after a power cut) sees the old file or the new
@@ -9,6 +10,7 @@ one, never a part, and a failed write leaves no temporary file behind.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -22,6 +24,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "on_node",
+    "read_document",
     "s3_filesystem",
     "sha256_file",
 ]
@@ -58,6 +61,30 @@ def sha256_file(path: Path | str) -> str:
     """Hex sha256 of a file's bytes, read in chunks."""
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def read_document(path: Path | str, fix: str = "") -> Any:
+    """A JSON file (by its .json suffix) or else a YAML file, parsed. A file that cannot be read
+    or parsed raises ValueError in one line: the path, the problem and where, then `fix`; never
+    the parser's own multi-line text. A missing file raises FileNotFoundError, for the caller to
+    word."""
+    import yaml
+
+    path, fix = Path(path), f"; {fix}" if fix else ""
+    try:
+        text = path.read_text(encoding="utf-8")
+        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        problem = f"cannot read it ({exc.strerror})"
+    except json.JSONDecodeError as exc:
+        problem = f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = f"not valid YAML: {getattr(exc, 'problem', None) or exc}{where}"
+    raise ValueError(f"{path}: {problem}{fix}".replace("\n", " ")) from None
 
 
 def s3_filesystem(endpoint_url: str | None = None) -> Any:

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.files import sha256_file
+from pipeline.files import read_document, sha256_file
 from pipeline.frames import VIDEO_SUFFIXES, BadClipError, count_frames
 
 __all__ = [
@@ -303,13 +303,7 @@ def read_cross_val(path: Path | str) -> tuple[Fold, ...]:
 
 
 def _load_cross_val(path: Path) -> tuple[tuple[Fold, ...], dict[str, str]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(
-            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
-            "fetch it again with `lushpo data fetch`"
-        ) from None
+    data = read_document(path, "fetch it again with `lushpo data fetch`")
     if not isinstance(data, dict) or not data:
         got = "an empty object" if data == {} else type(data).__name__
         raise ValueError(f"{path}: expected a non-empty object of folds, got {got}")

@@ -32,7 +32,7 @@ from tenacity import (
 )
 from tqdm import tqdm
 
-from pipeline.files import atomic_write_text, sha256_file
+from pipeline.files import atomic_write_text, read_document, sha256_file
 from pipeline.frames import VIDEO_SUFFIXES
 from pipeline.manifest import (
     CLIPS_DIR,
@@ -562,10 +562,7 @@ def _read_checksums(dest: Path) -> dict[str, dict[str, Any]]:
     path = dest / CHECKSUMS_JSON
     if not path.exists():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}); delete it to re-record") from exc
+    data = read_document(path, "delete it to re-record")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected an object of files, got {type(data).__name__}")
     return data
