@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from hpo.grid import GRID_FILE
-from hpo.report import comparison_table, confidence_section, estimates_section
 from pipeline.files import atomic_write_text
 
 __all__ = ["add_parser"]
@@ -82,6 +81,7 @@ def _missing_paper(args: argparse.Namespace) -> str | None:
 
 def _run(args: argparse.Namespace) -> int:
     from hpo.evaluate import REPORT_MD, evaluate  # TensorFlow, when run
+    from hpo.report import comparison_table, confidence_section, estimates_section  # matplotlib
 
     if (args.directory / GRID_FILE).is_file():
         return _run_grid(args)
