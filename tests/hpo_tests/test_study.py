@@ -126,6 +126,11 @@ def test_same_seed_same_sequence_and_metrics_and_optuna_storage(tmp_path, store,
     assert not any("lstm_units=" in line for line in lines)
     log = (Path(cfg_a.run_path) / "progress.log").read_text()
     assert log.count(" params: ") == 3 and log.count(" result: ") == 3 and "lstm_units=" in log
+    # Tune's result.json and progress.csv per trial, and no TensorBoard event files
+    for trial in res_a.trials:
+        written = {p.name for p in Path(trial.path).iterdir()}
+        assert {"result.json", "progress.csv"} <= written, written
+    assert not list(Path(cfg_a.run_path).rglob("events.out.tfevents*"))
 
     # a second study under the same name refuses, resume of a finished study does nothing
     with pytest.raises(StudyExistsError, match="--resume"):
