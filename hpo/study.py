@@ -316,9 +316,9 @@ class StudySearch(OptunaSearch):
       the study ends and `_settle_optuna_trials` reads Tune's own record of it.
     - Every Optuna trial carries its Ray Tune trial id (`tune_trial_id`).
     - Tune pickles the searcher with its experiment state, but the storage is written as trials
-      are asked and told, so after a SIGKILL the two disagree. `restore` prunes Optuna trials
-      RUNNING in the storage but unknown to the restored searcher (driver lost): Tune samples a
-      fresh trial in their place.
+      are asked and told, so after a SIGKILL the two disagree. `restore` adopts RUNNING Optuna
+      trials that carry a Tune id the pickle lacks (Tune may run them again) and prunes the
+      other RUNNING ones (driver lost): Tune samples a fresh trial in their place.
     - A trial that had failed and that `Tuner.restore(resume_errored=True)` runs again gets a
       new Optuna trial with the same params and `lushpo_retry_of`, because a finished Optuna
       trial cannot change state. Results for a trial whose Optuna record is already finished
@@ -336,6 +336,15 @@ class StudySearch(OptunaSearch):
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
         self._started = time.monotonic()  # the budget counts from this run's start, as Tune's
+        # Tune writes its trials before the searcher (`TuneController.save_to_dir`), so a driver
+        # stopped in between restores trials this pickle never saw; Tune runs them again and
+        # OptunaSearch would raise KeyError on their results. Their Optuna trials are RUNNING and
+        # carry the Tune id: adopt them. One Tune never saved either is pruned at the study's end.
+        running = optuna.trial.TrialState.RUNNING
+        for trial in self._ot_study.get_trials(deepcopy=False, states=(running,)):
+            tune_id = trial.user_attrs.get(TUNE_ID_ATTR)
+            if tune_id is not None and tune_id not in self._ot_trials:
+                self._ot_trials[tune_id] = optuna.trial.Trial(self._ot_study, trial._trial_id)
         known = {t._trial_id for t in self._ot_trials.values()}
         prune_running_trials(self._ot_study, known, DRIVER_LOST)
 
@@ -801,8 +810,9 @@ def _settle_optuna_trials(
         record = by_tune_id.get(trial.user_attrs.get(TUNE_ID_ATTR))
         if record is not None and record.value is not None:
             study.tell(trial.number, record.value)
-        elif STOP_ATTR in trial.user_attrs:
-            storage.set_trial_user_attr(trial._trial_id, PRUNED_ATTR, trial.user_attrs[STOP_ATTR])
+        elif STOP_ATTR in trial.user_attrs or record is None:  # None: Tune never saved it
+            why = trial.user_attrs.get(STOP_ATTR, DRIVER_LOST)
+            storage.set_trial_user_attr(trial._trial_id, PRUNED_ATTR, why)
             storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.PRUNED)
     budget = cfg.budget.time_budget_s
     reason = TIME_BUDGET if budget is not None and elapsed_s >= 0.95 * budget else STOPPED

@@ -227,6 +227,60 @@ def test_a_stop_that_loses_the_race_with_the_final_result_is_settled_from_tunes_
     assert by_attr["done"].value == 0.7
 
 
+def test_a_resume_adopts_trials_tune_saved_but_the_searcher_pickle_lacks(tmp_path):
+    """Tune writes its trials before the searcher's pickle, so a driver stopped in between
+    restores a trial the searcher never saw. Its results must reach its own Optuna trial (not
+    raise KeyError and end the study); a RUNNING trial without a Tune id, or one Tune never
+    saved, ends PRUNED as driver lost."""
+    from hpo import study as hstudy
+
+    cfg = _cfg(tmp_path, "file:///unused", name="gap")
+    (tmp_path / "runs" / "gap").mkdir(parents=True)
+    optuna_study = optuna.create_study(
+        study_name="gap", storage=cfg.storage.optuna_storage, direction="maximize"
+    )
+
+    def searcher() -> hstudy.StudySearch:
+        search = hstudy.StudySearch(
+            space={"x": optuna.distributions.FloatDistribution(0, 1)},
+            metric=hstudy.OBJECTIVE, mode="max", study_name="gap",
+            storage=optuna.storages.RDBStorage(cfg.storage.optuna_storage),
+        )  # fmt: skip
+        search.set_search_properties(hstudy.OBJECTIVE, "max", {})
+        return search
+
+    before = searcher()
+    before.suggest("kept")
+    pickle = tmp_path / "searcher.pkl"
+    before.save(str(pickle))  # the searcher's state as the driver last saved it
+    before.suggest("unsaved")  # Tune saved this trial, the driver died before the pickle
+    before.suggest("ghost")  # neither saved it
+    orphan = optuna_study.ask()  # asked, no Tune id yet
+
+    after = searcher()
+    after.restore(str(pickle))
+    after.on_trial_result("unsaved", {hstudy.HISTORY: [[1, 0.5], [2, 0.6]]})
+    after.on_trial_complete("unsaved", result={hstudy.OBJECTIVE: 0.8, "final": True})
+    by_id = {t.user_attrs.get(hstudy.TUNE_ID_ATTR): t for t in optuna_study.get_trials()}
+    assert by_id["unsaved"].state == optuna.trial.TrialState.COMPLETE
+    assert by_id["unsaved"].value == 0.8 and by_id["unsaved"].intermediate_values == {
+        1: 0.5,
+        2: 0.6,
+    }
+    assert by_id[None].number == orphan.number
+    assert by_id[None].user_attrs[hstudy.PRUNED_ATTR] == hstudy.DRIVER_LOST
+
+    def record(tune_id: str) -> hstudy.TrialRecord:
+        metrics = {hstudy.OBJECTIVE: 0.8, "final": True}
+        return hstudy.TrialRecord(tune_id, "TERMINATED", {}, metrics, [], None, str(tmp_path))
+
+    hstudy._settle_optuna_trials(cfg, 10.0, [record("kept"), record("unsaved")], lambda _: None)
+    by_id = {t.user_attrs.get(hstudy.TUNE_ID_ATTR): t for t in optuna_study.get_trials()}
+    assert by_id["kept"].state == optuna.trial.TrialState.COMPLETE
+    assert by_id["ghost"].state == optuna.trial.TrialState.PRUNED
+    assert by_id["ghost"].user_attrs[hstudy.PRUNED_ATTR] == hstudy.DRIVER_LOST
+
+
 def test_optuna_record_through_optuna_dashboard(tmp_path, store, local_ray):
     """A study cut short by ASHA and its time budget, read back through optuna-dashboard's HTTP
     API: only COMPLETE trials with their final test score, PRUNED trials with a reason, each
