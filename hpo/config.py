@@ -19,8 +19,10 @@ from pipeline.files import read_document
 __all__ = ["InvalidConfigError", "StudyConfig", "config_keys", "from_dict", "load_config"]
 
 # Keys a flag of `tune`/`run` also sets, named `--` + the last part with dashes (--trials).
-FLAGGED = {"name", "store", "address", "budget.trials", "split.data_dir"}
-FLAGGED |= {"storage.storage_path", "storage.optuna_storage"}
+FLAGGED = frozenset(
+    ("name", "store", "address", "budget.trials", "split.data_dir", "storage.storage_path",
+     "storage.optuna_storage")
+)  # fmt: skip
 
 
 class InvalidConfigError(ValueError):
@@ -188,9 +190,8 @@ def describe(schema: Mapping[str, Any], defs: Mapping[str, Any]) -> str:
         forms = [describe(s, defs) for s in schema["anyOf"]]
         return ", ".join(forms[:-1]) + " or " + forms[-1]
     if "const" in schema or "enum" in schema:
-        return (
-            "a str among {" + ", ".join(map(repr, schema.get("enum", [schema.get("const")]))) + "}"
-        )
+        values = schema.get("enum", [schema.get("const")])
+        return "a str among {" + ", ".join(map(repr, values)) + "}"
     if kind in ("integer", "number"):
         lo = schema.get("minimum", schema.get("exclusiveMinimum", "-inf"))
         hi = schema.get("maximum", schema.get("exclusiveMaximum", "inf"))

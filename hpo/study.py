@@ -727,10 +727,11 @@ def run_study(
     if resume and not restorable:
         log(f"nothing to resume at {cfg.run_path}; starting study {cfg.name!r}")
 
-    # Optuna's storage (SQLAlchemy, the schema and its version check: about a second) is opened
-    # in a thread while Ray starts, off the study's critical path.
+    # A new study's Optuna storage (SQLAlchemy, the schema and its version check: about a
+    # second) opens in a thread while Ray starts; a restore unpickles the searcher's own.
     with ThreadPoolExecutor(1, thread_name_prefix="optuna-storage") as pool:
-        storage = pool.submit(_optuna_storage, cfg.storage.optuna_storage)
+        if not restorable:
+            storage = pool.submit(_optuna_storage, cfg.storage.optuna_storage)
         started = start_ray(cfg)
     try:
         node_id = ray.get_runtime_context().get_node_id()
