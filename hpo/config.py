@@ -1,6 +1,6 @@
 """A study YAML file → frozen pydantic models, validated once at the CLI edge; they also give the
 JSON Schema editors check YAML with (`lushpo config schema`). A failure is one InvalidConfigError
-naming the key, what it accepts (the schema in words), the value and the fix. Precedence: flags >
+naming the key, what it accepts (pydantic's words), the value and the fix. Precedence: flags >
 YAML > defaults (environment values the CLI passes in) > built-in; nothing here reads os.environ.
 """
 
@@ -14,26 +14,18 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from hpo import project
-from pipeline.files import read_document
+from pipeline.files import absolute, read_document
 
 __all__ = ["InvalidConfigError", "StudyConfig", "config_keys", "from_dict", "load_config"]
-
-# Keys a flag of `tune`/`run` also sets, named `--` + the last part with dashes (--trials).
-FLAGGED = frozenset(
-    ("name", "store", "address", "budget.trials", "split.data_dir", "storage.storage_path",
-     "storage.optuna_storage")
-)  # fmt: skip
 
 
 class InvalidConfigError(ValueError):
     """A key (or the file) is wrong: one line naming it, what it accepts, the value, the fix."""
 
     def __init__(self, key: str, allowed: str, got: Any, source: str, message: str = "") -> None:
-        self.key, self.allowed, self.got, self.source = key, allowed, got, source
-        flag = "--" + key.rpartition(".")[2].replace("_", "-")
-        fix = f"set `{key}` in {source}" + (f" or pass {flag}" if key in FLAGGED else "")
-        must = f"The '{key}' key in {source} must be {allowed}. Got {got!r} instead; {fix}."
-        super().__init__(message or must)
+        self.key = key
+        must = f"The '{key}' key in {source} must be {allowed}. Got {got!r} instead"
+        super().__init__(message or f"{must}; set `{key}` in {source}.")
 
 
 # Patterns a reader cannot be expected to parse get words in error messages.
@@ -49,14 +41,7 @@ Count, Natural = Annotated[int, Field(ge=1)], Annotated[int, Field(ge=0)]
 Positive, NonNegative = Annotated[float, Field(gt=0)], Annotated[float, Field(ge=0)]
 Text = Annotated[str, Field(min_length=1)]
 Layer = Mapping[str, Any] | None  # dotted keys ("budget.trials") to values; None: not given
-
-
-def _local_abs(path: str) -> str:
-    local = Path(path.removeprefix("file://")).expanduser()
-    return path if path.startswith("s3://") else str(local.resolve())
-
-
-LocalPath = Annotated[str, Field(min_length=1), AfterValidator(_local_abs)]
+LocalPath = Annotated[str, Field(min_length=1), AfterValidator(absolute)]
 
 
 def _one_or_many(item: Any) -> Any:  # YAML: a scalar or a non-empty list; the model: a tuple
@@ -81,14 +66,12 @@ class FeatureSetConfig(_Section):
 
 
 class SplitConfig(_Section):
-    kind: Literal["paper", "stratified", "grouped"] = Field(
-        "paper", description="paper: cross_val.json; stratified or grouped: k folds with a seed"
-    )
+    kind: Literal["paper", "stratified", "grouped"] = "paper"
     cross_val: LocalPath | None = Field(None, description="default <data_dir>/paper/cross_val.json")
     data_dir: LocalPath | None = None
     group_by: Literal["patient", "source"] = "patient"
     metadata: LocalPath | None = Field(None, description="default <data_dir>/pocus/…_metadata.csv")
-    k: Annotated[int, Field(ge=2)] = 5
+    k: Annotated[int, Field(ge=2)] = Field(5, description="folds of a stratified or grouped split")
     seed: Natural = 0
 
 
@@ -101,9 +84,7 @@ class BudgetConfig(_Section):
     max_failures: Natural = Field(1, description="retries of a failed trial from its checkpoint")
     checkpoint_every: Natural = Field(5, description="epochs between checkpoints; 0: final only")
     checkpoint_interval_s: NonNegative = 60.0
-    report_interval_s: NonNegative = Field(
-        5.0, description="a trial reports at most this often; 0 (and ASHA): every epoch"
-    )
+    report_interval_s: NonNegative = Field(5.0, description="0 (and under ASHA): every epoch")
 
 
 class SchedulerConfig(_Section):
@@ -138,7 +119,7 @@ class RescoreConfig(_Section):
 
 
 class StorageConfig(_Section):
-    storage_path: Annotated[_URI, AfterValidator(_local_abs)] = Field(
+    storage_path: Annotated[_URI, AfterValidator(absolute)] = Field(
         default_factory=lambda: str(project.runs_dir()),
         description="Ray Tune results: a path or s3://bucket/prefix (default .lushpo/runs)",
     )
@@ -182,33 +163,16 @@ def config_keys() -> list[str]:
             for sub in getattr(info.annotation, "model_fields", None) or [""]]  # fmt: skip
 
 
-def describe(schema: Mapping[str, Any], defs: Mapping[str, Any]) -> str:
-    """What a JSON Schema accepts, in words: 'an int in [1, inf)', "a str among {'a', 'b'}"."""
-    schema = defs[schema["$ref"].rsplit("/", 1)[-1]] if "$ref" in schema else schema
-    kind = schema.get("type")
-    if "anyOf" in schema:
-        forms = [describe(s, defs) for s in schema["anyOf"]]
-        return ", ".join(forms[:-1]) + " or " + forms[-1]
-    if "const" in schema or "enum" in schema:
-        values = schema.get("enum", [schema.get("const")])
-        return "a str among {" + ", ".join(map(repr, values)) + "}"
-    if kind in ("integer", "number"):
-        lo = schema.get("minimum", schema.get("exclusiveMinimum", "-inf"))
-        hi = schema.get("maximum", schema.get("exclusiveMaximum", "inf"))
-        left, right = "[" if "minimum" in schema else "(", "]" if "maximum" in schema else ")"
-        return ("an int" if kind == "integer" else "a number") + f" in {left}{lo}, {hi}{right}"
-    if kind == "array":
-        size = "a non-empty list" if schema.get("minItems") else "a list"
-        return f"{size} of ({describe(schema.get('items', {}), defs)})"
-    words = {"string": _WORDS.get(schema.get("pattern"), "a str"), "object": "a mapping"}
-    return {**words, "boolean": "true or false", "null": "None"}.get(kind, "a value")
+# Where pydantic's own words are unclear: a regex, a model's class name, "Field required".
+_PLAIN = {"model_type": "a mapping", "dict_type": "a mapping", "too_short": "non-empty",
+          "string_too_short": "non-empty", "missing": "set (it has no default)"}  # fmt: skip
 
 
 def _error(exc: ValidationError, data: Mapping[str, Any], source: str) -> InvalidConfigError:
     """The first pydantic error as one InvalidConfigError naming the YAML key."""
-    first = exc.errors()[0]
-    loc = [str(p) for p in first["loc"]]
-    if first["type"] == "extra_forbidden":
+    errors = exc.errors()
+    loc = [str(p) for p in errors[0]["loc"]]
+    if errors[0]["type"] == "extra_forbidden":
         keys = config_keys() if len(loc) > 1 else list(StudyConfig.model_fields)
         close = get_close_matches(".".join(loc), keys, 3, 0.5)
         hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
@@ -216,17 +180,19 @@ def _error(exc: ValidationError, data: Mapping[str, Any], source: str) -> Invali
                    "(`lushpo config schema` lists every key)")  # fmt: skip
         return InvalidConfigError(".".join(loc), "a known key", loc[-1], source, message)
     key = ".".join(loc[:2]) if ".".join(loc[:2]) in config_keys() else loc[0]
-    schema, got = StudyConfig.model_json_schema(), data.get(loc[0])
-    field = schema["properties"][loc[0]]
-    if "." in key:
-        field = schema["$defs"][field["$ref"].rsplit("/", 1)[-1]]["properties"][loc[1]]
-        got = got.get(loc[1]) if isinstance(got, Mapping) else None
-    return InvalidConfigError(key, describe(field, schema["$defs"]), got, source)
+    got = data[loc[0]].get(loc[1]) if "." in key else data.get(key)
+    words = " or ".join(dict.fromkeys(  # a union's branches all fail at the same key
+        _WORDS.get((e.get("ctx") or {}).get("pattern"))
+        or _PLAIN.get(e["type"], e["msg"].removeprefix("Input should be "))
+        for e in errors if [str(p) for p in e["loc"][:2]] == loc[:2]))  # fmt: skip
+    if len(loc) > 2 and loc[2].isdigit():  # an item of a list such as feature_set.frames
+        words = f"one value or a non-empty list, each {words}"
+    return InvalidConfigError(key, words, got, source)
 
 
 def _check(cfg: StudyConfig, source: str) -> None:
     """Rules across keys, each naming the key to change; the space must fit `hpo.space`."""
-    from hpo.space import InvalidSpaceError, paper_best, search_space
+    from hpo.space import InvalidSpaceError, paper_best, study_space
 
     split, fs, asha = cfg.split, cfg.feature_set, cfg.scheduler
     needs = "{} (or split.data_dir holding {}, or LUSHPO_DATA_DIR) when split.kind is '{}'"
@@ -245,13 +211,9 @@ def _check(cfg: StudyConfig, source: str) -> None:
     for key, broken, got, allowed in rules:
         if broken:
             raise InvalidConfigError(key, allowed, got, source)
-    searched = not fs.grid  # a grid runs one study per cell: neither is a search dimension
+    cell = slice(1 if fs.grid else None)  # a grid's cells each have one backbone and one N
     try:
-        space = search_space(
-            cfg.space,
-            backbones=fs.backbone if searched and len(fs.backbone) > 1 else None,
-            frames=fs.frames if searched and len(fs.frames) > 1 else None,
-        )
+        space = study_space(cfg.space, fs.backbone[cell], fs.frames[cell])
     except InvalidSpaceError as exc:
         raise InvalidConfigError("space", f"valid overrides ({exc})", cfg.space, source) from None
     try:
@@ -292,11 +254,7 @@ def from_dict(
 def load_config(path: str | Path, overrides: Layer = None, defaults: Layer = None) -> StudyConfig:
     """Read a study YAML file; `overrides` (CLI flags) win over it, `defaults` (env) lose to it."""
     try:
-        data = read_document(path) or {}
-    except FileNotFoundError:
-        problem = f"{path}: no such config file; pass --config an existing YAML file"
-    except ValueError as exc:  # unreadable or not YAML: one line naming the file and the spot
-        problem = str(exc)
-    else:
-        return from_dict(data, overrides, defaults, source=str(path))
-    raise InvalidConfigError("--config", "a YAML file", str(path), str(path), problem)
+        data = read_document(path, "pass --config a valid YAML file") or {}
+    except (FileNotFoundError, ValueError) as exc:  # one line naming the file, the spot, the fix
+        raise InvalidConfigError("--config", "a YAML file", path, str(path), str(exc)) from None
+    return from_dict(data, overrides, defaults, source=str(path))

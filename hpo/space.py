@@ -43,6 +43,7 @@ __all__ = [
     "is_paper_best",
     "paper_best",
     "search_space",
+    "study_space",
 ]
 
 UNITS = (32, 64, 128, 256, 512, 1024)
@@ -268,6 +269,18 @@ def search_space(
         if dist is not None:
             space[key] = dist
     return space
+
+
+def study_space(
+    overrides: Mapping[str, Any], backbones: Sequence[str], frames: Sequence[int]
+) -> dict[str, BaseDistribution]:
+    """The space of a study over the feature sets of these backbones and frame counts: each of
+    ``backbone`` and ``frames`` is a dimension only when the study lists more than one."""
+    return search_space(
+        overrides,
+        backbones=list(backbones) if len(backbones) > 1 else None,
+        frames=list(frames) if len(frames) > 1 else None,
+    )
 
 
 def _contains(dist: BaseDistribution, value: Any) -> bool:

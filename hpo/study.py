@@ -265,11 +265,7 @@ def _search_space(cfg: StudyConfig) -> dict[str, optuna.distributions.BaseDistri
     fs = cfg.feature_set
     if fs.grid:
         raise ValueError("a grid config runs one study per cell: use hpo.grid.run_grid")
-    return hspace.search_space(
-        cfg.space,
-        backbones=list(fs.backbone) if len(fs.backbone) > 1 else None,
-        frames=list(fs.frames) if len(fs.frames) > 1 else None,
-    )
+    return hspace.study_space(cfg.space, fs.backbone, fs.frames)
 
 
 # --- the Optuna storage across resumes -------------------------------------------------------

@@ -1,6 +1,6 @@
 """File helpers every stage uses, each written once: atomic writes, sha256 of a file, a JSON or
-YAML file read with one-line errors, the pyarrow S3 filesystem for an endpoint, and the per-node
-path template.
+YAML file read with one-line errors, a local location made absolute, the pyarrow S3 filesystem for
+an endpoint, and the per-node path template.
 
 Atomic writes go to a temporary name in the target's folder, are flushed and fsync'd, then
 renamed over the target: a reader (or a restart after a power cut) sees the old file or the new
@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "NODE_ID",
+    "absolute",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -66,8 +67,7 @@ def sha256_file(path: Path | str) -> str:
 def read_document(path: Path | str, fix: str = "") -> Any:
     """A JSON file (by its .json suffix) or else a YAML file, parsed. A file that cannot be read
     or parsed raises ValueError in one line: the path, the problem and where, then `fix`; never
-    the parser's own multi-line text. A missing file raises FileNotFoundError, for the caller to
-    word."""
+    the parser's own multi-line text; a missing file raises FileNotFoundError, in one line too."""
     import yaml
 
     path, fix = Path(path), f"; {fix}" if fix else ""
@@ -75,7 +75,7 @@ def read_document(path: Path | str, fix: str = "") -> Any:
         text = path.read_text(encoding="utf-8")
         return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except FileNotFoundError:
-        raise
+        raise FileNotFoundError(f"{path}: no such file{fix}") from None
     except OSError as exc:
         problem = f"cannot read it ({exc.strerror})"
     except json.JSONDecodeError as exc:
@@ -85,6 +85,14 @@ def read_document(path: Path | str, fix: str = "") -> Any:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = f"not valid YAML: {getattr(exc, 'problem', None) or exc}{where}"
     raise ValueError(f"{path}: {problem}{fix}".replace("\n", " ")) from None
+
+
+def absolute(location: str) -> str:
+    """A local path or file:// URI as an absolute path (so Ray workers and later verbs, run from
+    elsewhere, find it); other URIs such as s3://bucket/prefix pass through."""
+    if "://" in location and not location.startswith("file://"):
+        return location
+    return str(Path(location.removeprefix("file://")).expanduser().resolve())
 
 
 def s3_filesystem(endpoint_url: str | None = None) -> Any:

@@ -24,6 +24,7 @@ from types import ModuleType
 
 from hpo import project
 from hpo.commands import data, evaluate, export, features, tune
+from pipeline.files import absolute
 
 __all__ = ["add_parser", "pipeline_steps"]
 
@@ -63,11 +64,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run)
 
 
-def _absolute(location: str) -> str:
-    """A local path made absolute (the verbs' URIs need it); URIs pass through."""
-    return location if "://" in location else str(Path(location).expanduser().resolve())
-
-
 def pipeline_steps(
     args: argparse.Namespace, environ: dict[str, str] | None = None
 ) -> tuple[object, list[tuple[ModuleType, list[str]]]]:
@@ -75,9 +71,8 @@ def pipeline_steps(
     argument list. Raises InvalidConfigError for a bad config or flag."""
     environ = dict(os.environ if environ is None else environ)
     cfg = tune.config_from_args(args, environ)
-    data_dir = _absolute(cfg.split.data_dir) if cfg.split.data_dir else None
-    run_path = _absolute(cfg.run_path)
-    out = _absolute(args.out or str(project.results_dir(environ) / cfg.name))
+    data_dir, run_path = cfg.split.data_dir, cfg.run_path  # absolute already (hpo.config)
+    out = absolute(args.out or str(project.results_dir(environ) / cfg.name))
     shared = {"--store": cfg.store, "--data-dir": data_dir}
 
     steps: list[tuple[ModuleType, list[str]]] = []
@@ -105,7 +100,7 @@ def pipeline_steps(
         "--config": args.config,
         "--name": cfg.name,
         "--trials": args.trials,
-        "--storage-path": _absolute(cfg.storage.storage_path),
+        "--storage-path": cfg.storage.storage_path,
         "--optuna-storage": args.optuna_storage,
         "--address": cfg.address,
         **shared,

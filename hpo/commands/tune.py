@@ -68,8 +68,9 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None):
-    """The validated StudyConfig: flags > YAML > environment > built-in defaults."""
-    from hpo.config import load_config
+    """The validated StudyConfig: flags > YAML > environment > built-in defaults. An error on a
+    key a flag sets also names the flag (`--` and the key's last part: --trials)."""
+    from hpo.config import InvalidConfigError, load_config
 
     environ = dict(os.environ if environ is None else environ)
     overrides = {
@@ -85,7 +86,13 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
     # The project folder (hpo.project) below YAML: LUSHPO_STORE, else .lushpo/store and runs.
     defaults["store"] = project.store_uri(environ)
     defaults["storage.storage_path"] = str(project.runs_dir(environ))
-    return load_config(args.config, overrides, defaults)
+    try:
+        return load_config(args.config, overrides, defaults)
+    except InvalidConfigError as exc:
+        if exc.key in overrides:
+            flag = "--" + exc.key.rpartition(".")[2].replace("_", "-")
+            exc.args = (f"{str(exc).removesuffix('.')} or pass {flag}.",)
+        raise
 
 
 def _handle(args: argparse.Namespace) -> int:

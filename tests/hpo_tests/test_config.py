@@ -63,7 +63,7 @@ def test_unknown_keys_are_named_with_the_nearest_known_ones():
 
 
 def test_config_file_errors_are_one_line_naming_the_file(tmp_path):
-    with pytest.raises(InvalidConfigError, match=r"nope.yaml: no such config file"):
+    with pytest.raises(InvalidConfigError, match=r"nope.yaml: no such file; pass --config"):
         load_config(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: t\nbudget: {trials: [\n")
@@ -77,20 +77,20 @@ def test_config_file_errors_are_one_line_naming_the_file(tmp_path):
 @pytest.mark.parametrize(
     ("data", "key", "got", "allowed"),
     [
-        (_with(budget={"trials": 0}), "budget.trials", "0", "an int in [1, inf)"),
-        (_with(budget={"trials": True}), "budget.trials", "True", "an int"),
-        (_with(budget={"max_concurrent": 1.5}), "budget.max_concurrent", "1.5", "an int"),
+        (_with(budget={"trials": 0}), "budget.trials", "0", "greater than or equal to 1"),
+        (_with(budget={"trials": True}), "budget.trials", "True", "a valid integer"),
+        (_with(budget={"max_concurrent": 1.5}), "budget.max_concurrent", "1.5", "a valid integer"),
         (_with(searcher={"sampler": "grid"}), "searcher.sampler", "'grid'", "'cmaes'"),
         (_with(scheduler={"name": "hyperband"}), "scheduler.name", "'hyperband'", "'asha'"),
-        (_with(resources={"gpu": -0.25}), "resources.gpu", "-0.25", "[0, inf)"),
-        (_with(resources={"cpu": 0}), "resources.cpu", "0", "(0, inf)"),
+        (_with(resources={"gpu": -0.25}), "resources.gpu", "-0.25", "greater than or equal to 0"),
+        (_with(resources={"cpu": 0}), "resources.cpu", "0", "greater than 0"),
         (_with(feature_set={"sampling": "odd"}), "feature_set.sampling", "'odd'", "'even'"),
         (_with(feature_set={"frames": [20, 0]}), "feature_set.frames", "[20, 0]", "non-empty"),
         (
             _with(training={"validation_fraction": 1.0}),
             "training.validation_fraction",
             "1.0",
-            "(0, 1)",
+            "less than 1",
         ),
         (
             _with(storage={"optuna_storage": "optuna.db"}),
@@ -99,6 +99,9 @@ def test_config_file_errors_are_one_line_naming_the_file(tmp_path):
             "sqlite:///",
         ),
         (_with(name="bad name!"), "name", "'bad name!'", "letters"),
+        (_with(training={"deterministic": "yes"}), "training.deterministic", "'yes'", "'auto' or"),
+        (_with(budget=3), "budget", "3", "a mapping"),
+        ({"split": {"kind": "stratified"}}, "name", "None", "set (it has no default)"),
     ],
 )
 def test_invalid_values_name_key_form_value_and_fix(data, key, got, allowed):
@@ -112,9 +115,20 @@ def test_invalid_values_name_key_form_value_and_fix(data, key, got, allowed):
     assert isinstance(info.value, ValueError)
 
 
-def test_flag_named_for_keys_a_flag_sets():
-    with pytest.raises(InvalidConfigError, match="or pass --trials"):
-        from_dict(_with(budget={"trials": -1}))
+def test_flag_named_for_keys_a_flag_sets(tmp_path):
+    from hpo.commands.tune import config_from_args
+
+    path = tmp_path / "s.yaml"
+    flags = dict.fromkeys(("trials", "name", "store", "storage_path", "optuna_storage"))
+    args = argparse.Namespace(config=str(path), address=None, data_dir=None, **flags)
+    path.write_text("name: n\nsplit: {kind: stratified}\nbudget: {trials: -1}\n")
+    with pytest.raises(
+        InvalidConfigError, match=r"; set `budget.trials` in .* or pass --trials\.$"
+    ):
+        config_from_args(args, {})
+    path.write_text("name: n\nsplit: {kind: stratified}\nbudget: {patience: 0}\n")
+    with pytest.raises(InvalidConfigError, match=r"set `budget.patience` in [^ ]*s.yaml\.$"):
+        config_from_args(args, {})  # no flag sets budget.patience
 
 
 def test_cross_field_rules():

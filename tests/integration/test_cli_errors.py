@@ -67,7 +67,7 @@ CASES = {
     "missing --config": (
         lambda t, s: ["tune", "--config", str(t / "nope.yaml")],
         2,
-        "nope.yaml: no such config file",
+        "nope.yaml: no such file; pass --config",
     ),
     "invalid YAML": (
         lambda t, s: ["tune", "--config", str(_yaml(t, "name: t\nbudget: {trials: [\n"))],

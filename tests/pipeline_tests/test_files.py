@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.files import read_document
+from pipeline.files import absolute, read_document
 
 
 def test_reads_json_by_suffix_and_yaml_otherwise(tmp_path):
@@ -30,6 +30,14 @@ def test_malformed_file_is_one_line_naming_file_spot_and_fix(tmp_path, name, tex
     assert "\n" not in message and "line 2" in message
 
 
-def test_missing_file_is_left_to_the_caller(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        read_document(tmp_path / "nope.json")
+def test_a_missing_file_is_one_line_naming_it_and_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        read_document(tmp_path / "nope.json", "fetch it again")
+    assert str(info.value) == f"{tmp_path / 'nope.json'}: no such file; fetch it again"
+
+
+def test_absolute_resolves_local_locations_and_keeps_other_uris(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert absolute("runs") == str(tmp_path.resolve() / "runs")
+    assert absolute(f"file://{tmp_path}/a/../b") == str(tmp_path.resolve() / "b")
+    assert absolute("s3://bucket/prefix") == "s3://bucket/prefix"
