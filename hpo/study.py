@@ -28,10 +28,13 @@ import optuna
 import pyarrow.fs as pafs
 import ray
 from ray import tune
+from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+from ray.tune.experiment.trial import Trial
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
+from ray.tune.utils.serialization import _loads_with_cloudpickle
 
 from hpo import space as hspace
 from hpo.config import StudyConfig
@@ -312,9 +315,9 @@ class StudySearch(OptunaSearch):
       the study ends and `_settle_optuna_trials` reads Tune's own record of it.
     - Every Optuna trial carries its Ray Tune trial id (`tune_trial_id`).
     - Tune pickles the searcher with its experiment state, but the storage is written as trials
-      are asked and told, so after a SIGKILL the two disagree. `restore` adopts RUNNING Optuna
-      trials that carry a Tune id the pickle lacks (Tune may run them again) and prunes the
-      other RUNNING ones (driver lost): Tune samples a fresh trial in their place.
+      are asked and told, so after a SIGKILL the two disagree. `restore` adopts Optuna trials
+      that carry a Tune id the pickle lacks (Tune may run them again) and prunes the other
+      RUNNING ones (driver lost): Tune samples a fresh trial in their place.
     - A trial that had failed and that `Tuner.restore(resume_errored=True)` runs again gets a
       new Optuna trial with the same params and `lushpo_retry_of`, because a finished Optuna
       trial cannot change state. Results for a trial whose Optuna record is already finished
@@ -334,13 +337,20 @@ class StudySearch(OptunaSearch):
         self._started = time.monotonic()  # the budget counts from this run's start, as Tune's
         # Tune writes its trials before the searcher (`TuneController.save_to_dir`), so a driver
         # stopped in between restores trials this pickle never saw; Tune runs them again and
-        # OptunaSearch would raise KeyError on their results. Their Optuna trials are RUNNING and
-        # carry the Tune id: adopt them. One Tune never saved either is pruned at the study's end.
-        running = optuna.trial.TrialState.RUNNING
-        for trial in self._ot_study.get_trials(deepcopy=False, states=(running,)):
+        # OptunaSearch would raise KeyError on their results. Their Optuna trials carry the Tune
+        # id: adopt them (the newest per id: a retry shares its id), a finished one as told. One
+        # that is RUNNING and that Tune never saved either is pruned at the study's end.
+        adopted = {}
+        for trial in self._ot_study.get_trials(deepcopy=False):
             tune_id = trial.user_attrs.get(TUNE_ID_ATTR)
             if tune_id is not None and tune_id not in self._ot_trials:
-                self._ot_trials[tune_id] = optuna.trial.Trial(self._ot_study, trial._trial_id)
+                adopted[tune_id] = trial
+        for tune_id, trial in adopted.items():
+            self._ot_trials[tune_id] = optuna.trial.Trial(self._ot_study, trial._trial_id)
+            if trial.state.is_finished():
+                self._completed_trials.add(tune_id)
+        if adopted:  # the pickled sampler's RNG is as far behind: it would draw their params again
+            self._ot_study.sampler.reseed_rng()
         known = {t._trial_id for t in self._ot_trials.values()}
         prune_running_trials(self._ot_study, known, DRIVER_LOST)
 
@@ -439,7 +449,35 @@ class StudyLimiter(ConcurrencyLimiter):
         super().on_trial_complete(trial_id, result=result, error=error)
 
 
-def _searcher(cfg: StudyConfig, storage: optuna.storages.BaseStorage) -> ConcurrencyLimiter:
+class StudyGenerator(SearchGenerator):
+    """Ray Tune's SearchGenerator, restored to agree with the trials Tune restores.
+
+    Tune writes its trials (the experiment state) before this generator's state and its
+    searchers' (`TuneController.save_to_dir`). A driver killed in between restores a search state
+    one save behind: a trial counter short of the trials Tune has, so the study would run past
+    its budget, and a concurrency limiter that still counts trials since ended as live, so with
+    `max_concurrent` of them it never suggests again and the study hangs. Both are set from the
+    experiment state Tune restored: the counter to at least its trials, the live set to its
+    unfinished ones (a failed trial Tune runs again rejoins it through `StudyLimiter`)."""
+
+    def restore_from_dir(self, dirpath: str) -> None:
+        super().restore_from_dir(dirpath)
+        newest = _find_newest_experiment_checkpoint(dirpath)
+        if newest is None:
+            return
+        state = _loads_with_cloudpickle(Path(newest).read_bytes())
+        trials = [
+            Trial.from_json_state(json_state, stub=True) for json_state, _ in state["trial_data"]
+        ]
+        self._counter = max(self._counter, len(trials))
+        if isinstance(self.searcher, ConcurrencyLimiter) and not self.searcher.batch:
+            unfinished = (Trial.PENDING, Trial.RUNNING, Trial.PAUSED)
+            live = {t.trial_id for t in trials if t.status in unfinished}
+            self.searcher.live_trials = live
+            self.searcher.num_unfinished_live_trials = len(live)
+
+
+def _searcher(cfg: StudyConfig, storage: optuna.storages.BaseStorage) -> StudyGenerator:
     if quieted():  # Optuna's "A new study created in RDB …" and the like
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = _search_space(cfg)
@@ -455,7 +493,7 @@ def _searcher(cfg: StudyConfig, storage: optuna.storages.BaseStorage) -> Concurr
         study_name=cfg.name,
         storage=storage,
     )
-    return StudyLimiter(search, max_concurrent=cfg.budget.max_concurrent)
+    return StudyGenerator(StudyLimiter(search, max_concurrent=cfg.budget.max_concurrent))
 
 
 def _scheduler(cfg: StudyConfig) -> ASHAScheduler | None:

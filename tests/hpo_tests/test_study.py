@@ -259,6 +259,8 @@ def test_a_resume_adopts_trials_tune_saved_but_the_searcher_pickle_lacks(tmp_pat
 
     after = searcher()
     after.restore(str(pickle))
+    unsaved = {t.user_attrs.get(hstudy.TUNE_ID_ATTR): t for t in optuna_study.get_trials()}
+    assert after.suggest("next") != unsaved["unsaved"].params  # the sampler does not replay
     after.on_trial_result("unsaved", {hstudy.HISTORY: [[1, 0.5], [2, 0.6]]})
     after.on_trial_complete("unsaved", result={hstudy.OBJECTIVE: 0.8, "final": True})
     by_id = {t.user_attrs.get(hstudy.TUNE_ID_ATTR): t for t in optuna_study.get_trials()}
@@ -279,6 +281,59 @@ def test_a_resume_adopts_trials_tune_saved_but_the_searcher_pickle_lacks(tmp_pat
     assert by_id["kept"].state == optuna.trial.TrialState.COMPLETE
     assert by_id["ghost"].state == optuna.trial.TrialState.PRUNED
     assert by_id["ghost"].user_attrs[hstudy.PRUNED_ATTR] == hstudy.DRIVER_LOST
+
+
+def test_a_resume_after_a_kill_between_tunes_two_saves_keeps_budget_and_concurrency(tmp_path):
+    """Tune saves its trials, then the search state. A driver killed in between restores a
+    search state one save behind: its limiter still counts a trial that has since ended as live
+    (max_concurrent 1: no trial is ever suggested again, the study hangs), and its counter is
+    short of Tune's trials (the study would run past its budget). The generator restores both
+    from Tune's experiment state."""
+    import json
+
+    from ray.tune.experiment.trial import Trial
+    from ray.tune.utils.serialization import TuneFunctionEncoder
+
+    from hpo import study as hstudy
+
+    cfg = _cfg(tmp_path, "file:///unused", name="gap")
+    (tmp_path / "runs" / "gap").mkdir(parents=True)
+    optuna.create_study(study_name="gap", storage=cfg.storage.optuna_storage, direction="maximize")
+
+    def generator() -> hstudy.StudyGenerator:
+        search = hstudy.StudySearch(
+            space={"x": optuna.distributions.FloatDistribution(0, 1)},
+            metric=hstudy.OBJECTIVE, mode="max", study_name="gap",
+            storage=optuna.storages.RDBStorage(cfg.storage.optuna_storage),
+        )  # fmt: skip
+        made = hstudy.StudyGenerator(hstudy.StudyLimiter(search, max_concurrent=1))
+        made.set_search_properties(hstudy.OBJECTIVE, "max", {})
+        return made
+
+    final = {hstudy.OBJECTIVE: 0.5, "final": True}
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    before = generator()
+    assert before.searcher.suggest("a") is not None
+    before._counter = 1
+    before.save_to_dir(str(state_dir), "s")  # the last search state the driver saved
+    before.searcher.on_trial_complete("a", result=final)
+    assert before.searcher.suggest("b") is not None
+    trials = {"a": Trial.TERMINATED, "b": Trial.RUNNING}  # Tune saved this, then the kill
+    data = []
+    for trial_id, status in trials.items():
+        trial = Trial("train", trial_id=trial_id, stub=True)
+        trial.create_placement_group_factory()  # as Tune does before it saves a trial
+        trial.set_status(status)
+        data.append(trial.get_json_state())
+    state = {"trial_data": data, "runner_data": {}, "stats": {}}
+    (state_dir / "experiment_state-s.json").write_text(json.dumps(state, cls=TuneFunctionEncoder))
+
+    after = generator()
+    after.restore_from_dir(str(state_dir))
+    assert after._counter == 2 and after.searcher.live_trials == {"b"}
+    after.searcher.on_trial_complete("b", result=final)
+    assert after.searcher.suggest("c") is not None  # the next trial of the budget starts
 
 
 def test_optuna_record_through_optuna_dashboard(tmp_path, store, local_ray):

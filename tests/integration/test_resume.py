@@ -123,7 +123,15 @@ def _mid_run_checkpoint(run_dir: Path) -> bool:
     return any(run_dir.glob("*/checkpoint_*/lockstep.json"))
 
 
-@pytest.mark.parametrize("point", ["during_trial", "between_trials", "after_checkpoint"])
+def _search_state(run_dir: Path) -> dict[str, bytes]:
+    """Tune's search state in the run dir: the generator's and limiter's, and the searcher's."""
+    paths = [*run_dir.glob("search_gen_state-*.json"), *run_dir.glob("searcher-state-*.pkl")]
+    return {p.name: p.read_bytes() for p in paths}
+
+
+@pytest.mark.parametrize(
+    "point", ["during_trial", "between_trials", "after_checkpoint", "search_state_behind"]
+)
 def test_driver_killed_then_resumed_runs_exactly_the_budget(tmp_path, point):
     store_uri, _key, _ = put_synthetic(tmp_path / "store", clips=12, frames=3, dim=4)
     config = study_yaml(tmp_path, store_uri, "killed")
@@ -131,6 +139,10 @@ def test_driver_killed_then_resumed_runs_exactly_the_budget(tmp_path, point):
 
     driver = Driver(["--config", str(config)])
     try:
+        if point == "search_state_behind":
+            driver.wait_for(lambda lines: len(done_trials(lines)) >= 1, 300, "a trial done")
+            driver.poll_until(lambda: len(_search_state(run_dir)) == 2, 60, "a search state")
+            behind = _search_state(run_dir)
         driver.wait_for(lambda lines: len(done_trials(lines)) >= 2, 300, "two trials done")
         if point == "during_trial":
             # the third trial started; kill once it has trained for a moment
@@ -140,18 +152,27 @@ def test_driver_killed_then_resumed_runs_exactly_the_budget(tmp_path, point):
                 "a third trial started",
             )
             time.sleep(1.5)  # loading its features / training its first epoch
-        elif point == "after_checkpoint":
+        elif point in ("after_checkpoint", "search_state_behind"):
             driver.poll_until(lambda: _mid_run_checkpoint(run_dir), 120, "a mid-run checkpoint")
         driver.kill()
     finally:
         driver.reap()
     before = done_trials(driver.lines)
     assert before, driver.output
+    if point == "search_state_behind":
+        # Tune saves its trials, then the search state (TuneController.save_to_dir): a kill in
+        # between leaves the search state behind the trials, as this older copy put back does.
+        # Unfixed, the resume hangs (its limiter counts an ended trial as live) or overruns.
+        assert behind != _search_state(run_dir)
+        for name, data in behind.items():
+            (run_dir / name).write_bytes(data)
 
     resumed = Driver(["--config", str(config), "--resume"])
     rc = resumed.wait(400)
     assert rc == 0, resumed.output
     assert "already finished" not in resumed.output
+    if point == "search_state_behind":
+        before = {}  # Tune's own state, synced to the run dir now and then, may rerun a trial
     check_resumed_study(run_dir, f"sqlite:///{run_dir}/optuna.db", "killed", before)
 
 
