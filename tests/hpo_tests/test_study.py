@@ -69,6 +69,19 @@ def _cfg(tmp_path: Path, store_uri: str, name: str = "s", **sections) -> object:
     return from_dict(data, source="test")
 
 
+def _one_dim_search(cfg, **options):
+    """A StudySearch over one float dimension on `cfg`'s Optuna study, set up as Tune does."""
+    from hpo import study as hstudy
+
+    search = hstudy.StudySearch(
+        space={"x": optuna.distributions.FloatDistribution(0, 1)},
+        metric=hstudy.OBJECTIVE, mode="max", study_name=cfg.name,
+        storage=optuna.storages.RDBStorage(cfg.storage.optuna_storage), **options,
+    )  # fmt: skip
+    search.set_search_properties(hstudy.OBJECTIVE, "max", {})
+    return search
+
+
 def _history(cfg) -> list[tuple[dict, float]]:
     study = optuna.load_study(study_name=cfg.name, storage=cfg.storage.optuna_storage)
     return [(t.params, t.value) for t in sorted(study.trials, key=lambda t: t.number)]
@@ -193,13 +206,7 @@ def test_a_stop_that_loses_the_race_with_the_final_result_is_settled_from_tunes_
     optuna_study = optuna.create_study(
         study_name="race", storage=cfg.storage.optuna_storage, direction="maximize"
     )
-    search = hstudy.StudySearch(
-        space={"x": optuna.distributions.FloatDistribution(0, 1)},
-        metric=hstudy.OBJECTIVE, mode="max", study_name="race",
-        storage=optuna.storages.RDBStorage(cfg.storage.optuna_storage),
-        time_budget_s=60, scheduler=True,
-    )  # fmt: skip
-    search.set_search_properties(hstudy.OBJECTIVE, "max", {})
+    search = _one_dim_search(cfg, time_budget_s=60, scheduler=True)
     for tune_id in ("late", "cut", "done"):
         search.suggest(tune_id)
     epoch = {hstudy.VALIDATION: 0.5, "training_iteration": 1, "final": False}
@@ -240,16 +247,7 @@ def test_a_resume_adopts_trials_tune_saved_but_the_searcher_pickle_lacks(tmp_pat
         study_name="gap", storage=cfg.storage.optuna_storage, direction="maximize"
     )
 
-    def searcher() -> hstudy.StudySearch:
-        search = hstudy.StudySearch(
-            space={"x": optuna.distributions.FloatDistribution(0, 1)},
-            metric=hstudy.OBJECTIVE, mode="max", study_name="gap",
-            storage=optuna.storages.RDBStorage(cfg.storage.optuna_storage),
-        )  # fmt: skip
-        search.set_search_properties(hstudy.OBJECTIVE, "max", {})
-        return search
-
-    before = searcher()
+    before = _one_dim_search(cfg)
     before.suggest("kept")
     pickle = tmp_path / "searcher.pkl"
     before.save(str(pickle))  # the searcher's state as the driver last saved it
@@ -257,7 +255,7 @@ def test_a_resume_adopts_trials_tune_saved_but_the_searcher_pickle_lacks(tmp_pat
     before.suggest("ghost")  # neither saved it
     orphan = optuna_study.ask()  # asked, no Tune id yet
 
-    after = searcher()
+    after = _one_dim_search(cfg)
     after.restore(str(pickle))
     unsaved = {t.user_attrs.get(hstudy.TUNE_ID_ATTR): t for t in optuna_study.get_trials()}
     assert after.suggest("next") != unsaved["unsaved"].params  # the sampler does not replay
@@ -301,14 +299,7 @@ def test_a_resume_after_a_kill_between_tunes_two_saves_keeps_budget_and_concurre
     optuna.create_study(study_name="gap", storage=cfg.storage.optuna_storage, direction="maximize")
 
     def generator() -> hstudy.StudyGenerator:
-        search = hstudy.StudySearch(
-            space={"x": optuna.distributions.FloatDistribution(0, 1)},
-            metric=hstudy.OBJECTIVE, mode="max", study_name="gap",
-            storage=optuna.storages.RDBStorage(cfg.storage.optuna_storage),
-        )  # fmt: skip
-        made = hstudy.StudyGenerator(hstudy.StudyLimiter(search, max_concurrent=1))
-        made.set_search_properties(hstudy.OBJECTIVE, "max", {})
-        return made
+        return hstudy.StudyGenerator(hstudy.StudyLimiter(_one_dim_search(cfg), max_concurrent=1))
 
     final = {hstudy.OBJECTIVE: 0.5, "final": True}
     state_dir = tmp_path / "state"
