@@ -46,6 +46,8 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check pipeline hpo tests bench
 	$(BIN)/ruff format --check pipeline hpo tests bench
+	# no reaching into Ray's, Optuna's or our own private state (issue 22)
+	$(BIN)/ruff check --select SLF001 hpo pipeline
 
 bench: setup
 	$(BIN)/python -m bench

@@ -88,8 +88,13 @@ def _timed(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
 # --- the Optuna contenders (`python -m bench.p2_study optuna JOB WORKERS`) -----------------------
 
 
-def _trials(study: Any, job: dict[str, Any], n_trials: int, threads: int | None) -> None:
-    """Ask/tell `n_trials` trials of `study`: cross_validate of each sampled config."""
+def _trials(
+    study: Any, job: dict[str, Any], n_trials: int, threads: int | None, reseed: bool = False
+) -> None:
+    """Ask/tell `n_trials` trials of `study`: cross_validate of each sampled config. `reseed`:
+    a TPE sampler seeded from (seed, trial number) before each ask, as lushpo's searcher does
+    (`hpo.searcher.sampler_seed`), so the sequential pair draws the same configs."""
+    from hpo.searcher import make_sampler, sampler_seed
     from hpo.space import search_space
     from hpo.trainable import TrialSettings, configure_tensorflow, cross_validate_with
     from pipeline.manifest import Split
@@ -102,7 +107,9 @@ def _trials(study: Any, job: dict[str, Any], n_trials: int, threads: int | None)
     configure_tensorflow(settings)
     fs = open_store(job["store"]).get(job["key"])
     space = search_space(SPACE)  # what lushpo searches for this config
-    for _ in range(n_trials):
+    for number in range(n_trials):
+        if reseed:
+            study.sampler = make_sampler("tpe", sampler_seed(job["seed"], number))
         trial = study.ask(fixed_distributions=space)
         result = cross_validate_with(fs, settings, trial.params)  # the study's own call
         study.tell(trial, float(result.metrics["accuracy"]))
@@ -136,7 +143,7 @@ def _optuna_main(job_path: str, workers: int) -> None:
     if workers == 1:
         sampler = optuna.samplers.TPESampler(seed=job["seed"])
         study = optuna.create_study(direction="maximize", sampler=sampler)
-        _trials(study, job, job["trials"], threads=None)
+        _trials(study, job, job["trials"], threads=None, reseed=True)
     else:
         study = optuna.create_study(study_name="p2", storage=_journal(job), direction="maximize")
         context = multiprocessing.get_context("spawn")  # fresh interpreters, as n shells would

@@ -94,7 +94,7 @@ class SchedulerConfig(_Section):
 
 
 class SearcherConfig(_Section):
-    sampler: Literal["tpe", "random", "cmaes"] = "tpe"  # the registry: hpo.study.SAMPLERS
+    sampler: Literal["tpe", "random", "cmaes"] = "tpe"  # the registry: hpo.searcher.SAMPLERS
     seed: Natural = 0
     start_from_paper_best: bool = Field(False, description="the paper's point as the first trial")
 

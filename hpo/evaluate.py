@@ -145,6 +145,8 @@ def _study_plots(
     """Optimisation history and parameter importances from the Optuna study the card names."""
     import optuna
 
+    from hpo.optuna_storage import connectable, masked
+
     plots: dict[str, str] = {}
     info = card.get("study") or {}
     storage = optuna_storage or info.get("optuna_storage")
@@ -156,6 +158,7 @@ def _study_plots(
     if storage:
         try:
             name = info.get("study_name")
+            storage = connectable(storage)  # a card's URL is masked: the password is ours
             if not name:
                 names = optuna.study.get_all_study_names(storage=storage)
                 if len(names) != 1:
@@ -164,7 +167,8 @@ def _study_plots(
             study = optuna.load_study(study_name=name, storage=storage)
         except Exception as exc:  # a missing/unreachable storage must not block the report
             notes.append(
-                f"Optuna study not readable at {storage}: {exc}; history from the run's trials."
+                f"Optuna study not readable at {masked(storage)}: {exc}; history from the run's "
+                "trials."
             )
     if study is not None:
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

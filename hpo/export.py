@@ -20,7 +20,6 @@ final checkpoint holds a complete ``trial.json`` (one metrics entry per fold) ar
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -40,6 +39,7 @@ import numpy as np
 
 from hpo.metrics import bootstrap_ci, fold_metrics, summarize
 from hpo.model import predict_proba
+from hpo.optuna_storage import masked
 from hpo.run_files import RESCORE_FILE, read_run_file
 from hpo.selection import SELECTED_ON, TIE_BREAK, Candidate, final_epochs, select_best
 from pipeline.files import atomic_write_text, s3_filesystem
@@ -236,17 +236,6 @@ def _study_location(run: str) -> dict | None:
     if not db.is_file():
         return None
     return {"optuna_storage": f"sqlite:///{db.resolve()}", "study_name": Path(run).name}
-
-
-def _masked(study: dict) -> dict:
-    """The study location without a database password (the card travels with the model)."""
-    from sqlalchemy.engine import make_url
-
-    url = study.get("optuna_storage")
-    if url:
-        with contextlib.suppress(Exception):  # not an SQLAlchemy URL: keep it as given
-            url = make_url(url).render_as_string(hide_password=True)
-    return {**study, "optuna_storage": url}
 
 
 def _nested_entry(run: str, endpoint_url: str | None, log: Callable[[str], None]) -> dict | None:
@@ -637,7 +626,11 @@ def _export_best(
                 "rescored": rescore is not None,
             },
             "rescore": rescore,
-            "study": _masked(study) if study else _study_location(run),
+            "study": (
+                {**study, "optuna_storage": masked(study.get("optuna_storage"))}
+                if study
+                else _study_location(run)
+            ),
             "trials": _trials_table(refs),
             "nested": _nested_entry(run, endpoint_url, log),
         }

@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from hpo.config import StudyConfig
+from hpo.optuna_storage import masked
 from pipeline.files import atomic_write_text
 
 __all__ = ["GRID_FILE", "cell_configs", "cell_label", "read_grid", "run_grid"]
@@ -60,7 +61,7 @@ def _write_grid_file(cfg: StudyConfig, cells: Sequence[StudyConfig]) -> None:
     record = {
         "name": cfg.name,
         "cells": [c.name for c in cells],
-        "optuna_storage": cfg.storage.optuna_storage,
+        "optuna_storage": masked(cfg.storage.optuna_storage),
     }
     with fs.open_output_stream(f"{run}/{GRID_FILE}") as out:
         out.write(json.dumps(record, indent=1).encode())

@@ -36,6 +36,7 @@ from ray import tune
 
 from hpo.config import StudyConfig
 from hpo.metrics import fold_metrics, summarize
+from hpo.optuna_storage import masked
 from hpo.run_files import read_run_file, remove_run_file, write_run_file
 from hpo.selection import TIE_BREAK, Candidate, final_epochs, select_best
 from hpo.study import (
@@ -441,7 +442,7 @@ def run_nested(
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "name": cfg.name,
         "run_path": cfg.run_path,
-        "optuna_storage": cfg.storage.optuna_storage,
+        "optuna_storage": masked(cfg.storage.optuna_storage),
         "feature_set": key,
         "outer_split": {"name": outer.name, "digest": outer.digest(), "folds": len(outer.folds)},
         "inner_folds": inner_k,

@@ -28,19 +28,24 @@ import optuna
 import pyarrow.fs as pafs
 import ray
 from ray import tune
-from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
-from ray.tune.experiment.trial import Trial
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search import ConcurrencyLimiter, SearchGenerator
-from ray.tune.search.optuna import OptunaSearch
-from ray.tune.utils.serialization import _loads_with_cloudpickle
 
 from hpo import space as hspace
 from hpo.config import StudyConfig
+from hpo.optuna_storage import has_study, remember
 from hpo.quiet import quieted
 from hpo.run_files import read_run_file, write_run_file
-from hpo.trial_settings import HISTORY, STATE_FILE, TRIAL_FILE, TrialSettings
+from hpo.searcher import (
+    SAMPLERS,
+    SearchSettingsChangedError,
+    StudySearcher,
+    TuneTrialEnd,
+    make_sampler,
+    prepare_study,
+    reconcile,
+)
+from hpo.trial_settings import TrialSettings
 from pipeline.cluster import connect
 from pipeline.files import on_node, s3_filesystem
 from pipeline.groups import grouped_split, read_groups
@@ -58,6 +63,7 @@ from pipeline.store import FeatureSetNotFoundError, open_store
 __all__ = [
     "SAMPLERS",
     "AllTrialsFailedError",
+    "SearchSettingsChangedError",
     "StudyExistsError",
     "StudyInterruptedError",
     "StudyResult",
@@ -74,13 +80,6 @@ __all__ = [
 OBJECTIVE = "test_accuracy"
 VALIDATION = "val_accuracy"  # per epoch: the folds' mean inner-validation accuracy
 MODE = "max"
-
-SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
-    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
-    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
-    "cmaes": lambda seed: optuna.samplers.CmaEsSampler(seed=seed),
-}
-"""Optuna samplers by name; `make_sampler` lists these names when given another."""
 
 
 class StudyExistsError(RuntimeError):
@@ -127,7 +126,7 @@ class TrialRecord:
 class StudyResult:
     name: str
     run_path: str  # <storage_path>/<name>: Ray Tune's experiment dir
-    optuna_storage: str
+    optuna_storage: str  # masked: no password (`hpo.optuna_storage.masked`)
     trials: tuple[TrialRecord, ...]
     already_finished: bool = False  # --resume found nothing left to run
 
@@ -135,16 +134,6 @@ class StudyResult:
     def best(self) -> TrialRecord | None:
         done = [t for t in self.trials if t.value is not None]
         return max(done, key=lambda t: t.value) if done else None
-
-
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """The seeded Optuna sampler registered under `name`."""
-    try:
-        return SAMPLERS[name](seed)
-    except KeyError:
-        raise ValueError(
-            f"unknown sampler {name!r} (searcher.sampler); valid names: {sorted(SAMPLERS)}"
-        ) from None
 
 
 # --- storage -------------------------------------------------------------------------------------
@@ -173,23 +162,8 @@ def _delete_run(fs: pafs.FileSystem | None, run_path: str, cfg: StudyConfig) -> 
         fs.delete_dir_contents(run_path, missing_dir_ok=True)
     # The default sqlite file lives in the run dir and went with it; opening its URL now would
     # fail (no directory), so only a storage that still holds the study is asked to delete it.
-    if _optuna_has_study(cfg.storage.optuna_storage, cfg.name):
+    if has_study(cfg.storage.optuna_storage, cfg.name):
         optuna.delete_study(study_name=cfg.name, storage=cfg.storage.optuna_storage)
-
-
-def _optuna_storage(url: str) -> optuna.storages.BaseStorage:
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.RDBStorage(url)
-
-
-def _optuna_has_study(url: str, name: str) -> bool:
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
-        return False
-    try:
-        return name in optuna.get_all_study_names(storage=url)
-    except Exception:  # an unreachable DB is reported when the study opens it
-        return False
 
 
 # --- driver-side preparation -------------------------------------------------------------------
@@ -204,7 +178,7 @@ def resolve_feature_sets(cfg: StudyConfig) -> dict[tuple[str, int], str]:
     fs_cfg = cfg.feature_set
     if fs_cfg.key is not None:
         if not store.exists(fs_cfg.key):
-            raise store._not_found(fs_cfg.key)
+            raise store.not_found(fs_cfg.key)
         return {(fs_cfg.backbone[0], fs_cfg.frames[0]): fs_cfg.key}
     keys: dict[tuple[str, int], str] = {}
     for backbone in fs_cfg.backbone:
@@ -271,229 +245,37 @@ def _search_space(cfg: StudyConfig) -> dict[str, optuna.distributions.BaseDistri
     return hspace.study_space(cfg.space, fs.backbone, fs.frames)
 
 
-# --- the Optuna storage across resumes -------------------------------------------------------
-
-PRUNED_ATTR = "lushpo_pruned"  # user attr of a PRUNED Optuna trial: why it has no test result
-RETRY_ATTR = "lushpo_retry_of"  # user attr: number of the failed Optuna trial this one retries
-# user attr of a trial Tune stopped before its final result had been processed: why. The study's
-# end settles it (`_settle_optuna_trials`): COMPLETE if the final result arrived after all, else
-# PRUNED with this reason.
-STOP_ATTR = "lushpo_stop_requested"
-TUNE_ID_ATTR = "tune_trial_id"  # user attr: the Ray Tune trial id (run dir, progress, export)
-
-# Why a trial ended without its final test result (the value of PRUNED_ATTR).
-TIME_BUDGET = "time budget: stopped when budget.time_budget_s ran out"
-SCHEDULER = "scheduler: stopped early by ASHA on its validation accuracy"
-STOPPED = "stopped before its final test result"
-FAILURE = "failure: the trial raised (its error.txt is in the run dir); --resume retries it"
-DRIVER_LOST = "driver lost: asked by a driver that died before Ray Tune saved it"
+# --- the search -----------------------------------------------------------------------------
 
 
-def prune_running_trials(study: optuna.Study, keep: set[int], reason: str) -> list[int]:
-    """Mark PRUNED, with `reason`, every RUNNING trial of `study` whose storage id is not in
-    `keep`; return their numbers. Nothing will ever tell such trials a result."""
-    storage = study._storage
-    lost = []
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if trial._trial_id in keep:
-            continue
-        storage.set_trial_user_attr(trial._trial_id, PRUNED_ATTR, reason)
-        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.PRUNED)
-        lost.append(trial.number)
-    return lost
-
-
-class StudySearch(OptunaSearch):
-    """OptunaSearch that keeps Optuna's record true to the study.
-
-    - Only a trial's final result, with its test accuracy, makes it COMPLETE. A trial that ends
-      without one (time budget, ASHA, an error, a driver that died) is PRUNED, and the
-      `lushpo_pruned` user attr says why. Intermediate values are the validation curve only.
-    - A stop (time budget, ASHA) is not told to Optuna at once: Tune can still process results
-      the trial had already sent — its final one among them — after telling the searcher it
-      stopped. The trial stays RUNNING with the stop's reason (`lushpo_stop_requested`) until
-      the study ends and `_settle_optuna_trials` reads Tune's own record of it.
-    - Every Optuna trial carries its Ray Tune trial id (`tune_trial_id`).
-    - Tune pickles the searcher with its experiment state, but the storage is written as trials
-      are asked and told, so after a SIGKILL the two disagree. `restore` adopts Optuna trials
-      that carry a Tune id the pickle lacks (Tune may run them again) and prunes the other
-      RUNNING ones (driver lost): Tune samples a fresh trial in their place.
-    - A trial that had failed and that `Tuner.restore(resume_errored=True)` runs again gets a
-      new Optuna trial with the same params and `lushpo_retry_of`, because a finished Optuna
-      trial cannot change state. Results for a trial whose Optuna record is already finished
-      (it completed just before the driver died) are not reported twice.
-    """
-
-    def __init__(
-        self, *args: Any, time_budget_s: float | None = None, scheduler: bool = False, **kw: Any
-    ) -> None:
-        super().__init__(*args, **kw)
-        self._time_budget_s = time_budget_s
-        self._scheduler = scheduler
-        self._started = time.monotonic()
-
-    def restore(self, checkpoint_path: str) -> None:
-        super().restore(checkpoint_path)
-        self._started = time.monotonic()  # the budget counts from this run's start, as Tune's
-        # Tune writes its trials before the searcher (`TuneController.save_to_dir`), so a driver
-        # stopped in between restores trials this pickle never saw; Tune runs them again and
-        # OptunaSearch would raise KeyError on their results. Their Optuna trials carry the Tune
-        # id: adopt them (the newest per id: a retry shares its id), a finished one as told. One
-        # that is RUNNING and that Tune never saved either is pruned at the study's end.
-        adopted = {}
-        for trial in self._ot_study.get_trials(deepcopy=False):
-            tune_id = trial.user_attrs.get(TUNE_ID_ATTR)
-            if tune_id is not None and tune_id not in self._ot_trials:
-                adopted[tune_id] = trial
-        for tune_id, trial in adopted.items():
-            self._ot_trials[tune_id] = optuna.trial.Trial(self._ot_study, trial._trial_id)
-            if trial.state.is_finished():
-                self._completed_trials.add(tune_id)
-        if adopted:  # the pickled sampler's RNG is as far behind: it would draw their params again
-            self._ot_study.sampler.reseed_rng()
-        known = {t._trial_id for t in self._ot_trials.values()}
-        prune_running_trials(self._ot_study, known, DRIVER_LOST)
-
-    def suggest(self, trial_id: str) -> dict | None:
-        suggestion = super().suggest(trial_id)
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is not None:
-            self._ot_study._storage.set_trial_user_attr(ot_trial._trial_id, TUNE_ID_ATTR, trial_id)
-        return suggestion
-
-    def _stored(self, trial_id: str) -> optuna.trial.FrozenTrial | None:
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is None:
-            return None
-        return self._ot_study._storage.get_trial(ot_trial._trial_id)
-
-    def _state(self, trial_id: str) -> optuna.trial.TrialState | None:
-        stored = self._stored(trial_id)
-        return None if stored is None else stored.state
-
-    def _reopen_if_failed(self, trial_id: str) -> None:
-        if trial_id not in self._completed_trials:
-            return
-        old = self._stored(trial_id)
-        if old is None or old.user_attrs.get(PRUNED_ATTR) != FAILURE:
-            return
-        self._ot_study.enqueue_trial(
-            old.params, user_attrs={RETRY_ATTR: old.number, TUNE_ID_ATTR: trial_id}
-        )
-        self._ot_trials[trial_id] = self._ot_study.ask(fixed_distributions=old.distributions)
-        self._completed_trials.discard(trial_id)
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        self._reopen_if_failed(trial_id)
-        history = result.get(HISTORY) or []  # the epochs since the last report; never test scores
-        if not history or self._state(trial_id) != optuna.trial.TrialState.RUNNING:
-            return
-        for epoch, val_accuracy in history:
-            self._ot_trials[trial_id].report(float(val_accuracy), int(epoch))
-
-    def on_trial_complete(
-        self, trial_id: str, result: dict | None = None, error: bool = False
-    ) -> None:
-        self._reopen_if_failed(trial_id)
-        state = self._state(trial_id)
-        if state is not None and state.is_finished():
-            self._completed_trials.add(trial_id)  # told before the driver died
-            return
-        final = bool(result) and result.get("final") is True and result.get(OBJECTIVE) is not None
-        stored = self._stored(trial_id)
-        if not error and not final and stored is not None:
-            storage = self._ot_study._storage
-            storage.set_trial_user_attr(stored._trial_id, STOP_ATTR, self._why_stopped())
-            self._completed_trials.add(trial_id)  # settled at the study's end
-            return
-        if error:
-            if stored is not None:
-                self._ot_study._storage.set_trial_user_attr(stored._trial_id, PRUNED_ATTR, FAILURE)
-            result, error = None, False  # no value, not an error: OptunaSearch tells PRUNED
-        super().on_trial_complete(trial_id, result, error)
-
-    def _why_stopped(self) -> str:
-        # getattr: a searcher pickled by an older lushpo lacks these
-        budget = getattr(self, "_time_budget_s", None)
-        elapsed = time.monotonic() - getattr(self, "_started", time.monotonic())
-        if budget is not None and elapsed >= 0.95 * budget:
-            return TIME_BUDGET
-        return SCHEDULER if getattr(self, "_scheduler", False) else STOPPED
-
-
-class StudyLimiter(ConcurrencyLimiter):
-    """ConcurrencyLimiter that keeps telling the searcher about trials a resume runs again.
-
-    The plain limiter drops results of trials it no longer counts as live, and a trial that had
-    errored left that set when it failed: when `Tuner.restore(resume_errored=True)` runs it
-    again, its completion would never reach Optuna. Such a trial rejoins the live set on its
-    first result (the searcher still knows its id)."""
-
-    def _rerun(self, trial_id: str) -> bool:
-        """A trial the searcher knows but the limiter dropped from its live set (it errored)."""
-        known = trial_id in getattr(self.searcher, "_ot_trials", {})
-        return self._limit_concurrency and known and trial_id not in self.live_trials
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if self._rerun(trial_id):
-            self.live_trials.add(trial_id)
-            self.num_unfinished_live_trials += 1
-        super().on_trial_result(trial_id, result)
-
-    def on_trial_complete(
-        self, trial_id: str, result: dict | None = None, error: bool = False
-    ) -> None:
-        if self._rerun(trial_id):
-            self.searcher.on_trial_complete(trial_id, result=result, error=error)
-            return
-        super().on_trial_complete(trial_id, result=result, error=error)
-
-
-class StudyGenerator(SearchGenerator):
-    """Ray Tune's SearchGenerator, restored to agree with the trials Tune restores.
-
-    Tune writes its trials (the experiment state) before this generator's state and its
-    searchers' (`TuneController.save_to_dir`). A driver killed in between restores a search state
-    one save behind: a trial counter short of the trials Tune has, so the study would run past
-    its budget, and a concurrency limiter that still counts trials since ended as live, so with
-    `max_concurrent` of them it never suggests again and the study hangs. Both are set from the
-    experiment state Tune restored: the counter to at least its trials, the live set to its
-    unfinished ones (a failed trial Tune runs again rejoins it through `StudyLimiter`)."""
-
-    def restore_from_dir(self, dirpath: str) -> None:
-        super().restore_from_dir(dirpath)
-        newest = _find_newest_experiment_checkpoint(dirpath)
-        if newest is None:
-            return
-        state = _loads_with_cloudpickle(Path(newest).read_bytes())
-        trials = [
-            Trial.from_json_state(json_state, stub=True) for json_state, _ in state["trial_data"]
-        ]
-        self._counter = max(self._counter, len(trials))
-        if isinstance(self.searcher, ConcurrencyLimiter) and not self.searcher.batch:
-            unfinished = (Trial.PENDING, Trial.RUNNING, Trial.PAUSED)
-            live = {t.trial_id for t in trials if t.status in unfinished}
-            self.searcher.live_trials = live
-            self.searcher.num_unfinished_live_trials = len(live)
-
-
-def _searcher(cfg: StudyConfig, storage: optuna.storages.BaseStorage) -> StudyGenerator:
+def _searcher(cfg: StudyConfig) -> StudySearcher:
     if quieted():  # Optuna's "A new study created in RDB …" and the like
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = _search_space(cfg)
-    points = [hspace.paper_best(space)] if cfg.searcher.start_from_paper_best else None
-    search = StudySearch(
-        time_budget_s=cfg.budget.time_budget_s,
+    return StudySearcher(
+        cfg.storage.optuna_storage,
+        cfg.name,
+        _search_space(cfg),
+        cfg.searcher.sampler,
+        cfg.searcher.seed,
         scheduler=cfg.scheduler.name != "none",
-        space=space,
         metric=OBJECTIVE,
         mode=MODE,
-        points_to_evaluate=points,
-        sampler=make_sampler(cfg.searcher.sampler, cfg.searcher.seed),
-        study_name=cfg.name,
-        storage=storage,
     )
-    return StudyGenerator(StudyLimiter(search, max_concurrent=cfg.budget.max_concurrent))
+
+
+def _prepare_study(cfg: StudyConfig, log: Callable[[str], None]) -> None:
+    """The study's Optuna record made, or checked and brought to this run's budget."""
+    space = _search_space(cfg)
+    prepare_study(
+        cfg.storage.optuna_storage,
+        cfg.name,
+        budget=cfg.budget.trials,
+        max_concurrent=cfg.budget.max_concurrent,
+        sampler=cfg.searcher.sampler,
+        seed=cfg.searcher.seed,
+        points=[hspace.paper_best(space)] if cfg.searcher.start_from_paper_best else None,
+        log=log,
+    )
 
 
 def _scheduler(cfg: StudyConfig) -> ASHAScheduler | None:
@@ -610,54 +392,59 @@ def train_on_node(config: dict[str, Any], settings: TrialSettings) -> None:
     train_cv(config, on_this_node(settings))
 
 
-def _trainable(cfg: StudyConfig, settings: TrialSettings) -> Any:
+Train = Callable[[dict[str, Any], TrialSettings], None]
+"""A trial: its config and the study's settings in, results reported through `ray.tune`."""
+
+
+def _trainable(cfg: StudyConfig, settings: TrialSettings, train: Train) -> Any:
     resources = {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
-    return tune.with_resources(tune.with_parameters(train_on_node, settings=settings), resources)
+    return tune.with_resources(tune.with_parameters(train, settings=settings), resources)
 
 
-class CheckpointRepair(tune.Callback):
-    """Points a resumed trial at a checkpoint that exists before Ray restores it.
-
-    With ``num_to_keep=1`` Ray deletes a trial's previous checkpoint as soon as it registers
-    the next one, and uploads the experiment state afterwards (asynchronously on S3): a driver
-    killed in between leaves a state that names a deleted checkpoint, and every restore of that
-    trial fails ("does not exist on storage anymore"). `on_trial_start` runs before Ray's
-    restore, so the trial is moved to its newest complete checkpoint (one holding lockstep.json
-    or trial.json), or, without one, started afresh."""
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        latest = trial.latest_checkpoint_result
-        if latest is None:
-            return
-        fs, path = latest.checkpoint.filesystem, latest.checkpoint.path
-        if fs.get_file_info(path).type != pafs.FileType.NotFound:
-            return
-        trial_dir = path.rsplit("/", 1)[0]
-        infos = fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True))
-        for candidate in sorted((i.path for i in infos if "/checkpoint_" in i.path), reverse=True):
-            names = {f"{candidate}/{STATE_FILE}", f"{candidate}/{TRIAL_FILE}"}
-            if any(fs.get_file_info(n).type == pafs.FileType.File for n in names):
-                latest.checkpoint = tune.Checkpoint(path=candidate, filesystem=fs)
-                return
-        trial.run_metadata.checkpoint_manager._latest_checkpoint_result = None
+_CALLBACKS: dict[str, Sequence[tune.Callback]] = {}  # run path -> this driver's callbacks
 
 
-def _tune_callbacks(callbacks: Sequence[tune.Callback]) -> list[tune.Callback]:
-    """Ours, and Tune's result.json and progress.csv loggers but not its TensorBoard one (the
-    curves are in Optuna): fit runs with TUNE_DISABLE_AUTO_CALLBACK_LOGGERS, which saves the
-    driver ~0.5 s of importing tensorboardX and an event write per result."""
-    return [CheckpointRepair(), CSVLoggerCallback(), JsonLoggerCallback(), *callbacks]
+class _DriverCallbacks(tune.Callback):
+    """Tune's hooks, passed on to the callbacks this driver registered for the run.
+
+    `Tuner.restore` brings back the RunConfig pickled when the study started, callbacks
+    included, and offers no public way to give it new ones. So what Tune pickles is this
+    forwarder, which holds the run's path only; the progress view of the driver that runs now
+    (not the unpickled one of a driver that died) gets the events, and nothing of the callbacks
+    (a storage URL, open files) is written into the run's storage."""
+
+    def __init__(self, run_path: str) -> None:
+        self.run_path = run_path
 
 
-def _run_config(cfg: StudyConfig, callbacks: Sequence[tune.Callback]) -> tune.RunConfig:
+def _forward(hook: str) -> Callable[..., None]:
+    def forward(self: _DriverCallbacks, *args: Any, **kwargs: Any) -> None:
+        for callback in _CALLBACKS.get(self.run_path, ()):
+            getattr(callback, hook)(*args, **kwargs)
+
+    forward.__name__ = hook
+    return forward
+
+
+for _hook in [name for name in vars(tune.Callback) if name == "setup" or name.startswith("on_")]:
+    setattr(_DriverCallbacks, _hook, _forward(_hook))
+
+
+def _run_config(cfg: StudyConfig, run_path: str) -> tune.RunConfig:
     fs, path = storage_filesystem(cfg)
     return tune.RunConfig(
         name=cfg.name,
         storage_path=path,
         storage_filesystem=fs,
         failure_config=tune.FailureConfig(max_failures=cfg.budget.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        callbacks=_tune_callbacks(callbacks),
+        # Two: Tune deletes the older checkpoint once it registers a newer one and saves the
+        # experiment state after that, so the state a killed driver left may name the
+        # second newest; it still exists.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        # Tune's result.json and progress.csv loggers but not its TensorBoard one (the curves
+        # are in Optuna): fit runs with TUNE_DISABLE_AUTO_CALLBACK_LOGGERS, which saves the
+        # driver ~0.5 s of importing tensorboardX and an event write per result.
+        callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), _DriverCallbacks(run_path)],
         verbose=0,
     )
 
@@ -728,46 +515,54 @@ def run_study(
     callbacks: Sequence[tune.Callback] = (),
     log: Callable[[str], None] = print,
     split: Split | None = None,
+    train: Train = train_on_node,
 ) -> StudyResult:
     """Run (or resume) the study `cfg` and return every trial's result.
 
     `split` replaces the split computed from ``cfg.split`` (nested CV passes each outer fold's
-    inner split, so the search never sees the outer test clips).
+    inner split, so the search never sees the outer test clips). `train` is the trial
+    (`train_on_node`: CNN-LSTM k-fold CV; benchmarks and kill tests pass a trivial one).
 
     Raises:
         FeatureSetNotFoundError: a feature set is missing from the store (before Ray starts).
         StudyExistsError: the name is taken at the storage path and neither resume nor overwrite.
+        StudySettingsChangedError, SearchSettingsChangedError: --resume with other settings.
         AllTrialsFailedError: every trial failed.
         StudyInterruptedError: the first Ctrl-C stopped the study after saving its state.
     """
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
+    shown_storage = remember(cfg.storage.optuna_storage)
     keys = resolve_feature_sets(cfg)
     fs, storage_path = storage_filesystem(cfg)
     run_path = f"{storage_path}/{cfg.name}"
     restorable = tune.Tuner.can_restore(run_path, storage_filesystem=fs)
+    saved = _saved_trials(fs, run_path) if restorable else None
     exists = restorable or _run_exists(fs, run_path)
-    exists = exists or _optuna_has_study(cfg.storage.optuna_storage, cfg.name)
+    exists = exists or has_study(cfg.storage.optuna_storage, cfg.name)
     if exists and not (resume or overwrite):
         raise StudyExistsError(
             f"study {cfg.name!r} already exists at {cfg.run_path} (Optuna storage "
-            f"{cfg.storage.optuna_storage}); pass --resume to continue it or --overwrite to "
+            f"{shown_storage}); pass --resume to continue it or --overwrite to "
             "delete it and start again"
         )
     if overwrite and exists:
         log(f"overwriting study {cfg.name!r} at {cfg.run_path}")
         _delete_run(fs, run_path, cfg)
-        restorable = False
+        restorable, saved = False, None
+    # A tuner.pkl without an experiment state: the driver died before Tune's first save. Nothing
+    # of Tune's to restore; the study starts in place and keeps the Optuna trials it asked.
+    restorable = restorable and saved is not None
     if resume and not restorable:
         log(f"nothing to resume at {cfg.run_path}; starting study {cfg.name!r}")
 
-    # A new study's Optuna storage (SQLAlchemy, the schema and its version check: about a
-    # second) opens in a thread while Ray starts; a restore unpickles the searcher's own.
+    # The Optuna record (SQLAlchemy, the schema and its version check: about a second) is made
+    # or checked in a thread while Ray starts.
     with ThreadPoolExecutor(1, thread_name_prefix="optuna-storage") as pool:
-        if not restorable:
-            storage = pool.submit(_optuna_storage, cfg.storage.optuna_storage)
+        prepared = pool.submit(_prepare_study, cfg, log)
         started = start_ray(cfg)
     try:
+        prepared.result()
         node_id = ray.get_runtime_context().get_node_id()
         if split is None:
             split = compute_split(cfg, next(iter(keys.values())), node_id)
@@ -779,81 +574,101 @@ def run_study(
             _check_settings(cfg, shaping, log)
         else:
             write_run_file(cfg.run_path, SETTINGS_FILE, shaping, cfg.storage.endpoint_url)
-        trainable = _trainable(cfg, settings)
+        trainable = _trainable(cfg, settings, train)
+        _reconcile(cfg, saved or {}, experiment_ended=False, log=log)
         if restorable:
-            tuner = tune.Tuner.restore(
-                run_path,
-                trainable=trainable,
-                resume_errored=True,
-                storage_filesystem=fs,
-            )
-            if _finished(cfg, fs, run_path):
-                grid = tuner.get_results()
+            if _finished(cfg, saved):
+                _reconcile(cfg, saved, experiment_ended=True, log=log)
+                tuner = tune.Tuner.restore(run_path, trainable=trainable, storage_filesystem=fs)
                 log(f"study {cfg.name!r} has already finished; nothing to resume")
-                return StudyResult(
-                    cfg.name, cfg.run_path, cfg.storage.optuna_storage, _records(grid), True
-                )
+                records = _records(tuner.get_results())
+                return StudyResult(cfg.name, cfg.run_path, shown_storage, records, True)
+            tuner = tune.Tuner.restore(
+                run_path, trainable=trainable, resume_errored=True, storage_filesystem=fs
+            )
         else:
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
-                    search_alg=_searcher(cfg, storage.result()),
+                    search_alg=_searcher(cfg),
                     scheduler=_scheduler(cfg),
-                    num_samples=cfg.budget.trials,
+                    # The searcher ends the study: it counts the budget in Optuna's storage,
+                    # which a resume may raise.
+                    num_samples=-1,
                     time_budget_s=cfg.budget.time_budget_s,
                     # One worker process per trial slot: TensorFlow is imported once per
                     # slot, not once per trial (seconds each on a small machine).
                     reuse_actors=True,
                 ),
-                run_config=_run_config(cfg, callbacks),
+                run_config=_run_config(cfg, run_path),
             )
-        if restorable:
-            # Tuner.restore unpickles the old RunConfig; use this run's callbacks (a fresh
-            # progress view), never the unpickled ones of the run that died.
-            tuner._local_tuner._run_config.callbacks = _tune_callbacks(callbacks)
         start = time.monotonic()
-        with _graceful_sigint(log) as interrupted, _environ(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"):
-            grid = tuner.fit()
-        elapsed = time.monotonic() - start
-        log(f"study {cfg.name!r} ran for {elapsed:.1f} s")
+        _CALLBACKS[run_path] = list(callbacks)
+        try:
+            with (
+                _graceful_sigint(log) as interrupted,
+                _environ(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"),
+            ):
+                grid = tuner.fit()
+        finally:
+            _CALLBACKS.pop(run_path, None)
+        log(f"study {cfg.name!r} ran for {time.monotonic() - start:.1f} s")
     finally:
         if started:
             ray.shutdown()
     if interrupted():
         raise StudyInterruptedError(cfg.name, cfg.run_path)
     records = _records(grid)
-    _settle_optuna_trials(cfg, elapsed, records, log)
+    ends = {
+        r.trial_id: TuneTrialEnd("ERROR" if r.error else "TERMINATED", r.value) for r in records
+    }
+    _reconcile(cfg, ends, experiment_ended=True, log=log)
     _check_not_all_failed(cfg, records)
-    return StudyResult(cfg.name, cfg.run_path, cfg.storage.optuna_storage, records)
+    return StudyResult(cfg.name, cfg.run_path, shown_storage, records)
 
 
-def _settle_optuna_trials(
+def _saved_trials(fs: pafs.FileSystem | None, run_path: str) -> dict[str, TuneTrialEnd] | None:
+    """Ray Tune's saved record of the run's trials, as a resume will restore them; None when
+    Tune saved no experiment state yet (the driver died before the first save)."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        analysis = ExperimentAnalysis(run_path, storage_filesystem=fs)
+    except ValueError:  # "No experiment snapshot file … was found"
+        return None
+    ends = {}
+    for trial in analysis.trials:
+        last = trial.last_result or {}
+        value = last.get(OBJECTIVE) if last.get("final") is True else None
+        ends[trial.trial_id] = TuneTrialEnd(trial.status, None if value is None else float(value))
+    return ends
+
+
+def _reconcile(
     cfg: StudyConfig,
-    elapsed_s: float,
-    records: Sequence[TrialRecord],
+    tune_trials: Mapping[str, TuneTrialEnd],
+    *,
+    experiment_ended: bool,
     log: Callable[[str], None],
 ) -> None:
-    """Once every Tune trial has ended, no Optuna trial may stay RUNNING, and each agrees with
-    Tune's record. A trial whose stop was requested (`STOP_ATTR`) is COMPLETE with its test score
-    when its final result reached Tune after all, else PRUNED for that reason. Those left were
-    running when the time budget ended the study (Tune stops them without telling the searcher),
-    or, without a budget, stopped with the study."""
-    study = optuna.load_study(study_name=cfg.name, storage=cfg.storage.optuna_storage)
-    by_tune_id = {r.trial_id: r for r in records}
-    storage = study._storage
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        record = by_tune_id.get(trial.user_attrs.get(TUNE_ID_ATTR))
-        if record is not None and record.value is not None:
-            study.tell(trial.number, record.value)
-        elif STOP_ATTR in trial.user_attrs or record is None:  # None: Tune never saved it
-            why = trial.user_attrs.get(STOP_ATTR, DRIVER_LOST)
-            storage.set_trial_user_attr(trial._trial_id, PRUNED_ATTR, why)
-            storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.PRUNED)
-    budget = cfg.budget.time_budget_s
-    reason = TIME_BUDGET if budget is not None and elapsed_s >= 0.95 * budget else STOPPED
-    pruned = prune_running_trials(study, set(), reason)
-    if pruned:
-        log(f"Optuna trials {pruned} of study {cfg.name!r}: PRUNED ({reason})")
+    """`hpo.searcher.reconcile` for this study, saying what it changed."""
+    changed = reconcile(
+        cfg.storage.optuna_storage,
+        cfg.name,
+        tune_trials,
+        experiment_ended=experiment_ended,
+        time_budget=cfg.budget.time_budget_s is not None,
+    )
+    for what, numbers in changed.items():
+        log(f"Optuna trials {numbers} of study {cfg.name!r}: {what} (from Ray Tune's record)")
+
+
+def _finished(cfg: StudyConfig, saved: Mapping[str, TuneTrialEnd]) -> bool:
+    """True when the run's saved state holds the whole budget of trials, all completed.
+    Errored trials do not count: a resume (``resume_errored=True``) retries them, e.g. once an
+    unreachable store is back."""
+    done = [t for t in saved.values() if t.status == "TERMINATED"]
+    return len(done) == len(saved) and len(done) >= cfg.budget.trials
 
 
 @contextlib.contextmanager
@@ -904,15 +719,3 @@ def _environ(**values: str):
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def _finished(cfg: StudyConfig, fs: pafs.FileSystem | None, path: str) -> bool:
-    """True when the run's saved state holds the whole budget of trials, all completed.
-    Errored trials do not count: a resume (``resume_errored=True``) retries them, e.g. once an
-    unreachable store is back."""
-    from ray.tune import ExperimentAnalysis
-
-    analysis = ExperimentAnalysis(path, storage_filesystem=fs)
-    statuses = [t.status for t in analysis.trials]
-    done = [s for s in statuses if s == "TERMINATED"]
-    return len(done) == len(statuses) and len(done) >= cfg.budget.trials

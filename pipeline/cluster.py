@@ -74,6 +74,7 @@ def _use_token_if_available() -> None:
     variable alone would not reach a process that imported Ray already."""
     import logging
 
+    # private: Ray has no public call that re-reads the token mode in a running process
     from ray._private.authentication.authentication_token_setup import (
         maybe_enable_token_auth_if_token_available,
     )
@@ -125,6 +126,7 @@ def _gcs_address(address: str) -> str | None:
 
 def _gcs_refuses(gcs: str) -> bool:
     """True when the GCS at `gcs` refuses this process's current credentials."""
+    # private: the one Ray client that asks a GCS a question without joining its cluster
     from ray._raylet import GcsClient
     from ray.exceptions import AuthenticationError
 

@@ -54,7 +54,10 @@ def _schema(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from hpo.commands.tune import config_from_args
+    from hpo.optuna_storage import masked
 
     cfg = config_from_args(args)  # InvalidConfigError: one line and exit 2 (hpo.cli)
-    print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    shown = cfg.model_dump(mode="json")
+    shown["storage"]["optuna_storage"] = masked(shown["storage"]["optuna_storage"])
+    print(json.dumps(shown, indent=2))
     return 0

@@ -150,7 +150,7 @@ def resume_command(args: argparse.Namespace, argv: Sequence[str] | None = None) 
     default sys.argv when it ran `lushpo tune`) without --overwrite and with --resume; for
     `lushpo run`, which resumes by default, that line without --overwrite. When called
     in-process with other argv, the line is rebuilt from the parsed `args`."""
-    argv = list(sys.argv if argv is None else argv)
+    argv = _masked_argv(sys.argv if argv is None else argv)
     if len(argv) > 1 and argv[1] == "run":
         return shlex.join(["lushpo", *[a for a in argv[1:] if a != "--overwrite"]])
     if len(argv) > 1 and argv[1] == "tune":
@@ -162,18 +162,34 @@ def resume_command(args: argparse.Namespace, argv: Sequence[str] | None = None) 
             if dest in ("handler", "verb", "resume", "overwrite") or value in (None, False):
                 continue
             rest += [flag] if value is True else [flag, str(value)]
+        rest = _masked_argv(rest)
     rest = [a for a in rest if a not in ("--overwrite", "--resume")] + ["--resume"]
     return shlex.join(["lushpo", "tune", *rest])
 
 
+def _masked_argv(argv: Sequence[str]) -> list[str]:
+    """`argv` with the password of an --optuna-storage URL masked (the resumed driver takes it
+    from LUSHPO_OPTUNA_STORAGE or LUSHPO_OPTUNA_PASSWORD: `hpo.optuna_storage.connectable`)."""
+    from hpo.optuna_storage import masked
+
+    shown = list(argv)
+    for i, arg in enumerate(shown):
+        if arg.startswith("--optuna-storage="):
+            shown[i] = "--optuna-storage=" + masked(arg.split("=", 1)[1])
+        elif i and shown[i - 1] == "--optuna-storage":
+            shown[i] = masked(arg)
+    return shown
+
+
 def progress_view(cfg) -> Any:
     """The live view of one study (`hpo.progress.StudyProgress`)."""
+    from hpo.optuna_storage import masked
     from hpo.progress import StudyProgress
 
     return StudyProgress(
         cfg.budget.trials,
         cfg.run_path,
-        cfg.storage.optuna_storage,
+        masked(cfg.storage.optuna_storage),
         time_budget_s=cfg.budget.time_budget_s,
     )
 

@@ -255,7 +255,8 @@ class FeatureStore(ABC):
             if all(m["spec"].get(field) == value for field, value in wanted.items())
         ]
 
-    def _not_found(self, key: str) -> FeatureSetNotFoundError:
+    def not_found(self, key: str) -> FeatureSetNotFoundError:
+        """The error for a missing `key`, naming what the store holds of that backbone."""
         parts = split_key(key)
         held = [m["key"] for m in self.list() if parts is None or m["spec"]["backbone"] == parts[0]]
         return FeatureSetNotFoundError(key, self.uri, held)

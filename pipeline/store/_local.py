@@ -47,7 +47,7 @@ class LocalStore(FeatureStore):
         try:
             data = (directory / MANIFEST).read_bytes()
         except FileNotFoundError:
-            raise self._not_found(key) from None
+            raise self.not_found(key) from None
         manifest = parse_manifest(key, data, self.uri)
         for name in manifest["objects"]:
             verify_file(key, name, directory / name, manifest, self.uri)

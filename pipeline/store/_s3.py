@@ -202,7 +202,7 @@ class S3Store(FeatureStore):
         def fetch_manifest() -> bytes:
             data = self._read_manifest(key)
             if data is None:
-                raise self._not_found(key)
+                raise self.not_found(key)
             return data
 
         def download(name: str, dest: Path) -> None:

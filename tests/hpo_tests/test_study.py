@@ -69,19 +69,6 @@ def _cfg(tmp_path: Path, store_uri: str, name: str = "s", **sections) -> object:
     return from_dict(data, source="test")
 
 
-def _one_dim_search(cfg, **options):
-    """A StudySearch over one float dimension on `cfg`'s Optuna study, set up as Tune does."""
-    from hpo import study as hstudy
-
-    search = hstudy.StudySearch(
-        space={"x": optuna.distributions.FloatDistribution(0, 1)},
-        metric=hstudy.OBJECTIVE, mode="max", study_name=cfg.name,
-        storage=optuna.storages.RDBStorage(cfg.storage.optuna_storage), **options,
-    )  # fmt: skip
-    search.set_search_properties(hstudy.OBJECTIVE, "max", {})
-    return search
-
-
 def _history(cfg) -> list[tuple[dict, float]]:
     study = optuna.load_study(study_name=cfg.name, storage=cfg.storage.optuna_storage)
     return [(t.params, t.value) for t in sorted(study.trials, key=lambda t: t.number)]
@@ -194,139 +181,6 @@ def test_a_trial_stopped_before_its_test_scores_is_never_the_best():
     assert "stopped at epoch 7" in table and "stopped before its first epoch" in table
 
 
-def test_a_stop_that_loses_the_race_with_the_final_result_is_settled_from_tunes_record(tmp_path):
-    """Tune can process a trial's already-sent final result after telling the searcher that the
-    trial stopped (seen with a time budget and fast trials). The searcher leaves such a trial
-    RUNNING with the stop's reason; the study's end makes it COMPLETE with Tune's test score
-    when the final result arrived, else PRUNED for that reason — never PRUNED beside a score."""
-    from hpo import study as hstudy
-
-    cfg = _cfg(tmp_path, "file:///unused", name="race", budget={"time_budget_s": 60})
-    (tmp_path / "runs" / "race").mkdir(parents=True)
-    optuna_study = optuna.create_study(
-        study_name="race", storage=cfg.storage.optuna_storage, direction="maximize"
-    )
-    search = _one_dim_search(cfg, time_budget_s=60, scheduler=True)
-    for tune_id in ("late", "cut", "done"):
-        search.suggest(tune_id)
-    epoch = {hstudy.VALIDATION: 0.5, "training_iteration": 1, "final": False}
-    search.on_trial_complete("late", result={**epoch, hstudy.OBJECTIVE: None})
-    search.on_trial_complete("cut", result={**epoch, hstudy.OBJECTIVE: None})
-    search.on_trial_complete("done", result={hstudy.OBJECTIVE: 0.7, "final": True})
-    by_attr = {t.user_attrs[hstudy.TUNE_ID_ATTR]: t for t in optuna_study.get_trials()}
-    assert by_attr["late"].state == by_attr["cut"].state == optuna.trial.TrialState.RUNNING
-    assert by_attr["late"].user_attrs[hstudy.STOP_ATTR] == hstudy.SCHEDULER
-
-    def record(tune_id: str, metrics: dict) -> hstudy.TrialRecord:
-        return hstudy.TrialRecord(tune_id, "TERMINATED", {}, metrics, [], None, str(tmp_path))
-
-    records = [
-        record("late", {hstudy.OBJECTIVE: 0.9, "final": True}),  # its final result came after
-        record("cut", {hstudy.VALIDATION: 0.5, "final": False}),
-        record("done", {hstudy.OBJECTIVE: 0.7, "final": True}),
-    ]
-    hstudy._settle_optuna_trials(cfg, 10.0, records, log=lambda _line: None)
-    by_attr = {t.user_attrs[hstudy.TUNE_ID_ATTR]: t for t in optuna_study.get_trials()}
-    assert by_attr["late"].state == optuna.trial.TrialState.COMPLETE
-    assert by_attr["late"].value == 0.9 and hstudy.PRUNED_ATTR not in by_attr["late"].user_attrs
-    assert by_attr["cut"].state == optuna.trial.TrialState.PRUNED
-    assert by_attr["cut"].user_attrs[hstudy.PRUNED_ATTR] == hstudy.SCHEDULER
-    assert by_attr["done"].value == 0.7
-
-
-def test_a_resume_adopts_trials_tune_saved_but_the_searcher_pickle_lacks(tmp_path):
-    """Tune writes its trials before the searcher's pickle, so a driver stopped in between
-    restores a trial the searcher never saw. Its results must reach its own Optuna trial (not
-    raise KeyError and end the study); a RUNNING trial without a Tune id, or one Tune never
-    saved, ends PRUNED as driver lost."""
-    from hpo import study as hstudy
-
-    cfg = _cfg(tmp_path, "file:///unused", name="gap")
-    (tmp_path / "runs" / "gap").mkdir(parents=True)
-    optuna_study = optuna.create_study(
-        study_name="gap", storage=cfg.storage.optuna_storage, direction="maximize"
-    )
-
-    before = _one_dim_search(cfg)
-    before.suggest("kept")
-    pickle = tmp_path / "searcher.pkl"
-    before.save(str(pickle))  # the searcher's state as the driver last saved it
-    before.suggest("unsaved")  # Tune saved this trial, the driver died before the pickle
-    before.suggest("ghost")  # neither saved it
-    orphan = optuna_study.ask()  # asked, no Tune id yet
-
-    after = _one_dim_search(cfg)
-    after.restore(str(pickle))
-    unsaved = {t.user_attrs.get(hstudy.TUNE_ID_ATTR): t for t in optuna_study.get_trials()}
-    assert after.suggest("next") != unsaved["unsaved"].params  # the sampler does not replay
-    after.on_trial_result("unsaved", {hstudy.HISTORY: [[1, 0.5], [2, 0.6]]})
-    after.on_trial_complete("unsaved", result={hstudy.OBJECTIVE: 0.8, "final": True})
-    by_id = {t.user_attrs.get(hstudy.TUNE_ID_ATTR): t for t in optuna_study.get_trials()}
-    assert by_id["unsaved"].state == optuna.trial.TrialState.COMPLETE
-    assert by_id["unsaved"].value == 0.8 and by_id["unsaved"].intermediate_values == {
-        1: 0.5,
-        2: 0.6,
-    }
-    assert by_id[None].number == orphan.number
-    assert by_id[None].user_attrs[hstudy.PRUNED_ATTR] == hstudy.DRIVER_LOST
-
-    def record(tune_id: str) -> hstudy.TrialRecord:
-        metrics = {hstudy.OBJECTIVE: 0.8, "final": True}
-        return hstudy.TrialRecord(tune_id, "TERMINATED", {}, metrics, [], None, str(tmp_path))
-
-    hstudy._settle_optuna_trials(cfg, 10.0, [record("kept"), record("unsaved")], lambda _: None)
-    by_id = {t.user_attrs.get(hstudy.TUNE_ID_ATTR): t for t in optuna_study.get_trials()}
-    assert by_id["kept"].state == optuna.trial.TrialState.COMPLETE
-    assert by_id["ghost"].state == optuna.trial.TrialState.PRUNED
-    assert by_id["ghost"].user_attrs[hstudy.PRUNED_ATTR] == hstudy.DRIVER_LOST
-
-
-def test_a_resume_after_a_kill_between_tunes_two_saves_keeps_budget_and_concurrency(tmp_path):
-    """Tune saves its trials, then the search state. A driver killed in between restores a
-    search state one save behind: its limiter still counts a trial that has since ended as live
-    (max_concurrent 1: no trial is ever suggested again, the study hangs), and its counter is
-    short of Tune's trials (the study would run past its budget). The generator restores both
-    from Tune's experiment state."""
-    import json
-
-    from ray.tune.experiment.trial import Trial
-    from ray.tune.utils.serialization import TuneFunctionEncoder
-
-    from hpo import study as hstudy
-
-    cfg = _cfg(tmp_path, "file:///unused", name="gap")
-    (tmp_path / "runs" / "gap").mkdir(parents=True)
-    optuna.create_study(study_name="gap", storage=cfg.storage.optuna_storage, direction="maximize")
-
-    def generator() -> hstudy.StudyGenerator:
-        return hstudy.StudyGenerator(hstudy.StudyLimiter(_one_dim_search(cfg), max_concurrent=1))
-
-    final = {hstudy.OBJECTIVE: 0.5, "final": True}
-    state_dir = tmp_path / "state"
-    state_dir.mkdir()
-    before = generator()
-    assert before.searcher.suggest("a") is not None
-    before._counter = 1
-    before.save_to_dir(str(state_dir), "s")  # the last search state the driver saved
-    before.searcher.on_trial_complete("a", result=final)
-    assert before.searcher.suggest("b") is not None
-    trials = {"a": Trial.TERMINATED, "b": Trial.RUNNING}  # Tune saved this, then the kill
-    data = []
-    for trial_id, status in trials.items():
-        trial = Trial("train", trial_id=trial_id, stub=True)
-        trial.create_placement_group_factory()  # as Tune does before it saves a trial
-        trial.set_status(status)
-        data.append(trial.get_json_state())
-    state = {"trial_data": data, "runner_data": {}, "stats": {}}
-    (state_dir / "experiment_state-s.json").write_text(json.dumps(state, cls=TuneFunctionEncoder))
-
-    after = generator()
-    after.restore_from_dir(str(state_dir))
-    assert after._counter == 2 and after.searcher.live_trials == {"b"}
-    after.searcher.on_trial_complete("b", result=final)
-    assert after.searcher.suggest("c") is not None  # the next trial of the budget starts
-
-
 def test_optuna_record_through_optuna_dashboard(tmp_path, store, local_ray):
     """A study cut short by ASHA and its time budget, read back through optuna-dashboard's HTTP
     API: only COMPLETE trials with their final test score, PRUNED trials with a reason, each
@@ -337,7 +191,7 @@ def test_optuna_record_through_optuna_dashboard(tmp_path, store, local_ray):
     import time
     import urllib.request
 
-    from hpo.study import PRUNED_ATTR, SCHEDULER, TIME_BUDGET, TUNE_ID_ATTR
+    from hpo.searcher import REASON_ATTR, SCHEDULER, TIME_BUDGET, TUNE_ID_ATTR
     from tests.support.s3 import free_port
 
     uri, _ = store
@@ -389,10 +243,10 @@ def test_optuna_record_through_optuna_dashboard(tmp_path, store, local_ray):
         assert [v["value"] for v in intermediate] == pytest.approx(curve[: len(intermediate)])
         if trial["state"] == "Complete":
             assert record.value is not None and trial["values"][0] == pytest.approx(record.value)
-            assert PRUNED_ATTR not in attrs
+            assert REASON_ATTR not in attrs
         else:
             assert record.value is None, "a trial with a test score was pruned"
-            reasons.append(attrs[PRUNED_ATTR])
+            reasons.append(attrs[REASON_ATTR])
     assert {"Complete", "Pruned"} <= states
     assert set(reasons) <= {TIME_BUDGET, SCHEDULER} and SCHEDULER in reasons, reasons
 

@@ -31,10 +31,16 @@ def write_config(path: Path, data: Mapping) -> Path:
 
 
 class Driver:
-    """One `lushpo tune ARGS` process; its stdout and stderr lines are collected as they come."""
+    """One `lushpo tune ARGS` process (or `python -m MODULE ARGS`); its stdout and stderr lines
+    are collected as they come."""
 
-    def __init__(self, args: Sequence[str], env: Mapping[str, str] | None = None) -> None:
-        self.args = ["tune", *args]
+    def __init__(
+        self,
+        args: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        module: str | None = None,
+    ) -> None:
+        self.args = ["-m", "hpo.cli", "tune", *args] if module is None else ["-m", module, *args]
         # A Cluster fixture elsewhere in the session may have left RAY_ADDRESS set: the driver
         # starts its own Ray unless `env` names one.
         environ = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -43,7 +49,7 @@ class Driver:
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hpo.cli", *self.args],
+            [sys.executable, *self.args],
             cwd=REPO,
             env=environ,
             stdout=subprocess.PIPE,

@@ -23,7 +23,8 @@ from ray.cluster_utils import Cluster
 from ray.tune import Callback, ExperimentAnalysis
 
 from hpo.config import from_dict
-from hpo.study import FAILURE, PRUNED_ATTR, RETRY_ATTR, run_study
+from hpo.searcher import FAILURE, REASON_ATTR, RETRY_ATTR
+from hpo.study import run_study
 from pipeline.store import open_store
 from tests.integration.driver import Driver, write_config
 from tests.integration.test_resume import done_trials, tiny_study, with_sections
@@ -32,7 +33,7 @@ from tests.support.featuresets import put_synthetic, synthetic_feature_set
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
-PRUNED = optuna.trial.TrialState.PRUNED
+FAIL = optuna.trial.TrialState.FAIL
 RUNNING = optuna.trial.TrialState.RUNNING
 
 
@@ -90,8 +91,8 @@ def test_trial_that_keeps_failing_is_retried_then_marked_failed_and_the_study_go
         assert trial.run_metadata.num_failures == expected, trial
     trials = _optuna_states(cfg)
     states = [t.state for t in trials]
-    assert states.count(PRUNED) == len(failed) and states.count(COMPLETE) == len(done)
-    assert all(t.user_attrs[PRUNED_ATTR] == FAILURE for t in trials if t.state == PRUNED)
+    assert states.count(FAIL) == len(failed) and states.count(COMPLETE) == len(done)
+    assert all(t.user_attrs[REASON_ATTR] == FAILURE for t in trials if t.state == FAIL)
 
 
 # --- a worker node dies while its trial runs -------------------------------------------------
@@ -298,10 +299,10 @@ def test_s3_outage_fails_trials_clearly_then_resume_finishes_the_study(tmp_path,
     assert kept.value == pytest.approx(ok[0].value, abs=1e-6)
     # the Optuna history shows the failed attempts and their successful retries
     trials = _optuna_states(cfg)
-    assert [t.state for t in trials].count(PRUNED) == 2
+    assert [t.state for t in trials].count(FAIL) == 2
     retries = [t for t in trials if RETRY_ATTR in t.user_attrs]
     assert len(retries) == 2 and all(t.state == COMPLETE for t in retries)
     assert {t.user_attrs[RETRY_ATTR] for t in retries} == {
-        t.number for t in trials if t.state == PRUNED and t.user_attrs[PRUNED_ATTR] == FAILURE
+        t.number for t in trials if t.state == FAIL and t.user_attrs[REASON_ATTR] == FAILURE
     }
     assert RUNNING not in [t.state for t in trials]

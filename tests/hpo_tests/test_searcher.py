@@ -1,0 +1,216 @@
+"""hpo.searcher.StudySearcher driven as Ray Tune drives it (suggest, results, completion), over a
+real Optuna storage: the storage is the only record, so a fresh searcher — what a resumed
+driver gets — continues exactly where the last one left off."""
+
+from __future__ import annotations
+
+import pickle
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+
+from hpo import searcher as hs
+from hpo.optuna_storage import (
+    PASSWORD_ENV,
+    URL_ENV,
+    StoragePasswordError,
+    connectable,
+    masked,
+    remember,
+)
+
+SPACE = {"x": FloatDistribution(0, 1), "units": CategoricalDistribution([4, 8, 16])}
+FINAL = {"final": True, hs.OBJECTIVE: 0.5}
+
+
+def _url(tmp_path, name: str = "optuna") -> str:
+    return f"sqlite:///{tmp_path}/{name}.db"
+
+
+def _prepared(url: str, *, budget=4, max_concurrent=1, seed=3, log=None, scheduler=False):
+    hs.prepare_study(
+        url, "s", budget=budget, max_concurrent=max_concurrent, sampler="tpe", seed=seed,
+        log=log or (lambda _line: None),
+    )  # fmt: skip
+    return hs.StudySearcher(url, "s", SPACE, "tpe", seed, scheduler=scheduler)
+
+
+def _trials(url: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name="s", storage=url).trials
+
+
+def test_budget_and_concurrency_come_from_the_storage_and_a_fresh_searcher_continues(tmp_path):
+    url = _url(tmp_path)
+    first = _prepared(url, budget=4, max_concurrent=2)
+    assert first.suggest("a") is not None and first.suggest("b") is not None
+    assert first.suggest("c") is None  # two live of max_concurrent 2
+    first.on_trial_complete("a", FINAL)
+    assert first.suggest("c") is not None
+    # A driver killed now: Tune's saved search state may be any age; the searcher holds none.
+    again = pickle.loads(pickle.dumps(first))
+    assert again.suggest("d") is None  # b and c are live (the storage says RUNNING)
+    again.on_trial_complete("b", FINAL)
+    assert again.suggest("d") is not None
+    assert again.suggest("e") == Searcher.FINISHED  # 4 of 4 asked: never overruns
+    for tune_id in "cd":
+        again.on_trial_complete(tune_id, FINAL)
+    states = [t.state for t in _trials(url)]
+    assert states == [TrialState.COMPLETE] * 4
+    assert [t.user_attrs[hs.TUNE_ID_ATTR] for t in _trials(url)] == ["a", "b", "c", "d"]
+
+
+def test_resume_applies_a_larger_budget_and_concurrency_and_says_so(tmp_path):
+    url = _url(tmp_path)
+    first = _prepared(url, budget=1)
+    first.suggest("a")
+    first.on_trial_complete("a", FINAL)
+    assert first.suggest("b") == Searcher.FINISHED
+    said = []
+    resumed = _prepared(url, budget=3, max_concurrent=2, log=said.append)
+    assert said == ["study 's': budget.trials 1 -> 3 (applied)",
+                    "study 's': budget.max_concurrent 1 -> 2 (applied)"]  # fmt: skip
+    assert resumed.suggest("b") is not None and resumed.suggest("c") is not None
+    assert resumed.suggest("d") == Searcher.FINISHED
+
+
+def test_resume_refuses_another_sampler_or_seed_naming_each(tmp_path):
+    url = _url(tmp_path)
+    _prepared(url)
+    with pytest.raises(hs.SearchSettingsChangedError) as err:
+        hs.prepare_study(url, "s", budget=4, max_concurrent=1, sampler="random", seed=4)
+    assert "searcher.sampler was 'tpe', now 'random'" in str(err.value)
+    assert "searcher.seed was 3, now 4" in str(err.value) and "--overwrite" in str(err.value)
+
+
+def test_a_trial_asked_for_a_tune_trial_tune_never_saved_goes_to_the_next_one(tmp_path):
+    """The driver died between Optuna's ask and Tune's save: the resumed study gives those
+    params to its next Tune trial instead of drawing others (or counting the trial twice)."""
+    url = _url(tmp_path)
+    first = _prepared(url, budget=2)
+    lost = first.suggest("ghost")
+    changed = hs.reconcile(url, "s", {}, experiment_ended=False, time_budget=False)
+    assert changed == {"released": [0]}
+    resumed = pickle.loads(pickle.dumps(first))
+    assert resumed.suggest("next") == lost
+    resumed.on_trial_complete("next", FINAL)
+    assert resumed.suggest("other") is not None
+    resumed.on_trial_complete("other", FINAL)
+    assert resumed.suggest("more") == Searcher.FINISHED
+    adopted, _other = _trials(url)
+    assert adopted.user_attrs[hs.TUNE_ID_ATTR] == "next" and adopted.value == 0.5
+    assert adopted.user_attrs[hs.LOST_ATTR] == "ghost"
+
+
+def test_error_is_fail_with_its_reason_and_a_rerun_is_a_marked_retry(tmp_path):
+    url = _url(tmp_path)
+    search = _prepared(url, budget=1)
+    params = search.suggest("a")
+    search.on_trial_result("a", {hs.HISTORY: [[1, 0.4]]})
+    search.on_trial_complete("a", error=True)
+    (failed,) = _trials(url)
+    assert failed.state == TrialState.FAIL and failed.user_attrs[hs.REASON_ATTR] == hs.FAILURE
+    # Tuner.restore(resume_errored=True) runs Tune trial "a" again in a new driver
+    resumed = pickle.loads(pickle.dumps(search))
+    assert resumed.suggest("b") == Searcher.FINISHED  # the budget counts Tune trials
+    resumed.on_trial_result("a", {hs.HISTORY: [[1, 0.6]]})
+    resumed.on_trial_complete("a", {"final": True, hs.OBJECTIVE: 0.7})
+    failed, retry = _trials(url)
+    assert failed.state == TrialState.FAIL and failed.intermediate_values == {1: 0.4}
+    assert retry.state == TrialState.COMPLETE and retry.value == 0.7 and retry.params == params
+    assert retry.user_attrs == {hs.TUNE_ID_ATTR: "a", hs.RETRY_ATTR: failed.number}
+    assert retry.intermediate_values == {1: 0.6}
+
+
+def test_scheduler_stops_are_pruned_and_the_experiments_end_is_read_from_tunes_record(tmp_path):
+    url = _url(tmp_path)
+    search = _prepared(url, budget=4, max_concurrent=4, scheduler=True)
+    for tune_id in "abcd":
+        search.suggest(tune_id)
+    search.on_trial_result("a", {hs.HISTORY: [[1, 0.3]]})
+    search.on_trial_complete("a", {"final": False, hs.OBJECTIVE: None})  # ASHA's stop
+    # The time budget ended the experiment: Tune stopped b and c without telling the searcher;
+    # c's final result had arrived. d errored.
+    ends = {
+        "a": hs.TuneTrialEnd("TERMINATED"),
+        "b": hs.TuneTrialEnd("TERMINATED"),
+        "c": hs.TuneTrialEnd("TERMINATED", 0.9),
+        "d": hs.TuneTrialEnd("ERROR"),
+    }
+    changed = hs.reconcile(url, "s", ends, experiment_ended=True, time_budget=True)
+    assert changed == {"PRUNED": [1], "COMPLETE": [2], "FAIL": [3]}
+    a, b, c, d = _trials(url)
+    assert a.state == b.state == TrialState.PRUNED
+    assert a.user_attrs[hs.REASON_ATTR] == hs.SCHEDULER
+    assert b.user_attrs[hs.REASON_ATTR] == hs.TIME_BUDGET
+    assert c.state == TrialState.COMPLETE and c.value == 0.9 and hs.REASON_ATTR not in c.user_attrs
+    assert d.state == TrialState.FAIL and d.user_attrs[hs.REASON_ATTR] == hs.FAILURE
+
+
+def test_a_resumed_study_draws_what_the_uninterrupted_one_draws(tmp_path):
+    def run(url: str, stop_after: int | None) -> list[dict]:
+        search = _prepared(url, budget=14)
+        drawn = []
+        for i in range(14):
+            if i == stop_after:
+                search = pickle.loads(pickle.dumps(search))  # a new driver, same pickle
+            params = search.suggest(f"t{i}")
+            drawn.append(params)
+            search.on_trial_complete(f"t{i}", {"final": True, hs.OBJECTIVE: params["x"]})
+        return drawn
+
+    whole = run(_url(tmp_path, "whole"), None)
+    assert run(_url(tmp_path, "cut"), 11) == whole  # past TPE's 10 random start-up trials
+    assert run(_url(tmp_path, "seed"), None) == whole  # same seed, same draws
+    assert _prepared(_url(tmp_path, "other"), seed=4).suggest("t0") != whole[0]
+
+
+def _tpe_next(fail_params: dict, state: TrialState) -> dict:
+    """TPE's next draw (fixed seed) in a study of 12 results plus one trial that ended `state`
+    at `fail_params`."""
+    study = optuna.create_study(direction="maximize")
+    for i in range(12):
+        params = {"x": i / 12, "units": (4, 8, 16)[i % 3]}
+        study.add_trial(
+            optuna.trial.create_trial(params=params, distributions=SPACE, value=params["x"])
+        )
+    study.add_trial(
+        optuna.trial.create_trial(
+            params=fail_params, distributions=SPACE, state=state,
+            intermediate_values={1: 1.0} if state == TrialState.PRUNED else None,
+        )
+    )  # fmt: skip
+    study.sampler = hs.make_sampler("tpe", hs.sampler_seed(3, 13))
+    return study.ask(fixed_distributions=SPACE).params
+
+
+def test_tpe_does_not_learn_from_a_failed_trial():
+    """Where a FAIL trial sat makes no difference to TPE's next draw; a PRUNED one (how the
+    old searcher recorded failures) does — so this test could see the difference."""
+    low, high = {"x": 0.01, "units": 4}, {"x": 0.99, "units": 16}
+    assert _tpe_next(low, TrialState.FAIL) == _tpe_next(high, TrialState.FAIL)
+    assert _tpe_next(low, TrialState.PRUNED) != _tpe_next(high, TrialState.PRUNED)
+
+
+def test_nothing_tune_pickles_holds_the_password(tmp_path, monkeypatch):
+    monkeypatch.delenv(URL_ENV, raising=False)
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)
+    url = "postgresql+psycopg2://lushpo:s3cret-pw@127.0.0.1:5432/optuna"
+    search = hs.StudySearcher(url, "s", SPACE, "tpe", 3)
+    data = pickle.dumps(search)
+    assert b"s3cret-pw" not in data and b"lushpo:***@127.0.0.1" in data
+    assert masked(url) == "postgresql+psycopg2://lushpo:***@127.0.0.1:5432/optuna"
+    with pytest.raises(StoragePasswordError, match=PASSWORD_ENV):
+        connectable(masked(url))
+    monkeypatch.setenv(PASSWORD_ENV, "rotated")
+    assert connectable(masked(url)) == url.replace("s3cret-pw", "rotated")
+    assert connectable("postgresql://lushpo@127.0.0.1/optuna").endswith(
+        "lushpo:rotated@127.0.0.1/optuna"
+    )
+    monkeypatch.setenv(URL_ENV, url)
+    assert connectable(masked(url)) == url  # the RayJob's Secret names the whole URL
+    monkeypatch.delenv(URL_ENV)
+    monkeypatch.delenv(PASSWORD_ENV)
+    assert remember(url) == masked(url) and connectable(masked(url)) == url  # this driver's

@@ -1,0 +1,126 @@
+"""Issue 22: a study's driver SIGKILLed anywhere resumes to one consistent record.
+
+The driver (tests.integration.trivial_driver) runs `run_study` over a trivial trial, so that
+the search, Tune's saves and Optuna's storage are what is tested, not TensorFlow; it kills its
+own process group (itself and its Ray instance) at one of nine points, among them between
+Tune's experiment-state save and its search save, and during a checkpoint's upload to S3
+(moto). After ``--resume``, Optuna's storage must hold:
+
+- exactly the budget of finished trials (retries aside);
+- one Optuna trial per Tune trial, retries marked;
+- no RUNNING trial;
+- every COMPLETE value equal to that trial's final test score.
+"""
+
+from __future__ import annotations
+
+import boto3
+import optuna
+import pytest
+from ray.tune import ExperimentAnalysis
+
+from hpo.config import load_config
+from hpo.searcher import RETRY_ATTR, TUNE_ID_ATTR
+from hpo.study import storage_filesystem
+from tests.integration.driver import Driver, write_config
+from tests.integration.trivial_driver import POINTS
+from tests.support.featuresets import put_synthetic
+from tests.support.s3 import S3Endpoint
+from tests.support.trivial_trial import EPOCH_ENV, score
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+BUDGET = 5
+SPACE = {
+    "lstm_units": [4, 8, 16],
+    "dense_layers": 1,
+    "dense_units_1": [4, 8],
+    "batch_size": [8, 16],
+    "learning_rate": {"low": 1e-3, "high": 3e-2, "log": True},
+}
+
+
+def _config(tmp_path, store_uri: str, storage: dict) -> dict:
+    return {
+        "name": "kill",
+        "store": store_uri,
+        "num_cpus": 2,
+        "feature_set": {"backbone": "synthetic", "frames": 3},
+        "split": {"kind": "stratified", "k": 2, "seed": 0},
+        "space": SPACE,
+        "budget": {"trials": BUDGET, "max_concurrent": 2, "max_epochs": 3, "patience": 3,
+                   "checkpoint_every": 1, "checkpoint_interval_s": 0, "max_failures": 1},
+        "searcher": {"sampler": "tpe", "seed": 5},
+        "resources": {"cpu": 1},
+        "storage": storage,
+        "cache_dir": str(tmp_path / "cache"),
+    }  # fmt: skip
+
+
+def _check_record(optuna_url: str, run: str, fs=None) -> None:
+    trials = optuna.load_study(study_name="kill", storage=optuna_url).trials
+    states = [t.state for t in trials]
+    assert optuna.trial.TrialState.RUNNING not in states, states
+    firsts = [t for t in trials if RETRY_ATTR not in t.user_attrs]
+    assert len([t for t in firsts if t.state.is_finished()]) == BUDGET, states
+    assert len(firsts) == BUDGET, [(t.number, t.state, t.user_attrs) for t in trials]
+    tune_trials = ExperimentAnalysis(run, storage_filesystem=fs).trials
+    tune_ids = sorted(t.trial_id for t in tune_trials)
+    assert sorted(t.user_attrs[TUNE_ID_ATTR] for t in firsts) == tune_ids
+    by_tune = {t.trial_id: t for t in tune_trials}
+    for trial in trials:
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert trial.value == pytest.approx(score(trial.params))
+            tune = by_tune[trial.user_attrs[TUNE_ID_ATTR]]
+            assert tune.last_result["test_accuracy"] == pytest.approx(trial.value)
+            assert tune.config == trial.params
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == BUDGET, states  # nothing failed or was cut short here
+
+
+def _kill_then_resume(config, point: str, env: dict) -> tuple[Driver, Driver]:
+    module = "tests.integration.trivial_driver"
+    first = Driver([str(config), "--kill", point], env=env, module=module)
+    rc = first.wait(300)
+    assert rc != 0 and "KILLED here" in first.output, first.output[-4000:]
+    resumed = Driver([str(config), "--resume"], env=env, module=module)
+    assert resumed.wait(300) == 0, resumed.output[-6000:]
+    assert "STUDY ENDED" in resumed.output
+    return first, resumed
+
+
+@pytest.mark.parametrize("point", [p for p in POINTS if p != "during_upload"])
+def test_a_driver_killed_anywhere_resumes_to_one_consistent_record(tmp_path, point):
+    store_uri, _key, _ = put_synthetic(tmp_path / "store", clips=8, frames=3, dim=4)
+    data = _config(tmp_path, store_uri, {"storage_path": str(tmp_path / "runs")})
+    config = write_config(tmp_path / "kill.yaml", data)
+    _kill_then_resume(config, point, {EPOCH_ENV: "0.3"})
+    run = tmp_path / "runs" / "kill"
+    _check_record(f"sqlite:///{run}/optuna.db", str(run))
+
+
+def test_a_driver_killed_during_a_checkpoint_upload_to_s3_resumes(tmp_path, monkeypatch):
+    endpoint = S3Endpoint().start()
+    try:
+        env = {
+            "AWS_ENDPOINT_URL": endpoint.url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        boto3.client("s3").create_bucket(Bucket="lushpo-runs")
+        store_uri, _key, _ = put_synthetic(tmp_path / "store", clips=8, frames=3, dim=4)
+        optuna_url = f"sqlite:///{tmp_path}/optuna.db"
+        storage = {
+            "storage_path": "s3://lushpo-runs/studies",
+            "endpoint_url": endpoint.url,
+            "optuna_storage": optuna_url,
+        }
+        config = write_config(tmp_path / "kill.yaml", _config(tmp_path, store_uri, storage))
+        _kill_then_resume(config, "during_upload", {**env, EPOCH_ENV: "0.3"})
+        fs, path = storage_filesystem(load_config(config))
+        _check_record(optuna_url, f"{path}/kill", fs)
+    finally:
+        endpoint.stop()
