@@ -10,5 +10,7 @@ BENCHMARKS: dict[str, str] = {
     "p2": "bench.p2_study",  # lushpo tune ÷ Optuna alone (sequential, and n processes)
     "p3": "bench.p3_cluster_extraction",  # cluster extraction frames/s, 2 nodes ÷ 1 node
     "p6": "bench.p6_folds",  # 5-fold trial time ÷ 1-fold, same head and epochs
+    "p7": "bench.p7_grid",  # a grid as one experiment: slot occupancy, wall ÷ cell by cell
+    "p8": "bench.p8_scale",  # driver cost per trial at 500 trials ÷ at 10
 }
 """Benchmark id → module exposing ``run(argv: list[str] | None) -> dict``."""

@@ -42,6 +42,7 @@ from hpo.model import predict_proba
 from hpo.optuna_storage import masked
 from hpo.run_files import RESCORE_FILE, read_run_file
 from hpo.selection import SELECTED_ON, TIE_BREAK, Candidate, final_epochs, select_best
+from hpo.trial_settings import STUDY_KEY
 from pipeline.files import atomic_write_text, s3_filesystem
 
 __all__ = [
@@ -133,8 +134,11 @@ def _run_filesystem(run: str, endpoint_url: str | None) -> tuple[str, Any]:
     return run[len("s3://") :].rstrip("/"), s3_filesystem(endpoint_url)
 
 
-def _read_run(run: str, endpoint_url: str | None = None) -> list[_TrialRef]:
-    """Every trial of the run with a checkpoint and a final accuracy, in run order."""
+def _read_run(
+    run: str, endpoint_url: str | None = None, study_key: str | None = None
+) -> list[_TrialRef]:
+    """Every trial of the run with a checkpoint and a final accuracy, in run order; with
+    `study_key`, those of that study only (an experiment of several: a grid's cells)."""
     from ray.tune import ExperimentAnalysis
 
     path, filesystem = _run_filesystem(run, endpoint_url)
@@ -151,7 +155,10 @@ def _read_run(run: str, endpoint_url: str | None = None) -> list[_TrialRef]:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"cannot read the Ray Tune run at {run}: {first}") from exc
     refs = []
-    for order, trial in enumerate(analysis.trials):
+    trials = analysis.trials
+    if study_key is not None:
+        trials = [t for t in trials if (t.config or {}).get(STUDY_KEY) == study_key]
+    for order, trial in enumerate(trials):
         result = trial.last_result or {}
         if trial.status == "ERROR" or trial.checkpoint is None or "accuracy" not in result:
             continue
@@ -167,7 +174,7 @@ def _read_run(run: str, endpoint_url: str | None = None) -> list[_TrialRef]:
                     accuracy_std=_float(result, "accuracy_std"),
                 ),
                 trial,
-                dict(trial.config or {}),
+                {k: v for k, v in (trial.config or {}).items() if k != STUDY_KEY},
             )
         )
     return refs
@@ -556,6 +563,8 @@ def export_best(
     study: dict | None = None,
     endpoint_url: str | None = None,
     log: Callable[[str], None] = lambda _msg: None,
+    experiment: str | None = None,
+    study_key: str | None = None,
 ) -> ExportResult:
     """Export the best trial (see `TIE_BREAK`) of the Ray Tune run at `run` into `out`.
 
@@ -570,12 +579,16 @@ def export_best(
             (hpo.study's default for local runs) when it exists.
         endpoint_url: S3 endpoint (MinIO, moto) for an s3:// run; default: AWS's.
         log: progress messages.
+        experiment, study_key: the Ray Tune experiment that holds the run's trials when it is
+            not `run` itself, and the study whose trials to take from it (a grid's cell:
+            `hpo.grid`); `run` still holds the study's own files (rescore.json).
 
     Raises:
         ExportError: the run cannot be read or holds no complete trial; see `export_checkpoint`.
     """
     out = Path(out)
-    refs = _read_run(run, endpoint_url)  # before touching `out`: a failed read leaves nothing
+    # before touching `out`: a failed read leaves nothing
+    refs = _read_run(experiment or run, endpoint_url, study_key)
     if not refs:
         raise ExportError(f"the run at {run} has no finished trial with a checkpoint")
     created = not out.exists()

@@ -1,15 +1,21 @@
 """The paper's grid: one study per (backbone, N) cell, each with its own trial budget.
 
 Barros et al. ran 68 studies, one per row of evaluation.csv, so every row has a best trial of its
-own. A config with ``feature_set.grid: true`` does the same: each cell is a study named
-``<backbone>-<N>`` with the config's whole budget, the cells' Tune runs live side by side under
-``<storage_path>/<name>/`` and share one Optuna storage (default
-``<storage_path>/<name>/optuna.db``, one dashboard for every cell). Cells run one after the other
-on one Ray connection; an interrupted grid resumes cell by cell (finished cells are skipped,
-the interrupted one is resumed, the rest start).
+own. A config with ``feature_set.grid: true`` does the same: each cell is an Optuna study named
+``<backbone>-<N>`` with the config's whole budget and ``max_concurrent``, all in one Optuna
+storage (default ``<storage_path>/<name>/optuna.db``, one dashboard for every cell). The cells
+run as one Ray Tune experiment (`hpo.study.run_studies`): a free trial slot anywhere in the
+cluster takes a trial from any unfinished cell, so a 16-GPU cluster runs up to 16 trials even at
+``max_concurrent: 4`` per cell. An interrupted grid resumes as a whole.
 
-    RUN/grid.json           {"name", "cells": ["xception-20", …], "optuna_storage"}
-    RUN/<backbone>-<N>/     a plain Ray Tune run (lushpo export reads it as any other)
+    RUN/grid.json           {"name", "cells": ["xception-20", …], "optuna_storage" (masked),
+                             "experiment": "one"}
+    RUN/                    the Ray Tune experiment: every cell's trials, each config naming
+                            its cell (`hpo.searcher.STUDY_KEY`)
+    RUN/<backbone>-<N>/     the cell's run files (lushpo-settings.json, rescore.json)
+
+Grids run before this layout (no "experiment" in grid.json) have a Tune run per cell folder;
+export reads both.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyarrow.fs as pafs
+from ray.tune import Callback
 
 from hpo.config import StudyConfig
 from hpo.optuna_storage import masked
@@ -27,6 +34,7 @@ from pipeline.files import atomic_write_text
 __all__ = ["GRID_FILE", "cell_configs", "cell_label", "read_grid", "run_grid"]
 
 GRID_FILE = "grid.json"
+ONE_EXPERIMENT = "one"  # grid.json's "experiment": every cell's trials in the run's experiment
 
 
 def cell_label(backbone: str, frames: int) -> str:
@@ -62,6 +70,7 @@ def _write_grid_file(cfg: StudyConfig, cells: Sequence[StudyConfig]) -> None:
         "name": cfg.name,
         "cells": [c.name for c in cells],
         "optuna_storage": masked(cfg.storage.optuna_storage),
+        "experiment": ONE_EXPERIMENT,
     }
     with fs.open_output_stream(f"{run}/{GRID_FILE}") as out:
         out.write(json.dumps(record, indent=1).encode())
@@ -77,38 +86,55 @@ def read_grid(run: str, filesystem: Any = None) -> dict | None:
         return None
 
 
+class _GridRecord(Callback):
+    """Writes grid.json when the grid's experiment starts: after every check passed, so a
+    refused start never writes into a folder that is not the grid's."""
+
+    def __init__(self, cfg: StudyConfig, cells: Sequence[StudyConfig]) -> None:
+        self.cfg, self.cells = cfg, cells
+
+    def setup(self, **info: Any) -> None:
+        _write_grid_file(self.cfg, self.cells)
+
+
 def run_grid(
     cfg: StudyConfig,
     *,
     resume: bool = False,
     overwrite: bool = False,
-    callbacks: Callable[[StudyConfig], list] = lambda _cell: [],
+    callbacks: Callable[[StudyConfig], list] = lambda _cfg: [],
     log: Callable[[str], None] = print,
+    train: Any = None,
+    max_concurrent: int | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) every cell of a grid config; {cell label: StudyResult}.
+    """Run (or resume) every cell of a grid config as one Ray Tune experiment;
+    {cell label: StudyResult}.
 
-    Every feature set is looked up before any cell starts, so a missing one fails at once.
+    Every feature set is looked up before the experiment starts, so a missing one fails at once.
+    `callbacks` gets the grid's config with ``budget.trials`` the grid's total (for a progress
+    view). `max_concurrent` caps the live trials of all cells (None: the cluster's resources).
+    `train` replaces the CNN-LSTM trial (benchmarks).
     """
-    import ray
-
-    from hpo.study import resolve_feature_sets, run_study, start_ray
+    from hpo.study import resolve_feature_sets, run_studies, train_on_node
 
     cells = cell_configs(cfg)
     for cell in cells:
         resolve_feature_sets(cell)
-    _write_grid_file(cfg, cells)
-    started = start_ray(cfg)
-    results: dict[str, Any] = {}
-    try:
-        for i, cell in enumerate(cells, start=1):
-            log(f"cell {i}/{len(cells)}: {cell.name} ({cell.budget.trials} trials)")
-            results[cell.name] = run_study(
-                cell, resume=resume, overwrite=overwrite, callbacks=callbacks(cell), log=log
-            )
-    finally:
-        if started:
-            ray.shutdown()
-    return results
+    total = sum(cell.budget.trials for cell in cells)
+    log(
+        f"grid {cfg.name!r}: {len(cells)} cells x {cfg.budget.trials} trials in one experiment "
+        f"(at most {cfg.budget.max_concurrent} running per cell)"
+    )
+    return run_studies(
+        cfg,
+        cells,
+        resume=resume,
+        overwrite=overwrite,
+        callbacks=[*callbacks(cfg.replace(budget={"trials": total})), _GridRecord(cfg, cells)],
+        log=log,
+        train=train or train_on_node,
+        max_concurrent=max_concurrent,
+    )
 
 
 def export_grid(
@@ -128,10 +154,13 @@ def export_grid(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
+    one = grid.get("experiment") == ONE_EXPERIMENT
     for cell in grid["cells"]:
         study = {"optuna_storage": grid["optuna_storage"], "study_name": cell}
+        where = {"experiment": run, "study_key": cell} if one else {}
         try:
-            results[cell] = export(f"{run.rstrip('/')}/{cell}", out / cell, study=study, **kwargs)
+            cell_run = f"{run.rstrip('/')}/{cell}"
+            results[cell] = export(cell_run, out / cell, study=study, **where, **kwargs)
             log(f"{cell}: exported to {out / cell}")
         except Exception as error:
             results[cell] = str(error)

@@ -1,4 +1,4 @@
-"""Ray Tune's search over one Optuna study whose storage is the study's only record.
+"""Ray Tune's search over Optuna studies whose storage is the studies' only record.
 
 `StudySearcher` is a `ray.tune.search.Searcher` (Tune's documented extension point) that asks
 and tells Optuna through its public API. Tune pickles the searcher with its experiment state;
@@ -36,7 +36,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from hpo.optuna_storage import masked, open_storage
-from hpo.trial_settings import HISTORY
+from hpo.trial_settings import HISTORY, STUDY_KEY
 
 __all__ = [
     "DRIVER_LOST",
@@ -46,6 +46,7 @@ __all__ = [
     "SAMPLERS",
     "SCHEDULER",
     "STOPPED",
+    "STUDY_KEY",
     "TIME_BUDGET",
     "TUNE_ID_ATTR",
     "SearchSettingsChangedError",
@@ -213,39 +214,85 @@ def reconcile(
     return done
 
 
+class _Live:
+    """One study as a driver found it in the storage and has changed it since."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, name: str, space: dict) -> None:
+        self.name, self.space, self.storage = name, space, storage
+        self.study = optuna.load_study(study_name=name, storage=storage)
+        self.study_id = storage.get_study_id_from_name(name)
+        self.budget = int(self.study.user_attrs[BUDGET_ATTR])
+        self.max_concurrent = int(self.study.user_attrs[CONCURRENCY_ATTR])
+        self.released: list[int] = []  # asked for Tune trials the driver lost: to adopt
+        self.asked = 0  # trials of the budget: with a Tune id (or released), not retries
+        self.newest: dict[str, int] = {}  # Tune id -> its newest Optuna trial number
+        trials = self.study.get_trials(deepcopy=False)
+        self.numbered = len(trials)  # the next new trial's number
+        for trial in trials:
+            attrs = trial.user_attrs
+            if TUNE_ID_ATTR not in attrs:
+                continue  # enqueued, not asked yet
+            tune_id = attrs[TUNE_ID_ATTR]
+            self.asked += RETRY_ATTR not in attrs
+            if tune_id is None:
+                if trial.state == TrialState.RUNNING:
+                    self.released.append(trial.number)
+                continue
+            self.newest[tune_id] = max(trial.number, self.newest.get(tune_id, -1))
+        newest = set(self.newest.values())
+        # Optuna trials of live Tune trials, and FAIL ones a resume may run again
+        self.running = {t.number for t in trials if t.state == TrialState.RUNNING} & newest
+        self.failed = {t.number for t in trials if t.state == TrialState.FAIL} & newest
+
+    def trial_id(self, number: int) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+
+    def frozen(self, number: int) -> optuna.trial.FrozenTrial:
+        return self.storage.get_trial(self.trial_id(number))
+
+    def can_ask(self) -> bool:
+        return self.asked < self.budget and len(self.running) < self.max_concurrent
+
+
 class StudySearcher(Searcher):
-    """Ray Tune's searcher over the Optuna study `study_name` in the storage at `storage_url`.
+    """Ray Tune's searcher over Optuna studies in the storage at `storage_url`.
+
+    One experiment can search several studies (a grid's cells, nested CV's outer folds), each
+    with its own budget and ``max_concurrent``: a free trial slot takes a trial from whichever
+    unfinished study has the fewest running, and the trial's config names its study under
+    `STUDY_KEY`. `max_concurrent` caps the experiment's live trials in all (None: whatever the
+    cluster's resources fit).
 
     Args:
-        storage_url: the study's storage; only its masked form is kept (`hpo.optuna_storage`).
-        study_name: an Optuna study made by `prepare_study`, which holds budget and concurrency.
-        space: Optuna distributions by parameter name.
-        sampler, seed: a `SAMPLERS` name and the study's seed.
+        storage_url: the studies' storage; only its masked form is kept (`hpo.optuna_storage`).
+        spaces: {study name: Optuna distributions by parameter}; each study made by
+            `prepare_study`, which holds its budget and concurrency.
+        sampler, seed: a `SAMPLERS` name and the seed every study's draws derive from.
         scheduler: whether a trial scheduler (ASHA) may stop trials: the reason a stop gets.
     """
 
     def __init__(
         self,
         storage_url: str,
-        study_name: str,
-        space: Mapping[str, BaseDistribution],
+        spaces: Mapping[str, Mapping[str, BaseDistribution]],
         sampler: str,
         seed: int,
         *,
         scheduler: bool = False,
+        max_concurrent: int | None = None,
         metric: str = OBJECTIVE,
         mode: str = "max",
     ) -> None:
         super().__init__(metric=metric, mode=mode)
         self._config = {
             "storage_url": masked(storage_url),
-            "study_name": study_name,
-            "space": dict(space),
+            "spaces": {name: dict(space) for name, space in spaces.items()},
             "sampler": sampler,
             "seed": seed,
             "scheduler": scheduler,
+            "max_concurrent": max_concurrent,
         }
-        self._study: optuna.Study | None = None  # opened on first use, in the driver
+        self._studies: dict[str, _Live] | None = None  # opened on first use, in the driver
 
     # --- what Tune pickles: the configuration, never the storage or a password -----------------
 
@@ -254,7 +301,7 @@ class StudySearcher(Searcher):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._study = None
+        self._studies = None
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -272,122 +319,108 @@ class StudySearcher(Searcher):
         self._mode = mode or self._mode
         return True
 
-    # --- the study as the storage holds it ------------------------------------------------------
+    # --- the studies as the storage holds them -----------------------------------------------
 
-    def _open(self) -> optuna.Study:
-        """Read the study's budget, concurrency and trials from the storage (once per driver)."""
-        if self._study is not None:
-            return self._study
-        cfg = self._config
-        self._storage = open_storage(cfg["storage_url"])
-        study = optuna.load_study(study_name=cfg["study_name"], storage=self._storage)
-        self._study_id = self._storage.get_study_id_from_name(cfg["study_name"])
-        self._budget = int(study.user_attrs[BUDGET_ATTR])
-        self._max_concurrent = int(study.user_attrs[CONCURRENCY_ATTR])
-        self._newest: dict[str, int] = {}  # Tune id -> its newest Optuna trial number
-        self._running: set[int] = set()  # Optuna trials of live Tune trials
-        self._released: list[int] = []  # asked for Tune trials the driver lost: to adopt
-        self._asked = 0  # trials of the budget: with a Tune id (or released), not retries
-        trials = study.get_trials(deepcopy=False)
-        self._numbered = len(trials)  # the next new trial's number
-        for trial in trials:
-            attrs = trial.user_attrs
-            if TUNE_ID_ATTR not in attrs:
-                continue  # enqueued, not asked yet
-            tune_id = attrs[TUNE_ID_ATTR]
-            if RETRY_ATTR not in attrs:
-                self._asked += 1
-            if tune_id is None:
-                if trial.state == TrialState.RUNNING:
-                    self._released.append(trial.number)
-                continue
-            self._newest[tune_id] = max(trial.number, self._newest.get(tune_id, -1))
-        newest = set(self._newest.values())
-        self._running = {t.number for t in trials if t.state == TrialState.RUNNING} & newest
-        self._failed = {t.number for t in trials if t.state == TrialState.FAIL} & newest
-        self._study = study
-        return study
+    def _open(self) -> dict[str, _Live]:
+        """Read each study's budget, concurrency and trials from the storage (once a driver)."""
+        if self._studies is None:
+            storage = open_storage(self._config["storage_url"])
+            spaces = self._config["spaces"]
+            self._studies = {name: _Live(storage, name, space) for name, space in spaces.items()}
+            self._tune_ids = {  # Tune id -> its study
+                tune_id: live for live in self._studies.values() for tune_id in live.newest
+            }
+        return self._studies
 
-    def _trial_id(self, number: int) -> int:
-        return self._storage.get_trial_id_from_study_id_trial_number(self._study_id, number)
-
-    def _frozen(self, number: int) -> optuna.trial.FrozenTrial:
-        return self._storage.get_trial(self._trial_id(number))
+    def _config_of(self, live: _Live, params: dict[str, Any]) -> dict[str, Any]:
+        many = len(self._config["spaces"]) > 1
+        return {**params, STUDY_KEY: live.name} if many else dict(params)
 
     # --- Tune's calls ------------------------------------------------------------------------
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        study = self._open()
-        if self._released:  # asked before the driver died, never run: same params, new Tune id
-            number = self._released.pop(0)
-            self._storage.set_trial_user_attr(self._trial_id(number), TUNE_ID_ATTR, trial_id)
-            params = self._frozen(number).params
-        elif self._asked >= self._budget:
+        studies = list(self._open().values())
+        for live in studies:  # asked before the driver died, never run: same params, new Tune id
+            if live.released:
+                number = live.released.pop(0)
+                live.storage.set_trial_user_attr(live.trial_id(number), TUNE_ID_ATTR, trial_id)
+                return self._track(trial_id, live, number, live.frozen(number).params)
+        if all(live.asked >= live.budget for live in studies):
             return Searcher.FINISHED
-        elif len(self._running) >= self._max_concurrent:
+        cap = self._config["max_concurrent"]
+        if cap is not None and sum(len(live.running) for live in studies) >= cap:
             return None
-        else:
-            cfg = self._config
-            # The number the new trial will get, unless it takes an enqueued one (whose params
-            # are fixed and need no sampler): every trial of the study is numbered in turn.
-            seed = sampler_seed(cfg["seed"], self._numbered)
-            study.sampler = make_sampler(cfg["sampler"], seed)
-            trial = study.ask(fixed_distributions=cfg["space"])
-            trial.set_user_attr(TUNE_ID_ATTR, trial_id)
-            number, params = trial.number, trial.params
-            self._numbered = max(self._numbered, number + 1)
-            self._asked += 1
-        self._newest[trial_id] = number
-        self._running.add(number)
-        return dict(params)
+        ready = [live for live in studies if live.can_ask()]
+        if not ready:
+            return None
+        live = min(ready, key=lambda x: (len(x.running), x.asked))  # stable: config order
+        cfg = self._config
+        live.study.sampler = make_sampler(cfg["sampler"], sampler_seed(cfg["seed"], live.numbered))
+        trial = live.study.ask(fixed_distributions=live.space)
+        trial.set_user_attr(TUNE_ID_ATTR, trial_id)
+        live.numbered = max(live.numbered, trial.number + 1)
+        live.asked += 1
+        return self._track(trial_id, live, trial.number, trial.params)
 
-    def _current(self, trial_id: str) -> int | None:
+    def _track(self, trial_id: str, live: _Live, number: int, params: dict) -> dict:
+        live.newest[trial_id] = number
+        live.running.add(number)
+        self._tune_ids[trial_id] = live
+        return self._config_of(live, params)
+
+    def _current(self, trial_id: str) -> tuple[_Live, int] | None:
         """The Optuna trial that records Tune trial `trial_id` now: a FAIL one that Tune runs
         again (``Tuner.restore(resume_errored=True)``) gets a retry trial, same params, RUNNING,
         because a finished Optuna trial cannot change state. None for a trial that is not ours."""
         self._open()
-        number = self._newest.get(trial_id)
-        if number is None or number not in self._failed:
-            return number
-        old = self._frozen(number)
+        live = self._tune_ids.get(trial_id)
+        if live is None:
+            return None
+        number = live.newest[trial_id]
+        if number not in live.failed:
+            return live, number
+        old = live.frozen(number)
         retry = optuna.trial.create_trial(
             state=TrialState.RUNNING,
             params=old.params,
             distributions=old.distributions,
             user_attrs={TUNE_ID_ATTR: trial_id, RETRY_ATTR: old.number},
         )
-        created = self._storage.create_new_trial(self._study_id, template_trial=retry)
-        number = self._storage.get_trial(created).number
-        self._numbered = max(self._numbered, number + 1)
-        self._newest[trial_id] = number
-        self._running.add(number)
-        return number
+        number = live.storage.get_trial(
+            live.storage.create_new_trial(live.study_id, template_trial=retry)
+        ).number
+        live.numbered = max(live.numbered, number + 1)
+        live.newest[trial_id] = number
+        live.running.add(number)
+        return live, number
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         history = result.get(HISTORY) or []  # the epochs since the last report; never test scores
-        number = self._current(trial_id)
-        if not history or number is None or number not in self._running:
+        current = self._current(trial_id)
+        if not history or current is None or current[1] not in current[0].running:
             return  # not ours, or told before a driver died: never reported twice
-        trial = self._trial_id(number)
+        live, number = current
+        trial = live.trial_id(number)
         for epoch, val_accuracy in history:
-            self._storage.set_trial_intermediate_value(trial, int(epoch), float(val_accuracy))
+            live.storage.set_trial_intermediate_value(trial, int(epoch), float(val_accuracy))
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        number = self._current(trial_id)
-        if number is None or number not in self._running:
+        current = self._current(trial_id)
+        if current is None or current[1] not in current[0].running:
             return
-        self._running.discard(number)
+        live, number = current
+        live.running.discard(number)
         final = bool(result) and result.get("final") is True and result.get(OBJECTIVE) is not None
         if final and not error:
-            self._study.tell(number, float(result[OBJECTIVE]))
+            live.study.tell(number, float(result[OBJECTIVE]))
             return
         if error:
             reason, state = FAILURE, TrialState.FAIL
-            self._failed.add(number)
+            live.failed.add(number)
         else:  # Tune's scheduler stopped it (the experiment's own stops never come here)
             reason = SCHEDULER if self._config["scheduler"] else STOPPED
             state = TrialState.PRUNED
-        self._storage.set_trial_user_attr(self._trial_id(number), REASON_ATTR, reason)
-        self._study.tell(number, state=state)
+        live.storage.set_trial_user_attr(live.trial_id(number), REASON_ATTR, reason)
+        live.study.tell(number, state=state)

@@ -33,7 +33,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from hpo import space as hspace
 from hpo.config import StudyConfig
-from hpo.optuna_storage import has_study, remember
+from hpo.optuna_storage import connectable, has_study, remember
 from hpo.quiet import quieted
 from hpo.run_files import read_run_file, write_run_file
 from hpo.searcher import (
@@ -45,7 +45,7 @@ from hpo.searcher import (
     prepare_study,
     reconcile,
 )
-from hpo.trial_settings import TrialSettings
+from hpo.trial_settings import STUDY_KEY, TrialSettings
 from pipeline.cluster import connect
 from pipeline.files import on_node, s3_filesystem
 from pipeline.groups import grouped_split, read_groups
@@ -70,7 +70,9 @@ __all__ = [
     "StudySettingsChangedError",
     "TrialRecord",
     "make_sampler",
+    "run_studies",
     "run_study",
+    "train_in_study",
     "train_on_node",
 ]
 
@@ -155,15 +157,18 @@ def _run_exists(fs: pafs.FileSystem | None, run_path: str) -> bool:
     return len(info) > 0
 
 
-def _delete_run(fs: pafs.FileSystem | None, run_path: str, cfg: StudyConfig) -> None:
+def _delete_run(
+    fs: pafs.FileSystem | None, run_path: str, storage_url: str, names: Sequence[str]
+) -> None:
     if fs is None:
         shutil.rmtree(run_path, ignore_errors=True)
     else:
         fs.delete_dir_contents(run_path, missing_dir_ok=True)
     # The default sqlite file lives in the run dir and went with it; opening its URL now would
     # fail (no directory), so only a storage that still holds the study is asked to delete it.
-    if has_study(cfg.storage.optuna_storage, cfg.name):
-        optuna.delete_study(study_name=cfg.name, storage=cfg.storage.optuna_storage)
+    for name in names:
+        if has_study(storage_url, name):
+            optuna.delete_study(study_name=name, storage=connectable(storage_url))
 
 
 # --- driver-side preparation -------------------------------------------------------------------
@@ -248,16 +253,18 @@ def _search_space(cfg: StudyConfig) -> dict[str, optuna.distributions.BaseDistri
 # --- the search -----------------------------------------------------------------------------
 
 
-def _searcher(cfg: StudyConfig) -> StudySearcher:
+def _searcher(
+    cfg: StudyConfig, studies: Sequence[StudyConfig], max_concurrent: int | None
+) -> StudySearcher:
     if quieted():  # Optuna's "A new study created in RDB …" and the like
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     return StudySearcher(
         cfg.storage.optuna_storage,
-        cfg.name,
-        _search_space(cfg),
+        {study.name: _search_space(study) for study in studies},
         cfg.searcher.sampler,
         cfg.searcher.seed,
         scheduler=cfg.scheduler.name != "none",
+        max_concurrent=max_concurrent,
         metric=OBJECTIVE,
         mode=MODE,
     )
@@ -396,9 +403,23 @@ Train = Callable[[dict[str, Any], TrialSettings], None]
 """A trial: its config and the study's settings in, results reported through `ray.tune`."""
 
 
-def _trainable(cfg: StudyConfig, settings: TrialSettings, train: Train) -> Any:
+def train_in_study(
+    config: dict[str, Any], studies: Mapping[str, TrialSettings], train: Train
+) -> None:
+    """`train` with the settings of the study the config names (`STUDY_KEY`): the trial of an
+    experiment that searches several studies."""
+    params = {k: v for k, v in config.items() if k != STUDY_KEY}
+    train(params, studies[config[STUDY_KEY]])
+
+
+def _trainable(cfg: StudyConfig, settings: Mapping[str, TrialSettings], train: Train) -> Any:
     resources = {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
-    return tune.with_resources(tune.with_parameters(train, settings=settings), resources)
+    if len(settings) == 1:
+        (only,) = settings.values()
+        trainable = tune.with_parameters(train, settings=only)
+    else:
+        trainable = tune.with_parameters(train_in_study, studies=dict(settings), train=train)
+    return tune.with_resources(trainable, resources)
 
 
 _CALLBACKS: dict[str, Sequence[tune.Callback]] = {}  # run path -> this driver's callbacks
@@ -530,16 +551,49 @@ def run_study(
         AllTrialsFailedError: every trial failed.
         StudyInterruptedError: the first Ctrl-C stopped the study after saving its state.
     """
+    results = run_studies(
+        cfg, [cfg], resume=resume, overwrite=overwrite, callbacks=callbacks, log=log,
+        splits=None if split is None else {cfg.name: split}, train=train,
+    )  # fmt: skip
+    return results[cfg.name]
+
+
+def run_studies(
+    experiment: StudyConfig,
+    studies: Sequence[StudyConfig],
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    callbacks: Sequence[tune.Callback] = (),
+    log: Callable[[str], None] = print,
+    splits: Mapping[str, Split] | None = None,
+    train: Train = train_on_node,
+    max_concurrent: int | None = None,
+) -> dict[str, StudyResult]:
+    """Run (or resume) several Optuna studies as one Ray Tune experiment; {name: result}.
+
+    `experiment` names the Tune experiment and gives what its studies share: its run path,
+    Ray address, scheduler, time budget, failure retries, resources, sampler and seed, and the
+    Optuna storage. Each of `studies` (a grid's cells, nested CV's outer folds) keeps its own
+    feature sets, split, space, budget and ``max_concurrent``, its own Optuna study (its name)
+    and its run files under its own run path; free trial slots take trials from any unfinished
+    study (`hpo.searcher.StudySearcher`), at most `max_concurrent` live in all (None: what the
+    cluster's resources fit). A single study is `experiment` itself (`run_study`).
+
+    Raises: as `run_study`.
+    """
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
+    cfg = experiment
+    names = [study.name for study in studies]
     shown_storage = remember(cfg.storage.optuna_storage)
-    keys = resolve_feature_sets(cfg)
+    keys = {study.name: resolve_feature_sets(study) for study in studies}
     fs, storage_path = storage_filesystem(cfg)
     run_path = f"{storage_path}/{cfg.name}"
     restorable = tune.Tuner.can_restore(run_path, storage_filesystem=fs)
     saved = _saved_trials(fs, run_path) if restorable else None
     exists = restorable or _run_exists(fs, run_path)
-    exists = exists or has_study(cfg.storage.optuna_storage, cfg.name)
+    exists = exists or any(has_study(cfg.storage.optuna_storage, name) for name in names)
     if exists and not (resume or overwrite):
         raise StudyExistsError(
             f"study {cfg.name!r} already exists at {cfg.run_path} (Optuna storage "
@@ -548,7 +602,7 @@ def run_study(
         )
     if overwrite and exists:
         log(f"overwriting study {cfg.name!r} at {cfg.run_path}")
-        _delete_run(fs, run_path, cfg)
+        _delete_run(fs, run_path, cfg.storage.optuna_storage, names)
         restorable, saved = False, None
     # A tuner.pkl without an experiment state: the driver died before Tune's first save. Nothing
     # of Tune's to restore; the study starts in place and keeps the Optuna trials it asked.
@@ -556,75 +610,125 @@ def run_study(
     if resume and not restorable:
         log(f"nothing to resume at {cfg.run_path}; starting study {cfg.name!r}")
 
-    # The Optuna record (SQLAlchemy, the schema and its version check: about a second) is made
-    # or checked in a thread while Ray starts.
-    with ThreadPoolExecutor(1, thread_name_prefix="optuna-storage") as pool:
-        prepared = pool.submit(_prepare_study, cfg, log)
-        started = start_ray(cfg)
+    # Nothing of the user's was here (or --overwrite deleted it): a start that fails before the
+    # experiment runs (Ray unreachable, a refused split) leaves nothing to block the name.
+    fresh, fitting = not exists or overwrite, False
     try:
-        prepared.result()
-        node_id = ray.get_runtime_context().get_node_id()
-        if split is None:
-            split = compute_split(cfg, next(iter(keys.values())), node_id)
-        for warning in getattr(split, "warnings", ()):
-            log(f"split: {warning}")
-        settings = trial_settings(cfg, keys, split)
-        shaping = study_settings(settings, _search_space(cfg))
-        if restorable:
-            _check_settings(cfg, shaping, log)
-        else:
-            write_run_file(cfg.run_path, SETTINGS_FILE, shaping, cfg.storage.endpoint_url)
-        trainable = _trainable(cfg, settings, train)
-        _reconcile(cfg, saved or {}, experiment_ended=False, log=log)
-        if restorable:
-            if _finished(cfg, saved):
-                _reconcile(cfg, saved, experiment_ended=True, log=log)
-                tuner = tune.Tuner.restore(run_path, trainable=trainable, storage_filesystem=fs)
-                log(f"study {cfg.name!r} has already finished; nothing to resume")
-                records = _records(tuner.get_results())
-                return StudyResult(cfg.name, cfg.run_path, shown_storage, records, True)
-            tuner = tune.Tuner.restore(
-                run_path, trainable=trainable, resume_errored=True, storage_filesystem=fs
-            )
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    search_alg=_searcher(cfg),
-                    scheduler=_scheduler(cfg),
-                    # The searcher ends the study: it counts the budget in Optuna's storage,
-                    # which a resume may raise.
-                    num_samples=-1,
-                    time_budget_s=cfg.budget.time_budget_s,
-                    # One worker process per trial slot: TensorFlow is imported once per
-                    # slot, not once per trial (seconds each on a small machine).
-                    reuse_actors=True,
-                ),
-                run_config=_run_config(cfg, run_path),
-            )
-        start = time.monotonic()
-        _CALLBACKS[run_path] = list(callbacks)
+        # The Optuna records (SQLAlchemy, the schema and its version check: about a second) are
+        # made or checked in a thread while Ray starts.
+        with ThreadPoolExecutor(1, thread_name_prefix="optuna-storage") as pool:
+            prepared = pool.submit(lambda: [_prepare_study(study, log) for study in studies])
+            started = start_ray(cfg)
         try:
-            with (
-                _graceful_sigint(log) as interrupted,
-                _environ(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"),
-            ):
-                grid = tuner.fit()
+            prepared.result()
+            node_id = ray.get_runtime_context().get_node_id()
+            settings = {}
+            for study in studies:
+                split = (splits or {}).get(study.name)
+                if split is None:
+                    split = compute_split(study, next(iter(keys[study.name].values())), node_id)
+                for warning in getattr(split, "warnings", ()):
+                    log(f"split: {warning}")
+                settings[study.name] = trial_settings(study, keys[study.name], split)
+                shaping = study_settings(settings[study.name], _search_space(study))
+                if restorable:
+                    _check_settings(study, shaping, log)
+                else:
+                    write_run_file(
+                        study.run_path, SETTINGS_FILE, shaping, study.storage.endpoint_url
+                    )
+            trainable = _trainable(cfg, settings, train)
+            for study in studies:
+                _reconcile(study, saved or {}, experiment_ended=False, log=log)
+            if restorable:
+                if _finished(studies, saved):
+                    for study in studies:
+                        _reconcile(study, saved, experiment_ended=True, log=log)
+                    tuner = tune.Tuner.restore(run_path, trainable=trainable, storage_filesystem=fs)
+                    log(f"study {cfg.name!r} has already finished; nothing to resume")
+                    records = _by_study(names, _records(tuner.get_results()))
+                    return {
+                        study.name: StudyResult(
+                            study.name, study.run_path, shown_storage, records[study.name], True
+                        )
+                        for study in studies
+                    }
+                tuner = tune.Tuner.restore(
+                    run_path, trainable=trainable, resume_errored=True, storage_filesystem=fs
+                )
+            else:
+                tuner = tune.Tuner(
+                    trainable,
+                    tune_config=tune.TuneConfig(
+                        search_alg=_searcher(cfg, studies, max_concurrent),
+                        scheduler=_scheduler(cfg),
+                        # The searcher ends the study: it counts the budget in Optuna's storage,
+                        # which a resume may raise.
+                        num_samples=-1,
+                        time_budget_s=cfg.budget.time_budget_s,
+                        # One worker process per trial slot: TensorFlow is imported once per
+                        # slot, not once per trial (seconds each on a small machine).
+                        reuse_actors=True,
+                    ),
+                    run_config=_run_config(cfg, run_path),
+                )
+            start = time.monotonic()
+            fitting = True
+            _CALLBACKS[run_path] = list(callbacks)
+            try:
+                with (
+                    _graceful_sigint(log) as interrupted,
+                    _environ(
+                        TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1",
+                        TUNE_MAX_PENDING_TRIALS_PG=str(_pending(studies, max_concurrent)),
+                    ),
+                ):
+                    grid = tuner.fit()
+            finally:
+                _CALLBACKS.pop(run_path, None)
+            log(f"study {cfg.name!r} ran for {time.monotonic() - start:.1f} s")
         finally:
-            _CALLBACKS.pop(run_path, None)
-        log(f"study {cfg.name!r} ran for {time.monotonic() - start:.1f} s")
-    finally:
-        if started:
-            ray.shutdown()
+            if started:
+                ray.shutdown()
+    except BaseException:
+        if fresh and not fitting:
+            _delete_run(fs, run_path, cfg.storage.optuna_storage, names)
+        raise
     if interrupted():
         raise StudyInterruptedError(cfg.name, cfg.run_path)
-    records = _records(grid)
-    ends = {
-        r.trial_id: TuneTrialEnd("ERROR" if r.error else "TERMINATED", r.value) for r in records
+    every = _records(grid)
+    ends = {r.trial_id: TuneTrialEnd("ERROR" if r.error else "TERMINATED", r.value) for r in every}
+    for study in studies:
+        _reconcile(study, ends, experiment_ended=True, log=log)
+    _check_not_all_failed(cfg, every)
+    records = _by_study(names, every)
+    return {
+        study.name: StudyResult(study.name, study.run_path, shown_storage, records[study.name])
+        for study in studies
     }
-    _reconcile(cfg, ends, experiment_ended=True, log=log)
-    _check_not_all_failed(cfg, records)
-    return StudyResult(cfg.name, cfg.run_path, shown_storage, records)
+
+
+def _pending(studies: Sequence[StudyConfig], max_concurrent: int | None) -> int:
+    """How many trials Tune may start at once (``TUNE_MAX_PENDING_TRIALS_PG``): Tune allows one
+    for a searcher it does not know (it reads `ConcurrencyLimiter` only), which would start
+    trials one by one; ours can use every slot its studies' ``max_concurrent`` allow."""
+    allowed = sum(study.budget.max_concurrent for study in studies)
+    return allowed if max_concurrent is None else min(allowed, max_concurrent)
+
+
+def _by_study(
+    names: Sequence[str], records: Sequence[TrialRecord]
+) -> dict[str, tuple[TrialRecord, ...]]:
+    """Each study's trials; in an experiment of several, the config's `STUDY_KEY` says whose."""
+    if len(names) == 1:
+        return {names[0]: tuple(records)}
+    by_name: dict[str, list[TrialRecord]] = {name: [] for name in names}
+    for record in records:
+        params = dict(record.params)
+        name = params.pop(STUDY_KEY, None)
+        if name in by_name:
+            by_name[name].append(dataclasses.replace(record, params=params))
+    return {name: tuple(found) for name, found in by_name.items()}
 
 
 def _saved_trials(fs: pafs.FileSystem | None, run_path: str) -> dict[str, TuneTrialEnd] | None:
@@ -663,12 +767,12 @@ def _reconcile(
         log(f"Optuna trials {numbers} of study {cfg.name!r}: {what} (from Ray Tune's record)")
 
 
-def _finished(cfg: StudyConfig, saved: Mapping[str, TuneTrialEnd]) -> bool:
+def _finished(studies: Sequence[StudyConfig], saved: Mapping[str, TuneTrialEnd]) -> bool:
     """True when the run's saved state holds the whole budget of trials, all completed.
     Errored trials do not count: a resume (``resume_errored=True``) retries them, e.g. once an
     unreachable store is back."""
     done = [t for t in saved.values() if t.status == "TERMINATED"]
-    return len(done) == len(saved) and len(done) >= cfg.budget.trials
+    return len(done) == len(saved) and len(done) >= sum(s.budget.trials for s in studies)
 
 
 @contextlib.contextmanager

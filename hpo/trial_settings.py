@@ -12,10 +12,13 @@ from typing import Any
 
 from pipeline.manifest import Split
 
-__all__ = ["HISTORY", "STATE_FILE", "TRIAL_FILE", "TrialSettings"]
+__all__ = ["HISTORY", "STATE_FILE", "STUDY_KEY", "TRIAL_FILE", "TrialSettings"]
 
 STATE_FILE = "lockstep.json"
 TRIAL_FILE = "trial.json"
+STUDY_KEY = "lushpo_study"
+"""In a trial's config when one Tune experiment searches several Optuna studies (a grid's cells):
+the study the trial belongs to (`hpo.searcher.StudySearcher`, `hpo.study.run_studies`)."""
 HISTORY = "val_history"
 """In every report of a trial: ``[[epoch, val_accuracy], …]`` of the epochs no earlier report
 carried (the study's searcher records each as an Optuna intermediate value)."""

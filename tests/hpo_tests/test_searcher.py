@@ -35,7 +35,7 @@ def _prepared(url: str, *, budget=4, max_concurrent=1, seed=3, log=None, schedul
         url, "s", budget=budget, max_concurrent=max_concurrent, sampler="tpe", seed=seed,
         log=log or (lambda _line: None),
     )  # fmt: skip
-    return hs.StudySearcher(url, "s", SPACE, "tpe", seed, scheduler=scheduler)
+    return hs.StudySearcher(url, {"s": SPACE}, "tpe", seed, scheduler=scheduler)
 
 
 def _trials(url: str) -> list[optuna.trial.FrozenTrial]:
@@ -198,7 +198,7 @@ def test_nothing_tune_pickles_holds_the_password(tmp_path, monkeypatch):
     monkeypatch.delenv(URL_ENV, raising=False)
     monkeypatch.delenv(PASSWORD_ENV, raising=False)
     url = "postgresql+psycopg2://lushpo:s3cret-pw@127.0.0.1:5432/optuna"
-    search = hs.StudySearcher(url, "s", SPACE, "tpe", 3)
+    search = hs.StudySearcher(url, {"s": SPACE}, "tpe", 3)
     data = pickle.dumps(search)
     assert b"s3cret-pw" not in data and b"lushpo:***@127.0.0.1" in data
     assert masked(url) == "postgresql+psycopg2://lushpo:***@127.0.0.1:5432/optuna"
@@ -214,3 +214,35 @@ def test_nothing_tune_pickles_holds_the_password(tmp_path, monkeypatch):
     monkeypatch.delenv(URL_ENV)
     monkeypatch.delenv(PASSWORD_ENV)
     assert remember(url) == masked(url) and connectable(masked(url)) == url  # this driver's
+
+
+def test_one_searcher_fills_free_slots_from_several_studies_each_within_its_limits(tmp_path):
+    """A grid's cells (or nested CV's outer folds) as one experiment: each study keeps its
+    budget and max_concurrent, a free slot takes a trial from any unfinished study, a global
+    limit caps the total, and each study draws as it would alone."""
+    url = _url(tmp_path)
+    for name in ("a", "b", "c"):
+        hs.prepare_study(url, name, budget=2, max_concurrent=1, sampler="tpe", seed=3)
+    spaces = {name: SPACE for name in ("a", "b", "c")}
+    search = hs.StudySearcher(url, spaces, "tpe", 3, max_concurrent=2)
+    first, second = search.suggest("t1"), search.suggest("t2")
+    assert (first[hs.STUDY_KEY], second[hs.STUDY_KEY]) == ("a", "b")
+    assert search.suggest("t3") is None  # the global limit
+    search.on_trial_complete("t1", FINAL)
+    assert search.suggest("t3")[hs.STUDY_KEY] == "c"  # the least busy study
+    search.on_trial_complete("t2", FINAL)
+    assert search.suggest("t4")[hs.STUDY_KEY] == "a"
+    search.on_trial_complete("t3", FINAL)
+    resumed = pickle.loads(pickle.dumps(search))  # one experiment, resumable as a whole
+    assert resumed.suggest("t5")[hs.STUDY_KEY] == "b"
+    assert resumed.suggest("t6") is None  # a and b at their max_concurrent 1 ... and the cap
+    for tune_id in ("t4", "t5"):
+        resumed.on_trial_complete(tune_id, FINAL)
+    assert resumed.suggest("t6")[hs.STUDY_KEY] == "c"
+    resumed.on_trial_complete("t6", FINAL)
+    assert resumed.suggest("t7") == Searcher.FINISHED
+    alone = _prepared(_url(tmp_path, "alone"), budget=2)
+    for name in ("a", "b", "c"):
+        trials = optuna.load_study(study_name=name, storage=url).trials
+        assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert {k: v for k, v in first.items() if k != hs.STUDY_KEY} == alone.suggest("x")

@@ -124,3 +124,26 @@ def test_a_driver_killed_during_a_checkpoint_upload_to_s3_resumes(tmp_path, monk
         _check_record(optuna_url, f"{path}/kill", fs)
     finally:
         endpoint.stop()
+
+
+def test_a_study_killed_after_trial_k_draws_what_the_uninterrupted_one_draws(tmp_path):
+    """max_concurrent 1, a fixed seed, TPE past its 10 random start-up trials: killed after its
+    11th trial and resumed, the study suggests every trial's params as the whole run does."""
+    store_uri, _key, _ = put_synthetic(tmp_path / "store", clips=8, frames=3, dim=4)
+    module = "tests.integration.trivial_driver"
+    drawn = {}
+    for name, kill in (("whole", None), ("cut", ["--kill", "between_trials", "--after", "11"])):
+        data = _config(tmp_path, store_uri, {"storage_path": str(tmp_path / name)})
+        data["budget"] = {**data["budget"], "trials": 13, "max_concurrent": 1, "max_epochs": 1}
+        config = write_config(tmp_path / f"{name}.yaml", data)
+        if kill:
+            first = Driver([str(config), *kill], module=module)
+            assert first.wait(300) != 0 and "KILLED here" in first.output, first.output[-3000:]
+        driver = Driver([str(config), *(["--resume"] if kill else [])], module=module)
+        assert driver.wait(300) == 0, driver.output[-4000:]
+        study = optuna.load_study(
+            study_name="kill", storage=f"sqlite:///{tmp_path}/{name}/kill/optuna.db"
+        )
+        drawn[name] = [t.params for t in sorted(study.trials, key=lambda t: t.number)]
+    assert len(drawn["whole"]) == 13
+    assert drawn["cut"] == drawn["whole"]
