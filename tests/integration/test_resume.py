@@ -208,3 +208,19 @@ def test_resume_command_drops_overwrite_and_adds_resume():
     assert (
         resume_command(args, ["pytest"]) == "lushpo tune --config s.yaml --name n --nested --resume"
     )
+
+
+def test_resume_command_masks_the_optuna_storage_password():
+    from hpo.commands.tune import resume_command
+
+    url = "postgresql+psycopg2://lushpo:hunter2@db:5432/optuna"
+    shown = "postgresql+psycopg2://lushpo:***@db:5432/optuna"
+    for argv in (
+        ["lushpo", "tune", "--optuna-storage", url],
+        ["lushpo", "run", "--optuna-storage", url],
+        ["lushpo", "tune", f"--optuna-storage={url}"],
+    ):
+        line = resume_command(None, argv)
+        assert "hunter2" not in line and shown in line, line
+    args = argparse.Namespace(config="s.yaml", optuna_storage=url, resume=False, overwrite=False)
+    assert "hunter2" not in resume_command(args, ["pytest"])
