@@ -7,9 +7,10 @@ selection. Nested CV keeps them out of it. For each OUTER fold of the configured
 1. the outer fold's training clips (only those) are split into ``inner_k`` stratified, seeded
    inner folds (`inner_split`: the `pipeline.manifest.stratified_split` rule over those clips,
    seed mixed from ``split.seed`` and the outer fold's index);
-2. a full study (`hpo.study.run_study`: the same OptunaSearch machinery and budget as the config)
-   runs on those inner folds, named ``<name>-outer-<k>`` in the config's Optuna storage, its Ray
-   Tune run under ``<run_path>/nested/``;
+2. a full study (the same search and budget as the config) runs on those inner folds, named
+   ``<name>-outer-<k>`` in the config's Optuna storage; every outer fold's inner study runs in
+   one Ray Tune experiment under ``<run_path>/nested/`` (`hpo.study.run_studies`), so free trial
+   slots take trials from any fold;
 3. its best trial (`hpo.selection.select_best`'s rule) is retrained on the whole outer training set
    for the median of its inner folds' best epochs (`hpo.selection.final_epochs`, no early stopping:
    nothing is left to stop on) as a Ray task with the trials' resources, and scored ONCE on the
@@ -46,7 +47,7 @@ from hpo.study import (
     compute_split,
     on_this_node,
     resolve_feature_sets,
-    run_study,
+    run_studies,
     start_ray,
     trial_settings,
 )
@@ -68,7 +69,7 @@ __all__ = [
 
 NESTED_FILE = "nested.json"
 FORMAT = "lushpo-nested/1"
-NESTED_DIR = "nested"  # under the run path: one Ray Tune run per outer fold
+NESTED_DIR = "nested"  # under the run path: the inner studies' one Ray Tune experiment
 
 
 class NestedLeakError(RuntimeError):
@@ -146,10 +147,17 @@ def _check_no_leak(outer: int, test_ids: Sequence[str], inner: Split) -> None:
 
 
 def outer_config(cfg: StudyConfig, outer: int) -> StudyConfig:
-    """The inner study of outer fold `outer`: named ``<name>-outer-<outer>``, its Ray Tune run
-    under ``<run_path>/nested``, its Optuna study in the config's own Optuna storage."""
+    """The inner study of outer fold `outer`: named ``<name>-outer-<outer>``, its run files
+    under ``<run_path>/nested/<name>-outer-<outer>``, its Optuna study in the config's own
+    Optuna storage; its trials run in `inner_experiment`."""
     storage = {"storage_path": f"{cfg.run_path}/{NESTED_DIR}"}  # the Optuna storage is kept
     return cfg.replace(name=f"{cfg.name}-outer-{outer}", storage=storage)
+
+
+def inner_experiment(cfg: StudyConfig) -> StudyConfig:
+    """The Ray Tune experiment at ``<run_path>/nested`` that runs every outer fold's inner
+    study (`hpo.study.run_studies`)."""
+    return cfg.replace(name=NESTED_DIR, storage={"storage_path": cfg.run_path})
 
 
 # --- the refit on the whole outer training set -------------------------------------------------
@@ -363,13 +371,14 @@ def run_nested(
     Args:
         cfg: the study; its split gives the outer folds, its budget each inner study's budget.
         inner_k: inner folds per outer training set (default ``cfg.split.k``).
-        resume / overwrite: passed to each inner study (see `run_study`).
-        callbacks: inner study config → its Ray Tune callbacks (e.g. a fresh progress view).
+        resume / overwrite: passed to the inner studies' experiment (see `run_studies`).
+        callbacks: the inner experiment's config (``budget.trials`` all folds' total) → its
+            Ray Tune callbacks (e.g. a progress view).
         log: progress messages.
 
     Raises:
         NestedLeakError: an outer test clip reached an inner split (a bug; never expected).
-        Whatever `run_study` raises for an inner study (StudyExistsError, AllTrialsFailedError…).
+        Whatever `run_studies` raises (StudyExistsError, AllTrialsFailedError…).
     """
     inner_k = cfg.split.k if inner_k is None else int(inner_k)
     if inner_k < 2:
@@ -395,33 +404,47 @@ def run_nested(
         refit = ray.remote(_refit_remote).options(
             num_cpus=cfg.resources.cpu, num_gpus=cfg.resources.gpu, max_retries=0
         )
-        folds: list[dict[str, Any]] = []
+        inner_splits: dict[str, Split] = {}
+        studies: list[StudyConfig] = []
         for k, fold in enumerate(outer.folds):
             inner = inner_split(
                 fold.train, labels, inner_k, cfg.split.seed, outer=k, groups=outer.groups
             )
             _check_no_leak(k, fold.test, inner)
-            inner_cfg = outer_config(cfg, k)
+            studies.append(outer_config(cfg, k))
+            inner_splits[studies[-1].name] = inner
             log(
-                f"outer fold {k + 1}/{len(outer.folds)}: study {inner_cfg.name!r} on "
+                f"outer fold {k + 1}/{len(outer.folds)}: study {studies[-1].name!r} on "
                 f"{len(fold.train)} training clips in {inner_k} inner folds; "
                 f"{len(fold.test)} test clips held out"
             )
-            result = run_study(
-                inner_cfg,
-                resume=resume,
-                overwrite=overwrite,
-                callbacks=callbacks(inner_cfg) if callbacks else (),
-                log=log,
-                split=inner,
-            )
+        # Every outer fold's inner study in one Ray Tune experiment: free slots take trials
+        # from any fold (each keeps its own budget and max_concurrent).
+        experiment = inner_experiment(cfg)
+        total = sum(study.budget.trials for study in studies)
+        results = run_studies(
+            experiment,
+            studies,
+            resume=resume,
+            overwrite=overwrite,
+            callbacks=callbacks(experiment.replace(budget={"trials": total})) if callbacks else (),
+            log=log,
+            splits=inner_splits,
+        )
+        refits = []
+        for k, (fold, study) in enumerate(zip(outer.folds, studies, strict=True)):
+            result, inner = results[study.name], inner_splits[study.name]
             best = _best(result)
             best_epochs = _inner_best_epochs(best)
             epochs = final_epochs(best_epochs)
             settings = trial_settings(cfg, keys, inner)
-            test = ray.get(
-                refit.remote(settings, dict(best.params), list(fold.train), list(fold.test), epochs)
+            task = refit.remote(
+                settings, dict(best.params), list(fold.train), list(fold.test), epochs
             )
+            refits.append((k, fold, inner, result, best, best_epochs, epochs, task))
+        folds: list[dict[str, Any]] = []
+        for k, fold, inner, result, best, best_epochs, epochs, task in refits:
+            test = ray.get(task)
             log(
                 f"outer fold {k}: best inner trial {best.trial_id} (inner accuracy "
                 f"{_finite(best.metrics.get('accuracy')):.3f}), retrained {epochs} epochs on "

@@ -175,8 +175,9 @@ def reconcile(
     else PRUNED: the experiment stopped it, which is the time budget when there is one). A trial
     Tune never saved is released (its Tune id cleared, the asking id kept in ``lushpo_asked_for``)
     so that the resumed searcher gives its params to the next Tune trial; after the experiment's
-    end it is FAIL (driver lost). Trials Tune will continue are left alone. Returns the numbers
-    of the trials so ended or released, by what happened to them."""
+    end it is FAIL (driver lost). Trials Tune will continue are left alone. Before a resume, a
+    finished trial Tune's record lacks runs again (`_run_again_what_tune_lost`). Returns the
+    numbers of the trials so ended, released or run again, by what happened to them."""
     storage = open_storage(storage_url)
     study = optuna.load_study(study_name=name, storage=storage)
     study_id = storage.get_study_id_from_name(name)
@@ -211,7 +212,40 @@ def reconcile(
         else:
             continue  # Tune runs it on
         done.setdefault(what, []).append(trial.number)
+    if not experiment_ended:
+        _run_again_what_tune_lost(study, storage, study_id, tune_trials, done)
     return done
+
+
+def _run_again_what_tune_lost(
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    study_id: int,
+    tune_trials: Mapping[str, TuneTrialEnd],
+    done: dict[str, list[int]],
+) -> None:
+    """A trial Optuna has COMPLETE or FAIL that Tune's saved record lacks: on S3, Tune uploads
+    its experiment state now and then, so a driver killed between two uploads restores fewer
+    trials than ran. Tune has no model of it to export: it runs the same params again, as a
+    marked retry (``lushpo_retry_of``) that the next Tune trial adopts; the budget counts the
+    trial once."""
+    trials = study.get_trials(deepcopy=False)
+    again = {t.user_attrs.get(RETRY_ATTR) for t in trials}
+    for trial in trials:
+        tune_id = trial.user_attrs.get(TUNE_ID_ATTR)
+        lost = tune_id is not None and tune_id not in tune_trials
+        if not lost or trial.state not in (TrialState.COMPLETE, TrialState.FAIL):
+            continue
+        if trial.number in again:
+            continue
+        retry = optuna.trial.create_trial(
+            state=TrialState.RUNNING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs={RETRY_ATTR: trial.number, TUNE_ID_ATTR: None, LOST_ATTR: tune_id},
+        )
+        storage.create_new_trial(study_id, template_trial=retry)
+        done.setdefault("run again (Ray Tune's saved record lacks it)", []).append(trial.number)
 
 
 class _Live:

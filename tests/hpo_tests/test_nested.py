@@ -184,10 +184,16 @@ def test_nested_run_keeps_outer_tests_out_and_reaches_the_report(tmp_path, capsy
             assert outer["test"]["y_true"] == [labels[c] for c in outer["test"]["test_ids"]]
             assert outer["study"] == f"nest-outer-{k}" and outer["trials_finished"] == 2
             assert outer["epochs"] >= 1 and set(outer["params"]) >= {"lstm_units"}
-            # the splits the inner trials actually received (their own trial.json records)
-            received = [
-                json.loads(p.read_text()) for p in Path(outer["run_path"]).rglob("trial.json")
+            # the splits the inner trials actually received (their own trial.json records, in
+            # the one experiment that ran every outer fold's inner study)
+            written = [
+                json.loads(p.read_text())
+                for p in (Path(cfg.run_path) / "nested").rglob("trial.json")
             ]
+            received = [
+                r for r in written
+                if Split.from_dict(r["split"]).digest() == outer["inner_split_digest"]
+            ]  # fmt: skip
             assert len({r["params"]["learning_rate"] for r in received}) == 2  # both trials
             for trial in received:
                 split = Split.from_dict(trial["split"])

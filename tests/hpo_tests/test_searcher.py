@@ -104,6 +104,32 @@ def test_a_trial_asked_for_a_tune_trial_tune_never_saved_goes_to_the_next_one(tm
     assert adopted.user_attrs[hs.LOST_ATTR] == "ghost"
 
 
+def test_a_finished_trial_tunes_saved_record_lacks_runs_again_once(tmp_path):
+    """On S3, Tune's experiment state is uploaded now and then: a resume may restore fewer
+    trials than Optuna finished. Tune has no model of such a trial, so it runs again, same
+    params, as a marked retry the budget counts once; a second resume does not add another."""
+    url = _url(tmp_path)
+    first = _prepared(url, budget=2)
+    params = first.suggest("kept")
+    first.on_trial_complete("kept", FINAL)
+    first.suggest("lost")
+    first.on_trial_complete("lost", FINAL)
+    saved = {"kept": hs.TuneTrialEnd("TERMINATED", 0.5)}  # Tune's last upload: before "lost"
+    changed = hs.reconcile(url, "s", saved, experiment_ended=False, time_budget=False)
+    assert list(changed.values()) == [[1]]
+    assert hs.reconcile(url, "s", saved, experiment_ended=False, time_budget=False) == {}
+    resumed = pickle.loads(pickle.dumps(first))
+    again = resumed.suggest("again")
+    assert again == _trials(url)[1].params and again != params
+    resumed.on_trial_complete("again", FINAL)
+    assert resumed.suggest("more") == Searcher.FINISHED
+    retry = _trials(url)[2]
+    assert (
+        retry.user_attrs == {hs.RETRY_ATTR: 1, hs.TUNE_ID_ATTR: "again", hs.LOST_ATTR: "lost"}
+        and retry.state == TrialState.COMPLETE
+    )
+
+
 def test_error_is_fail_with_its_reason_and_a_rerun_is_a_marked_retry(tmp_path):
     url = _url(tmp_path)
     search = _prepared(url, budget=1)
