@@ -263,10 +263,12 @@ class _Live:
         trials = self.study.get_trials(deepcopy=False)
         self.numbered = len(trials)  # the next new trial's number
         for trial in trials:
-            attrs = trial.user_attrs
-            if TUNE_ID_ATTR not in attrs:
+            if trial.state == TrialState.WAITING:
                 continue  # enqueued, not asked yet
-            tune_id = attrs[TUNE_ID_ATTR]
+            attrs = trial.user_attrs
+            # None: asked for a Tune trial the driver lost, or the driver died between the ask
+            # and the tag (no attr): either way a trial of the budget for the next Tune trial
+            tune_id = attrs.get(TUNE_ID_ATTR)
             self.asked += RETRY_ATTR not in attrs
             if tune_id is None:
                 if trial.state == TrialState.RUNNING:

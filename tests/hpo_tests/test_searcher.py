@@ -272,3 +272,17 @@ def test_one_searcher_fills_free_slots_from_several_studies_each_within_its_limi
         trials = optuna.load_study(study_name=name, storage=url).trials
         assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     assert {k: v for k, v in first.items() if k != hs.STUDY_KEY} == alone.suggest("x")
+
+
+def test_a_trial_asked_but_never_tagged_counts_and_goes_to_the_next_tune_trial(tmp_path):
+    """The driver died between Optuna's ask and the Tune id tag: the trial is still one of the
+    budget, and the next Tune trial takes its params (not a fresh draw past the budget)."""
+    url = _url(tmp_path)
+    search = _prepared(url, budget=1)
+    untagged = optuna.load_study(study_name="s", storage=url).ask(fixed_distributions=SPACE)
+    resumed = pickle.loads(pickle.dumps(search))
+    assert resumed.suggest("next") == untagged.params
+    resumed.on_trial_complete("next", FINAL)
+    assert resumed.suggest("more") == Searcher.FINISHED
+    (trial,) = _trials(url)
+    assert trial.state == TrialState.COMPLETE and trial.user_attrs[hs.TUNE_ID_ATTR] == "next"

@@ -68,7 +68,9 @@ class _Kill(tune.Callback):
         if self.point == "between_trials" and self.armed():
             threading.Timer(0.5, die).start()  # once Tune has processed the completion
         if self.point == "during_upload" and self.armed():
-            Path(os.environ[KILL_FILE_ENV]).touch()  # the next checkpoint upload kills
+            # the next checkpoint upload kills this driver's process group (Ray's workers sit
+            # in groups of their own)
+            Path(os.environ[KILL_FILE_ENV]).write_text(str(os.getpgrp()))
 
 
 def _arm(point: str, kill: _Kill) -> None:

@@ -22,7 +22,7 @@ __all__ = ["EPOCH_ENV", "FAIL_ENV", "KILL_FILE_ENV", "score", "train_trivial"]
 
 FAIL_ENV = "LUSHPO_TEST_FAIL_LSTM_UNITS"  # trials with this lstm_units raise
 EPOCH_ENV = "LUSHPO_TEST_EPOCH_S"  # seconds per epoch (default 0)
-# When the file this names exists, the next checkpoint upload kills the trial's process group
+# When the file this names exists, the next checkpoint upload kills the process group it names
 # (the driver and its Ray instance) while it runs; the file is removed first (one kill).
 KILL_FILE_ENV = "LUSHPO_TEST_KILL_FILE"
 
@@ -39,10 +39,12 @@ def _kill_during_upload() -> None:
     if not kill_file:
         return
     try:
+        group = int(Path(kill_file).read_text())
         os.remove(kill_file)
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):
         return
-    threading.Timer(0.02, os.killpg, (os.getpgrp(), signal.SIGKILL)).start()
+    print("KILLED here", flush=True)
+    threading.Timer(0.02, os.killpg, (group, signal.SIGKILL)).start()
 
 
 def train_trivial(config: dict[str, Any], settings: TrialSettings) -> None:
