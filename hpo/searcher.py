@@ -105,8 +105,14 @@ def sampler_seed(seed: int, number: int) -> int:
     return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
 
 
+def _opened(storage: str | optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
+    """`storage` itself, or the storage at that URL: a driver that prepares and reconciles many
+    studies (a grid's 48 cells) opens one (SQLAlchemy, the schema check: about a second)."""
+    return open_storage(storage) if isinstance(storage, str) else storage
+
+
 def prepare_study(
-    storage_url: str,
+    storage: str | optuna.storages.BaseStorage,
     name: str,
     *,
     budget: int,
@@ -119,7 +125,7 @@ def prepare_study(
     """Create the study `name` (maximising), or check a resumed one's search settings and apply
     its new budget and concurrency, saying so. `points` are enqueued in a new study only."""
     make_sampler(sampler, seed)  # an unknown name fails here, before any record is written
-    storage = open_storage(storage_url)
+    storage = _opened(storage)
     study = optuna.create_study(
         study_name=name, storage=storage, direction="maximize", load_if_exists=True
     )
@@ -161,7 +167,7 @@ class TuneTrialEnd:
 
 
 def reconcile(
-    storage_url: str,
+    storage: str | optuna.storages.BaseStorage,
     name: str,
     tune_trials: Mapping[str, TuneTrialEnd],
     *,
@@ -178,7 +184,7 @@ def reconcile(
     end it is FAIL (driver lost). Trials Tune will continue are left alone. Before a resume, a
     finished trial Tune's record lacks runs again (`_run_again_what_tune_lost`). Returns the
     numbers of the trials so ended, released or run again, by what happened to them."""
-    storage = open_storage(storage_url)
+    storage = _opened(storage)
     study = optuna.load_study(study_name=name, storage=storage)
     study_id = storage.get_study_id_from_name(name)
     stopped = TIME_BUDGET if time_budget else STOPPED

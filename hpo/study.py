@@ -33,7 +33,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from hpo import space as hspace
 from hpo.config import StudyConfig
-from hpo.optuna_storage import connectable, has_study, remember
+from hpo.optuna_storage import connectable, has_study, open_storage, remember
 from hpo.quiet import quieted
 from hpo.run_files import read_run_file, write_run_file
 from hpo.searcher import (
@@ -270,11 +270,13 @@ def _searcher(
     )
 
 
-def _prepare_study(cfg: StudyConfig, log: Callable[[str], None]) -> None:
+def _prepare_study(
+    cfg: StudyConfig, storage: optuna.storages.BaseStorage, log: Callable[[str], None]
+) -> None:
     """The study's Optuna record made, or checked and brought to this run's budget."""
     space = _search_space(cfg)
     prepare_study(
-        cfg.storage.optuna_storage,
+        storage,
         cfg.name,
         budget=cfg.budget.trials,
         max_concurrent=cfg.budget.max_concurrent,
@@ -283,6 +285,16 @@ def _prepare_study(cfg: StudyConfig, log: Callable[[str], None]) -> None:
         points=[hspace.paper_best(space)] if cfg.searcher.start_from_paper_best else None,
         log=log,
     )
+
+
+def _prepare_studies(
+    cfg: StudyConfig, studies: Sequence[StudyConfig], log: Callable[[str], None]
+) -> optuna.storages.BaseStorage:
+    """The experiment's Optuna storage, opened once, with every study's record prepared."""
+    storage = open_storage(cfg.storage.optuna_storage)
+    for study in studies:
+        _prepare_study(study, storage, log)
+    return storage
 
 
 def _scheduler(cfg: StudyConfig) -> ASHAScheduler | None:
@@ -617,10 +629,10 @@ def run_studies(
         # The Optuna records (SQLAlchemy, the schema and its version check: about a second) are
         # made or checked in a thread while Ray starts.
         with ThreadPoolExecutor(1, thread_name_prefix="optuna-storage") as pool:
-            prepared = pool.submit(lambda: [_prepare_study(study, log) for study in studies])
+            prepared = pool.submit(_prepare_studies, cfg, studies, log)
             started = start_ray(cfg)
         try:
-            prepared.result()
+            storage = prepared.result()
             node_id = ray.get_runtime_context().get_node_id()
             settings = {}
             for study in studies:
@@ -639,11 +651,11 @@ def run_studies(
                     )
             trainable = _trainable(cfg, settings, train)
             for study in studies:
-                _reconcile(study, saved or {}, experiment_ended=False, log=log)
+                _reconcile(study, storage, saved or {}, experiment_ended=False, log=log)
             if restorable:
                 if _finished(studies, saved):
                     for study in studies:
-                        _reconcile(study, saved, experiment_ended=True, log=log)
+                        _reconcile(study, storage, saved, experiment_ended=True, log=log)
                     tuner = tune.Tuner.restore(run_path, trainable=trainable, storage_filesystem=fs)
                     log(f"study {cfg.name!r} has already finished; nothing to resume")
                     records = _by_study(names, _records(tuner.get_results()))
@@ -699,7 +711,7 @@ def run_studies(
     every = _records(grid)
     ends = {r.trial_id: TuneTrialEnd("ERROR" if r.error else "TERMINATED", r.value) for r in every}
     for study in studies:
-        _reconcile(study, ends, experiment_ended=True, log=log)
+        _reconcile(study, storage, ends, experiment_ended=True, log=log)
     _check_not_all_failed(cfg, every)
     records = _by_study(names, every)
     return {
@@ -750,6 +762,7 @@ def _saved_trials(fs: pafs.FileSystem | None, run_path: str) -> dict[str, TuneTr
 
 def _reconcile(
     cfg: StudyConfig,
+    storage: optuna.storages.BaseStorage,
     tune_trials: Mapping[str, TuneTrialEnd],
     *,
     experiment_ended: bool,
@@ -757,7 +770,7 @@ def _reconcile(
 ) -> None:
     """`hpo.searcher.reconcile` for this study, saying what it changed."""
     changed = reconcile(
-        cfg.storage.optuna_storage,
+        storage,
         cfg.name,
         tune_trials,
         experiment_ended=experiment_ended,

@@ -108,10 +108,10 @@ def _arm(point: str, kill: _Kill) -> None:
     elif point == "final_settle":
         reconcile = hstudy._reconcile
 
-        def die_at_the_end(cfg, tune_trials, *, experiment_ended, log):
+        def die_at_the_end(cfg, storage, tune_trials, *, experiment_ended, log):
             if experiment_ended:
                 die()
-            return reconcile(cfg, tune_trials, experiment_ended=experiment_ended, log=log)
+            return reconcile(cfg, storage, tune_trials, experiment_ended=experiment_ended, log=log)
 
         hstudy._reconcile = die_at_the_end
     elif point == "during_upload":  # Ray's workers inherit the driver's environment
