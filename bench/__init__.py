@@ -12,5 +12,6 @@ BENCHMARKS: dict[str, str] = {
     "p6": "bench.p6_folds",  # 5-fold trial time ÷ 1-fold, same head and epochs
     "p7": "bench.p7_grid",  # a grid as one experiment: slot occupancy, wall ÷ cell by cell
     "p8": "bench.p8_scale",  # driver cost per trial at 500 trials ÷ at 10
+    "p9": "bench.p9_cli_startup",  # seconds before `lushpo` answers (--version, ls, …)
 }
 """Benchmark id → module exposing ``run(argv: list[str] | None) -> dict``."""

@@ -8,6 +8,9 @@ import importlib
 import sys
 
 VERBS = ("run", "data", "features", "tune", "export", "evaluate", "predict", "config")
+# Verbs whose handlers run TensorFlow in this process; a subcommand that does not sets
+# `tensorflow=False` in its parser's defaults (`features ls`).
+TENSORFLOW_VERBS = ("run", "features", "export", "evaluate", "predict")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,12 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     if not verbose:
         from hpo.quiet import quiet
 
-        # TensorFlow is imported now, its start-up lines silenced, only by the verbs that train or
-        # predict in this process: a study's driver leaves it to the trials' processes, and its
-        # import costs seconds.
-        verb = next((a for a in argv if a in VERBS), None)
-        quiet(tensorflow=verb not in ("tune", "data", "config"))
+        quiet(tensorflow=False)  # the variables first: they must precede any library's import
+    # --help, --version and usage errors end here, before any heavy import (each verb imports
+    # what it needs inside its handler).
     args = build_parser().parse_args(argv)
+    if not verbose and getattr(args, "tensorflow", args.verb in TENSORFLOW_VERBS):
+        # TensorFlow is imported now, its start-up lines silenced, only by the verbs that train
+        # or predict in this process (seconds): a study's driver leaves it to the trials.
+        quiet(tensorflow=True)
     if verbose:
         return int(args.handler(args) or 0)
     try:
@@ -59,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # the verbs handle what they expect; anything else: one line
         code, message = describe_failure(exc)
-        print(f"lushpo {args.verb}: error: {message} (lushpo -v {args.verb} … shows the traceback)",
-              file=sys.stderr)  # fmt: skip
+        hint = f" (lushpo -v {args.verb} … shows the traceback)" if code == 1 else ""
+        print(f"lushpo {args.verb}: error: {message}{hint}", file=sys.stderr)
         return code
 
 

@@ -16,14 +16,21 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from hpo import project
 from pipeline.files import absolute, read_document
 
-__all__ = ["InvalidConfigError", "StudyConfig", "config_keys", "from_dict", "load_config"]
+__all__ = [
+    "InvalidConfigError",
+    "StudyConfig",
+    "check_extractable",
+    "config_keys",
+    "from_dict",
+    "load_config",
+]
 
 
 class InvalidConfigError(ValueError):
     """A key (or the file) is wrong: one line naming it, what it accepts, the value, the fix."""
 
     def __init__(self, key: str, allowed: str, got: Any, source: str, message: str = "") -> None:
-        self.key = key
+        self.key, self.allowed, self.got = key, allowed, got
         must = f"The '{key}' key in {source} must be {allowed}. Got {got!r} instead"
         super().__init__(message or f"{must}; set `{key}` in {source}.")
 
@@ -222,6 +229,19 @@ def _check(cfg: StudyConfig, source: str) -> None:
     except InvalidSpaceError as exc:
         allowed = f"false when the paper's point is outside the space ({exc})"
         raise InvalidConfigError("searcher.start_from_paper_best", allowed, True, source) from None
+
+
+def check_extractable(cfg: StudyConfig, source: str = "the study config") -> None:
+    """Refuse a backbone `lushpo features` cannot extract, naming the ones it can. `tune` alone
+    does not ask this: it reads whatever sets the store holds (a pinned `feature_set.key`, or
+    sets someone else put there)."""
+    from pipeline.backbones import BACKBONES
+
+    unknown = [b for b in cfg.feature_set.backbone if b not in BACKBONES]
+    if cfg.feature_set.key is None and unknown:
+        allowed = f"one of {sorted(BACKBONES)} (the backbones `lushpo features` extracts)"
+        got = unknown[0] if len(unknown) == 1 else unknown
+        raise InvalidConfigError("feature_set.backbone", allowed, got, source)
 
 
 def from_dict(

@@ -25,6 +25,7 @@ import numpy as np
 from hpo import report as render
 from hpo.baseline import linear_probe
 from hpo.export import claim, confidence, fold_predictions, read_card
+from hpo.export_folder import add_files, writable
 from hpo.metrics import CLASS_METRICS, summarize
 from hpo.paper import (
     PAPER_HEADLINE,
@@ -256,6 +257,7 @@ def evaluate(
     """
     directory = Path(directory)
     card = read_card(directory)
+    writable(directory)  # before the work, not after it
     feats, labels, source = load_split_features(
         directory, card, store or card.get("store"), cache_dir
     )
@@ -366,6 +368,7 @@ def evaluate(
     atomic_write_text(directory / REPORT_MD, render.render_markdown(report))
     report_json = json.dumps(_jsonable(report), indent=1, sort_keys=True)
     atomic_write_text(directory / REPORT_JSON, report_json)
+    add_files(directory, [REPORT_MD, REPORT_JSON, *plots.values()])
     return report
 
 

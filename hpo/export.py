@@ -26,7 +26,6 @@ import math
 import os
 import platform
 import shutil
-import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,13 +36,15 @@ from typing import Any
 
 import numpy as np
 
+from hpo import project
+from hpo.export_folder import replacing
 from hpo.metrics import bootstrap_ci, fold_metrics, summarize
 from hpo.model import predict_proba
 from hpo.optuna_storage import masked
 from hpo.run_files import RESCORE_FILE, read_run_file
 from hpo.selection import SELECTED_ON, TIE_BREAK, Candidate, final_epochs, select_best
 from hpo.trial_settings import STUDY_KEY
-from pipeline.files import atomic_write_text, s3_filesystem
+from pipeline.files import atomic_write_text, s3_filesystem, sha256_file
 
 __all__ = [
     "CARD",
@@ -399,31 +400,11 @@ class ExportResult:
     card: dict
 
 
-_OWNED = ("fold-*.h5", "model.h5", "report.md", "report.json", "*.png", ".*.part", ".*.tmp-*")
-
-
-def _prepare(out: Path, overwrite: bool) -> None:
-    """Make `out` ready: refuse a non-empty folder unless `overwrite`, which removes only files
-    an export or evaluation writes (never anything else the user keeps there)."""
-    present = (
-        [p for p in out.iterdir() if not p.name.startswith(".checkpoint-")] if out.exists() else []
-    )
-    if present and not overwrite:
-        raise ExportError(f"{out} is not empty; pass --overwrite to replace the export in it")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / CARD).unlink(missing_ok=True)  # an export in progress has no card
-    if overwrite:
-        for pattern in _OWNED:
-            for path in out.glob(pattern):
-                path.unlink()
-        shutil.rmtree(out / "features", ignore_errors=True)
-
-
 def export_checkpoint(
     checkpoint: Path | str,
     out: Path | str,
     *,
-    store: str,
+    store: str | None = None,
     cache_dir: str | None = None,
     overwrite: bool = False,
     provenance: dict | None = None,
@@ -434,19 +415,29 @@ def export_checkpoint(
     Args:
         checkpoint: a local folder holding the trial's final checkpoint.
         out: the folder to write; must be empty or absent unless `overwrite`.
-        store: feature store URI holding the trial's feature set (``trial.json``'s key).
+        store: feature store URI holding the trial's feature set (``trial.json``'s key);
+            default: the store the trial read (``trial.json``'s training record), else
+            `hpo.project.store_uri`.
         cache_dir: node cache for s3:// stores.
         overwrite: replace an earlier export in `out`.
         provenance: extra card fields (run, trial_id, selection, trials, study).
         log: progress messages.
 
     Raises:
-        ExportError: incomplete checkpoint, `out` not empty, or the feature set lacks clips.
+        ExportError: incomplete checkpoint, or the feature set lacks clips.
+        OwnershipError: `out` not empty without `overwrite`, or holding files lushpo did not
+            write (`hpo.export_folder`); nothing in `out` changes on any error.
     """
-    from pipeline.paper_layout import write_paper_layout
-    from pipeline.store import open_store
-
     checkpoint, out = Path(checkpoint), Path(out)
+    record = _finished_record(checkpoint)
+    with replacing(out, overwrite, last=CARD, log=log) as stage:  # checks `out` before any work
+        built = stage / "export"
+        card = _write_export(checkpoint, record, built, store, cache_dir, provenance, log)
+    log(f"wrote {out / CARD}")
+    return ExportResult(out, card)
+
+
+def _finished_record(checkpoint: Path) -> dict:
     record_path = checkpoint / "trial.json"
     if not record_path.is_file():
         raise ExportError(f"{record_path} does not exist: not a finished trial's checkpoint")
@@ -456,7 +447,23 @@ def export_checkpoint(
             f"{record_path}: metrics for {len(record.get('folds', []))} folds, "
             f"split has {len(record.get('split', {}).get('folds', []))}"
         )
-    _prepare(out, overwrite)
+    return record
+
+
+def _write_export(
+    checkpoint: Path,
+    record: dict,
+    out: Path,
+    store: str | None,
+    cache_dir: str | None,
+    provenance: dict | None,
+    log: Callable[[str], None],
+) -> dict:
+    """Write the export of `checkpoint` (its `record`) into the fresh folder `out`; the card."""
+    from pipeline.paper_layout import write_paper_layout
+    from pipeline.store import open_store
+
+    out.mkdir(parents=True)
     k = len(record["split"]["folds"])
     for i in range(k):
         source = checkpoint / f"fold-{i}.h5"
@@ -467,6 +474,8 @@ def export_checkpoint(
         os.replace(part, out / f"fold-{i}.h5")
 
     key = record["feature_set"]
+    # The store the trial read, unless told otherwise: `tune --store X` then `export RUN`.
+    store = store or (record.get("training") or {}).get("store_uri") or project.store_uri()
     fs = open_store(store, cache_dir=cache_dir).get(key)
     log(f"feature set {key}: {fs.features.shape[0]} clips × {fs.spec.frames} frames")
 
@@ -487,10 +496,9 @@ def export_checkpoint(
     from hpo.trainable import fit_head
 
     _save_h5(fit_head(fs.features, fs.labels, params, epochs=epochs, seed=seed), out / "model.h5")
+    model_sha256 = sha256_file(out / "model.h5")  # `predict` refuses a model.h5 swapped since
 
     layout_root = out / "features"
-    if layout_root.exists():
-        shutil.rmtree(layout_root)
     written = write_paper_layout(fs, layout_root)
     layout = layout_root / f"features_{fs.spec.frames}" / fs.spec.backbone
     if not (layout / "filenames.npy").is_file():
@@ -524,6 +532,7 @@ def export_checkpoint(
         "fold_best_epochs": best_epochs,
         "final_model": {
             "file": "model.h5",
+            "sha256": model_sha256,
             "epochs": epochs,
             "epochs_rule": "median of the folds' best (early-stopping) epochs, halves rounded up",
             "clips": n,
@@ -549,15 +558,14 @@ def export_checkpoint(
     if not reproduced:
         card["trial_folds"] = record["folds"]
     atomic_write_text(out / CARD, json.dumps(card, indent=1, sort_keys=True, default=str))
-    log(f"wrote {out / CARD}")
-    return ExportResult(out, card)
+    return card
 
 
 def export_best(
     run: str,
     out: Path | str,
     *,
-    store: str,
+    store: str | None = None,
     cache_dir: str | None = None,
     overwrite: bool = False,
     study: dict | None = None,
@@ -571,7 +579,8 @@ def export_best(
     Args:
         run: the run directory ``<storage_path>/<name>``, a local path or an s3:// URI.
         out: the folder to write; must be empty or absent unless `overwrite`.
-        store: feature store URI holding the trial's feature set.
+        store: feature store URI holding the trial's feature set; default as in
+            `export_checkpoint`.
         cache_dir: node cache for s3:// stores.
         overwrite: replace an earlier export in `out`.
         study: ``{"optuna_storage", "study_name"}`` of the run's Optuna study (its password is
@@ -591,68 +600,57 @@ def export_best(
     refs = _read_run(experiment or run, endpoint_url, study_key)
     if not refs:
         raise ExportError(f"the run at {run} has no finished trial with a checkpoint")
-    created = not out.exists()
-    try:
-        return _export_best(run, out, refs, store, cache_dir, overwrite, study, endpoint_url, log)
-    except BaseException:
-        if created:  # no half-written or empty folder left behind
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+    with replacing(out, overwrite, last=CARD, log=log) as stage:
+        card = _export_best(run, stage, refs, store, cache_dir, study, endpoint_url, log)
+    log(f"wrote {out / CARD}")
+    return ExportResult(out, card)
 
 
 def _export_best(
     run: str,
-    out: Path,
+    stage: Path,
     refs: list[_TrialRef],
-    store: str,
+    store: str | None,
     cache_dir: str | None,
-    overwrite: bool,
     study: dict | None,
     endpoint_url: str | None,
     log: Callable[[str], None],
-) -> ExportResult:
-    _prepare(out, overwrite)
+) -> dict:
+    """Download the best trial's checkpoint into `stage`, write its export beside it; the card."""
     rescore = read_run_file(run, RESCORE_FILE, endpoint_url)
-    with tempfile.TemporaryDirectory(dir=out, prefix=".checkpoint-") as tmp:
-        ref = None
-        if rescore is not None:
-            ref = _rescored_winner(refs, rescore, Path(tmp) / "checkpoint", log)
-            if ref is None:
-                rescore = None
+    ref = None
+    if rescore is not None:
+        ref = _rescored_winner(refs, rescore, stage / "checkpoint", log)
         if ref is None:
-            ref, _record = _download_best(refs, Path(tmp) / "checkpoint")
-        c = ref.candidate
-        log(
-            f"best trial {c.trial_id}: accuracy {c.accuracy:.4f} (of {len(refs)} finished trials; "
-            f"{SELECTED_ON}{'; the re-scored winner' if rescore else ''})"
-        )
-        provenance = {
-            "run": run,
-            "trial_id": c.trial_id,
-            "selection": {
-                "selected_on": SELECTED_ON,
-                "metric": "accuracy",
-                "mode": "max",
-                "tie_break": list(TIE_BREAK),
-                "candidates": len(refs),
-                "best": dataclasses.asdict(c),
-                "rescored": rescore is not None,
-            },
-            "rescore": rescore,
-            "study": (
-                {**study, "optuna_storage": masked(study.get("optuna_storage"))}
-                if study
-                else _study_location(run)
-            ),
-            "trials": _trials_table(refs),
-            "nested": _nested_entry(run, endpoint_url, log),
-        }
-        return export_checkpoint(
-            Path(tmp) / "checkpoint",
-            out,
-            store=store,
-            cache_dir=cache_dir,
-            overwrite=True,
-            provenance=provenance,
-            log=log,
-        )
+            rescore = None
+    if ref is None:
+        ref, _record = _download_best(refs, stage / "checkpoint")
+    c = ref.candidate
+    log(
+        f"best trial {c.trial_id}: accuracy {c.accuracy:.4f} (of {len(refs)} finished trials; "
+        f"{SELECTED_ON}{'; the re-scored winner' if rescore else ''})"
+    )
+    provenance = {
+        "run": run,
+        "trial_id": c.trial_id,
+        "selection": {
+            "selected_on": SELECTED_ON,
+            "metric": "accuracy",
+            "mode": "max",
+            "tie_break": list(TIE_BREAK),
+            "candidates": len(refs),
+            "best": dataclasses.asdict(c),
+            "rescored": rescore is not None,
+        },
+        "rescore": rescore,
+        "study": (
+            {**study, "optuna_storage": masked(study.get("optuna_storage"))}
+            if study
+            else _study_location(run)
+        ),
+        "trials": _trials_table(refs),
+        "nested": _nested_entry(run, endpoint_url, log),
+    }
+    checkpoint = stage / "checkpoint"
+    record = _finished_record(checkpoint)
+    return _write_export(checkpoint, record, stage / "export", store, cache_dir, provenance, log)

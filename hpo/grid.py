@@ -28,12 +28,13 @@ import pyarrow.fs as pafs
 from ray.tune import Callback
 
 from hpo.config import StudyConfig
+from hpo.export_folder import add_files
 from hpo.optuna_storage import masked
+from hpo.run_files import GRID_FILE
 from pipeline.files import atomic_write_text
 
 __all__ = ["GRID_FILE", "cell_configs", "cell_label", "read_grid", "run_grid"]
 
-GRID_FILE = "grid.json"
 ONE_EXPERIMENT = "one"  # grid.json's "experiment": every cell's trials in the run's experiment
 
 
@@ -169,4 +170,5 @@ def export_grid(
     record = {"name": grid["name"], "run": run, "cells": exported, "not_exported": {
         c: r for c, r in results.items() if isinstance(r, str)}}  # fmt: skip
     atomic_write_text(out / GRID_FILE, json.dumps(record, indent=1))
+    add_files(out, [GRID_FILE])
     return results

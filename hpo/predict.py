@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from hpo.export import read_card
+from hpo.export import CARD, read_card
 from hpo.model import predict_proba
+from pipeline.files import sha256_file
 from pipeline.manifest import LABELS
 
 __all__ = ["ClipPrediction", "WeightsMismatchError", "clip_features", "load_head", "predict"]
@@ -112,6 +113,12 @@ def predict(
     if resolved.sha256 != card["weights_sha256"]:
         raise WeightsMismatchError(
             model_dir / "model_card.json", card["weights_sha256"], resolved.sha256, str(weights)
+        )
+    recorded = (card.get("final_model") or {}).get("sha256")
+    if recorded is not None and sha256_file(model_dir / "model.h5") != recorded:
+        raise ValueError(
+            f"{model_dir / 'model.h5'}: its sha256 differs from the one {model_dir / CARD} "
+            "records: the file was replaced since the export; export the run again"
         )
     backbone, _ = load_backbone(card["backbone"], resolved)
     head = load_head(model_dir)

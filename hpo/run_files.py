@@ -14,12 +14,14 @@ from typing import Any
 from pipeline.files import atomic_write_text, s3_filesystem
 
 __all__ = [
+    "GRID_FILE",
     "RESCORE_FILE",
     "read_run_file",
     "remove_run_file",
     "write_run_file",
 ]
 
+GRID_FILE = "grid.json"  # a grid run's cells (hpo.grid), in its run folder and its export
 RESCORE_FILE = "rescore.json"
 """`hpo.rescore`'s record; `hpo.export` exports its winner."""
 

@@ -36,6 +36,7 @@ from hpo.config import StudyConfig
 from hpo.optuna_storage import connectable, has_study, open_storage, remember
 from hpo.quiet import quieted
 from hpo.run_files import read_run_file, write_run_file
+from hpo.run_lock import RunLockedError, locked
 from hpo.searcher import (
     SAMPLERS,
     SearchSettingsChangedError,
@@ -47,7 +48,7 @@ from hpo.searcher import (
 )
 from hpo.trial_settings import STUDY_KEY, TrialSettings
 from pipeline.cluster import connect
-from pipeline.files import on_node, s3_filesystem
+from pipeline.files import few, on_node, s3_filesystem
 from pipeline.groups import grouped_split, read_groups
 from pipeline.manifest import (
     LABELS,
@@ -63,6 +64,7 @@ from pipeline.store import FeatureSetNotFoundError, open_store
 __all__ = [
     "SAMPLERS",
     "AllTrialsFailedError",
+    "RunLockedError",
     "SearchSettingsChangedError",
     "StudyExistsError",
     "StudyInterruptedError",
@@ -150,11 +152,45 @@ def storage_filesystem(cfg: StudyConfig) -> tuple[pafs.FileSystem | None, str]:
     return s3_filesystem(cfg.storage.endpoint_url), path[len("s3://") :].rstrip("/")
 
 
+def _reachable(fs: pafs.FileSystem | None, run_path: str, cfg: StudyConfig) -> None:
+    """pyarrow's S3 errors name neither the path nor a fix ("AWS Error NETWORK_CONNECTION
+    during HeadObject"): one call up front turns them into one line that does."""
+    if fs is None:
+        return
+    try:
+        fs.get_file_info(run_path)
+    except OSError as exc:
+        where = cfg.storage.endpoint_url or "AWS_ENDPOINT_URL, else AWS"
+        raise OSError(
+            f"the storage path {cfg.run_path} cannot be reached at {where} "
+            f"({' '.join(str(exc).split())[:200]}); check the endpoint (storage.endpoint_url or "
+            "AWS_ENDPOINT_URL), the bucket and the AWS credentials"
+        ) from None
+
+
 def _run_exists(fs: pafs.FileSystem | None, run_path: str) -> bool:
     if fs is None:
         return Path(run_path).exists() and any(Path(run_path).iterdir())
     info = fs.get_file_info(pafs.FileSelector(run_path, allow_not_found=True))
     return len(info) > 0
+
+
+# What a lushpo run folder holds at its top (Tune's experiment files, lushpo's run files, the
+# default Optuna file): `--overwrite` deletes a folder with one of these and nothing else.
+_RUN_MARKERS = ("tuner.pkl", "experiment_state", "lushpo-settings.json", "optuna.db", "grid.json")
+
+
+def _foreign_run(fs: pafs.FileSystem | None, run_path: str) -> list[str]:
+    """The top-level names in `run_path` when none marks a lushpo study ([] when one does)."""
+    if fs is None:
+        folder = Path(run_path)
+        names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    else:
+        info = fs.get_file_info(pafs.FileSelector(run_path, allow_not_found=True))
+        names = sorted(i.base_name for i in info)
+    if any(name.startswith(_RUN_MARKERS) for name in names):
+        return []
+    return names
 
 
 def _delete_run(
@@ -592,16 +628,38 @@ def run_studies(
     study (`hpo.searcher.StudySearcher`), at most `max_concurrent` live in all (None: what the
     cluster's resources fit). A single study is `experiment` itself (`run_study`).
 
-    Raises: as `run_study`.
+    Raises: as `run_study`; RunLockedError: another live driver runs the experiment.
     """
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
+    # The feature sets first: a study that cannot start is refused before it touches anything.
+    keys = {study.name: resolve_feature_sets(study) for study in studies}
+    with locked(experiment.run_path, "tune", endpoint_url=experiment.storage.endpoint_url, log=log):
+        return _run_studies(
+            experiment, studies, keys, resume=resume, overwrite=overwrite, callbacks=callbacks,
+            log=log, splits=splits, train=train, max_concurrent=max_concurrent,
+        )  # fmt: skip
+
+
+def _run_studies(
+    experiment: StudyConfig,
+    studies: Sequence[StudyConfig],
+    keys: Mapping[str, dict[tuple[str, int], str]],
+    *,
+    resume: bool,
+    overwrite: bool,
+    callbacks: Sequence[tune.Callback],
+    log: Callable[[str], None],
+    splits: Mapping[str, Split] | None,
+    train: Train,
+    max_concurrent: int | None,
+) -> dict[str, StudyResult]:
     cfg = experiment
     names = [study.name for study in studies]
     shown_storage = remember(cfg.storage.optuna_storage)
-    keys = {study.name: resolve_feature_sets(study) for study in studies}
     fs, storage_path = storage_filesystem(cfg)
     run_path = f"{storage_path}/{cfg.name}"
+    _reachable(fs, run_path, cfg)
     restorable = tune.Tuner.can_restore(run_path, storage_filesystem=fs)
     saved = _saved_trials(fs, run_path) if restorable else None
     exists = restorable or _run_exists(fs, run_path)
@@ -612,9 +670,14 @@ def run_studies(
             f"{shown_storage}); pass --resume to continue it or --overwrite to "
             "delete it and start again"
         )
-    if overwrite and exists:
-        log(f"overwriting study {cfg.name!r} at {cfg.run_path}")
-        _delete_run(fs, run_path, cfg.storage.optuna_storage, names)
+    replacing = overwrite and exists  # only once everything below has been checked
+    if replacing:
+        foreign = _foreign_run(fs, run_path)
+        if foreign:
+            raise StudyExistsError(
+                f"{cfg.run_path} holds {few(foreign)}, not a lushpo study; --overwrite deletes "
+                "only a study's run folder: choose another --name or --storage-path"
+            )
         restorable, saved = False, None
     # A tuner.pkl without an experiment state: the driver died before Tune's first save. Nothing
     # of Tune's to restore; the study starts in place and keeps the Optuna trials it asked.
@@ -624,17 +687,21 @@ def run_studies(
 
     # Nothing of the user's was here (or --overwrite deleted it): a start that fails before the
     # experiment runs (Ray unreachable, a refused split) leaves nothing to block the name.
-    fresh, fitting = not exists or overwrite, False
+    fresh, fitting = not exists, False
     try:
         # The Optuna records (SQLAlchemy, the schema and its version check: about a second) are
-        # made or checked in a thread while Ray starts.
+        # made or checked in a thread while Ray starts; a study being replaced only opens its
+        # storage (it must answer) and is prepared after the old one is deleted.
         with ThreadPoolExecutor(1, thread_name_prefix="optuna-storage") as pool:
-            prepared = pool.submit(_prepare_studies, cfg, studies, log)
+            if replacing:
+                prepared = pool.submit(open_storage, cfg.storage.optuna_storage)
+            else:
+                prepared = pool.submit(_prepare_studies, cfg, studies, log)
             started = start_ray(cfg)
         try:
             storage = prepared.result()
             node_id = ray.get_runtime_context().get_node_id()
-            settings = {}
+            settings, shapings = {}, {}
             for study in studies:
                 split = (splits or {}).get(study.name)
                 if split is None:
@@ -642,13 +709,20 @@ def run_studies(
                 for warning in getattr(split, "warnings", ()):
                     log(f"split: {warning}")
                 settings[study.name] = trial_settings(study, keys[study.name], split)
-                shaping = study_settings(settings[study.name], _search_space(study))
+                shapings[study.name] = study_settings(settings[study.name], _search_space(study))
+            if replacing:  # the config, feature sets, splits, cluster and storage all answered
+                log(f"overwriting study {cfg.name!r} at {cfg.run_path}")
+                _delete_run(fs, run_path, cfg.storage.optuna_storage, names)
+                fresh = True
+                storage = _prepare_studies(cfg, studies, log)
+            for study in studies:
                 if restorable:
-                    _check_settings(study, shaping, log)
+                    _check_settings(study, shapings[study.name], log)
                 else:
                     write_run_file(
-                        study.run_path, SETTINGS_FILE, shaping, study.storage.endpoint_url
-                    )
+                        study.run_path, SETTINGS_FILE, shapings[study.name],
+                        study.storage.endpoint_url,
+                    )  # fmt: skip
             trainable = _trainable(cfg, settings, train)
             for study in studies:
                 _reconcile(study, storage, saved or {}, experiment_ended=False, log=log)

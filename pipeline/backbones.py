@@ -260,7 +260,9 @@ def resolve_weights(
             f"weights file {path} does not exist; pass imagenet, none, an s3:// URI or an "
             "existing .h5 file (flag --weights, env LUSHPO_WEIGHTS)"
         )
-    return ResolvedWeights(source, path.resolve(), sha256_file(path))
+    # The source recorded with the features and the model card: absolute, so `predict` run from
+    # another folder finds the same file.
+    return ResolvedWeights(str(path.resolve()), path.resolve(), sha256_file(path))
 
 
 def load_backbone(
@@ -304,7 +306,10 @@ def _fetch_imagenet(entry: Backbone, cache_dir: Path | str | None, base_url: str
             entry.imagenet_file, origin, file_hash=entry.imagenet_md5, **kwargs
         )
     except Exception as error:  # get_file raises bare Exception/ValueError for fetch and hash
-        raise WeightsError(f"{origin}: ImageNet weights for {entry.name}: {error}") from error
+        raise WeightsError(
+            f"{origin}: ImageNet weights for {entry.name}: {' '.join(str(error).split())}; "
+            f"offline, give a copy of {entry.imagenet_file} with --weights PATH or LUSHPO_WEIGHTS"
+        ) from error
     return Path(path)
 
 

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -24,6 +24,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
+    "few",
     "on_node",
     "read_document",
     "s3_filesystem",
@@ -35,11 +36,26 @@ NODE_ID = "{node_id}"
 disk (or a test's loopback cluster) keep separate caches."""
 
 
+def _umask() -> int:
+    """The process's umask, read without setting it (os.umask can only set and return)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+_UMASK = _umask()
+
+
 def atomic_write(path: Path | str, write: Callable[[IO[bytes]], Any]) -> None:
     """Call ``write(handle)`` on a temporary file beside `path`, fsync it, rename it to `path`."""
     path = Path(path)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
+        os.fchmod(handle, 0o666 & ~_UMASK)  # mkstemp's 0600 would make these files private
         with os.fdopen(handle, "wb") as out:
             write(out)
             out.flush()
@@ -58,6 +74,13 @@ def atomic_write_text(path: Path | str, text: str) -> None:
     atomic_write(path, lambda out: out.write(text.encode("utf-8")))
 
 
+def few(names: Iterable[str], shown: int = 5) -> str:
+    """Some of `names`, sorted, for a one-line message: ``a, b, c and 4 more``."""
+    names = sorted(names)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def sha256_file(path: Path | str) -> str:
     """Hex sha256 of a file's bytes, read in chunks."""
     with open(path, "rb") as handle:
@@ -73,18 +96,57 @@ def read_document(path: Path | str, fix: str = "") -> Any:
     path, fix = Path(path), f"; {fix}" if fix else ""
     try:
         text = path.read_text(encoding="utf-8")
-        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        if path.suffix == ".json":
+            return json.loads(text, object_pairs_hook=_unique_json_keys)
+        return yaml.load(text, Loader=_unique_keys_loader())  # a SafeLoader subclass
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file{fix}") from None
     except OSError as exc:
         problem = f"cannot read it ({exc.strerror})"
     except json.JSONDecodeError as exc:
         problem = f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+    except _DuplicateKeyError as exc:
+        problem = str(exc)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = f"not valid YAML: {getattr(exc, 'problem', None) or exc}{where}"
     raise ValueError(f"{path}: {problem}{fix}".replace("\n", " ")) from None
+
+
+class _DuplicateKeyError(ValueError):
+    """A mapping names one key twice: YAML and JSON parsers keep the last one silently."""
+
+
+def _unique_json_keys(pairs: list[tuple[str, Any]]) -> dict:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKeyError(f"key {key!r} given twice in one mapping")
+        seen[key] = value
+    return seen
+
+
+def _unique_keys_loader() -> type:
+    """PyYAML's SafeLoader, refusing a key given twice in one mapping (a second `budget:`
+    section would otherwise replace the first without a word)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict:
+            seen = set()
+            for key_node, _value in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen and key_node.tag != "tag:yaml.org,2002:merge":
+                    mark = key_node.start_mark
+                    raise _DuplicateKeyError(
+                        f"key {key!r} given twice in one mapping (again at line "
+                        f"{mark.line + 1}, column {mark.column + 1})"
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 def absolute(location: str) -> str:

@@ -54,9 +54,11 @@ def _schema(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from hpo.commands.tune import config_from_args
+    from hpo.config import check_extractable
     from hpo.optuna_storage import masked
 
     cfg = config_from_args(args)  # InvalidConfigError: one line and exit 2 (hpo.cli)
+    check_extractable(cfg, args.config)  # as `lushpo run` needs it
     shown = cfg.model_dump(mode="json")
     shown["storage"]["optuna_storage"] = masked(shown["storage"]["optuna_storage"])
     print(json.dumps(shown, indent=2))

@@ -84,7 +84,9 @@ def _data_dir(args: argparse.Namespace) -> Path:
         return args.data_dir
     env = os.environ.get(DATA_DIR_ENV)
     if not env:
-        raise SystemExit(f"lushpo data: no data directory; pass --data-dir or set ${DATA_DIR_ENV}")
+        print(f"lushpo data: no data directory; pass --data-dir or set ${DATA_DIR_ENV}",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(2)  # a missing input: a usage error
     return Path(env)
 
 
@@ -108,6 +110,11 @@ def _fetch(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     data_dir = _data_dir(args)
+    if not data_dir.is_dir():  # a missing input: a usage error, as the README says
+        print(f"lushpo data check: error: {data_dir} does not exist; run `lushpo data fetch "
+              f"--data-dir {data_dir}` or pass the folder that holds the data",
+              file=sys.stderr)  # fmt: skip
+        return 2
     try:
         report = check(data_dir)
     except (FileNotFoundError, ValueError) as exc:

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from hpo.grid import GRID_FILE
+from hpo.run_files import GRID_FILE
 from pipeline.files import atomic_write_text
 
 __all__ = ["add_parser"]

@@ -11,7 +11,6 @@ import os
 import sys
 
 from hpo import project
-from hpo.grid import export_grid, read_grid
 from hpo.selection import SELECTED_ON, TIE_BREAK
 
 __all__ = ["add_parser"]
@@ -34,7 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="folder to write (default: $LUSHPO_RESULTS_DIR/<run>, else .lushpo/out/<run>)",
     )
     parser.add_argument(
-        "--store", metavar="URI", help="feature store (default: $LUSHPO_STORE, else .lushpo/store)"
+        "--store",
+        metavar="URI",
+        help="feature store (default: the one the study read, else $LUSHPO_STORE or .lushpo/store)",
     )
     parser.add_argument(
         "--cache-dir", metavar="DIR", help="node cache (default: $LUSHPO_CACHE_DIR)"
@@ -45,7 +46,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the run's Optuna storage (default: RUN/optuna.db when present)",
     )
     parser.add_argument("--study-name", metavar="NAME", help="default: the run's name")
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier export in DIR")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier export in DIR (only the files it lists; others stay)",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -67,8 +72,10 @@ def _run(args: argparse.Namespace) -> int:
         _run_filesystem,
         export_best,
     )  # TensorFlow, when run
+    from hpo.grid import export_grid, read_grid
+    from hpo.run_lock import RunLockedError
 
-    store = args.store or project.store_uri()
+    store = args.store  # None: the store each trial read (its trial.json), else the project's
     out = args.out or str(project.results_dir() / _run_name(args.run))
     cache_dir = args.cache_dir or os.environ.get("LUSHPO_CACHE_DIR")
     endpoint_url = os.environ.get("AWS_ENDPOINT_URL")
@@ -99,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
             endpoint_url=os.environ.get("AWS_ENDPOINT_URL"),
             log=lambda msg: print(msg, file=sys.stderr),
         )
-    except (ExportError, FileNotFoundError, ValueError) as exc:
+    except (ExportError, RunLockedError, FileNotFoundError, ValueError) as exc:
         print(f"lushpo export: error: {exc}", file=sys.stderr)
         return 2
     card = result.card

@@ -99,7 +99,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ls = actions.add_parser("ls", help="list the feature sets in the store")
     _add_store(ls, default=argparse.SUPPRESS)
     ls.add_argument("--json", action="store_true", help="print the manifests as JSON")
-    ls.set_defaults(handler=_ls)
+    ls.set_defaults(handler=_ls, tensorflow=False)
+
+    verify = actions.add_parser(
+        "verify",
+        help="check every object of the store's feature sets (or KEY's) against its sha256",
+    )
+    verify.add_argument("key", nargs="?", metavar="KEY", help="one feature set (default: all)")
+    _add_store(verify, default=argparse.SUPPRESS)
+    verify.set_defaults(handler=_verify, tensorflow=False)
+
+    rm = actions.add_parser("rm", help="remove a feature set from the store")
+    rm.add_argument("key", metavar="KEY", help="feature set key (see `lushpo features ls`)")
+    _add_store(rm, default=argparse.SUPPRESS)
+    rm.set_defaults(handler=_rm, tensorflow=False)
 
     export = actions.add_parser(
         "export-paper",
@@ -158,14 +171,17 @@ def _cache_dir() -> Path:
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    if getattr(args, "data_dir", None) is not None:
-        return args.data_dir
-    env = os.environ.get(DATA_DIR_ENV)
-    if env:
-        return Path(env)
-    raise SystemExit(
-        f"lushpo features: error: no data directory; pass --data-dir or set ${DATA_DIR_ENV}"
-    )
+    data_dir = getattr(args, "data_dir", None) or os.environ.get(DATA_DIR_ENV)
+    if data_dir and not Path(data_dir).is_dir():
+        print(f"lushpo features: error: data directory {data_dir} does not exist; run `lushpo "
+              f"data fetch --data-dir {data_dir}` or pass the folder that holds the data",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(2)  # a missing input: a usage error
+    if data_dir:
+        return Path(data_dir)
+    print(f"lushpo features: error: no data directory; pass --data-dir or set ${DATA_DIR_ENV}",
+          file=sys.stderr)  # fmt: skip
+    raise SystemExit(2)  # a missing input: a usage error
 
 
 def _open_store(args: argparse.Namespace):
@@ -193,7 +209,7 @@ def _extract(args: argparse.Namespace) -> int:
         }
         manifest = _manifest(data_dir, args.on_bad_clip, _cache_dir())
         jobs = plan_feature_sets(manifest, weights, args.frames, args.sampling, make_spec)
-        todo = [job for job in jobs if not store.exists(job.key)]
+        todo = [job for job in jobs if not _sound(store, job.key)]
         for job in jobs:
             if job not in todo:
                 print(f"found in store: {job.key} ({store.uri}); nothing to do")
@@ -212,6 +228,54 @@ def _extract(args: argparse.Namespace) -> int:
         RuntimeError,
     ) as error:
         return _fail(error)
+
+
+def _sound(store, key: str) -> bool:
+    """Whether `key` is in the store and passes its checksums; a set that fails them is
+    removed, said so, and counts as missing (the extraction that follows rebuilds it)."""
+    from pipeline.store import CorruptObjectError
+
+    if not store.exists(key):
+        return False
+    try:
+        store.verify(key)
+    except CorruptObjectError as error:
+        print(f"{error}; removing it and extracting it again", file=sys.stderr)
+        store.remove(key)
+        return False
+    return True
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from pipeline.store import CorruptObjectError, StoreError
+
+    try:
+        store = _open_store(args)
+        keys = [args.key] if args.key else [m["key"] for m in store.list()]
+        bad = 0
+        for key in keys:
+            try:
+                store.verify(key)
+                print(f"ok: {key}")
+            except CorruptObjectError as error:
+                bad += 1
+                print(f"CORRUPT: {error}; `lushpo features rm {key}`, then extract it again")
+    except (StoreError, ValueError) as error:
+        return _fail(error)
+    print(f"{len(keys) - bad} of {len(keys)} feature set(s) in {store.uri} verified")
+    return 1 if bad else 0
+
+
+def _rm(args: argparse.Namespace) -> int:
+    from pipeline.store import StoreError
+
+    try:
+        store = _open_store(args)
+        store.remove(args.key)
+    except (StoreError, ValueError) as error:
+        return _fail(error)
+    print(f"removed {args.key} from {store.uri}")
+    return 0
 
 
 def _extract_here(args: argparse.Namespace, store, manifest, job) -> int:
@@ -331,7 +395,10 @@ def _export_paper(args: argparse.Namespace) -> int:
 
 # --- manifest cache ----------------------------------------------------------------------------
 # Counting frames decodes every clip (several seconds for ../shared/data); a re-run over an
-# unchanged data dir reuses the manifest, validated by every input file's size and mtime.
+# unchanged data dir reuses the manifest. Each input file is checked as git checks its index:
+# size, mtime, ctime and inode (a file replaced by a copy with the same size and a restored
+# mtime has a new inode and ctime; ctime cannot be set back), plus a sha256 of its first and
+# last 64 KiB against an edit in place. A full hash would read every clip on every run.
 
 
 def _manifest(data_dir: Path, on_bad_clip: str, cache_dir: Path):
@@ -357,8 +424,17 @@ def _manifest(data_dir: Path, on_bad_clip: str, cache_dir: Path):
     return manifest
 
 
+def _edges_sha256(path: Path, size: int, edge: int = 1 << 16) -> str:
+    with open(path, "rb") as handle:
+        digest = hashlib.sha256(handle.read(edge))
+        if size > edge:
+            handle.seek(max(edge, size - edge))
+            digest.update(handle.read(edge))
+    return digest.hexdigest()
+
+
 def _stamp(data_dir: Path, on_bad_clip: str) -> dict:
-    """Size and mtime of every clip and paper file that `build_manifest` reads."""
+    """The stat fields and edge hash of every clip and paper file `build_manifest` reads."""
     clips_dir = data_dir / "pocus" / "convex"
     files = sorted(
         p for p in clips_dir.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
@@ -368,7 +444,9 @@ def _stamp(data_dir: Path, on_bad_clip: str) -> dict:
     for p in files:
         try:
             st = p.stat()
-            stats[str(p.relative_to(data_dir))] = [st.st_size, st.st_mtime_ns]
+            stats[str(p.relative_to(data_dir))] = [
+                st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, _edges_sha256(p, st.st_size)
+            ]  # fmt: skip
         except FileNotFoundError:
             stats[str(p.relative_to(data_dir))] = None
     return {"data_dir": str(data_dir.resolve()), "on_bad_clip": on_bad_clip, "files": stats}

@@ -69,6 +69,8 @@ def pipeline_steps(
 ) -> tuple[object, list[tuple[ModuleType, list[str]]]]:
     """The validated study config, and the verbs `run` calls in order, each with its full
     argument list. Raises InvalidConfigError for a bad config or flag."""
+    from hpo.config import check_extractable
+
     environ = dict(os.environ if environ is None else environ)
     cfg = tune.config_from_args(args, environ)
     data_dir, run_path = cfg.split.data_dir, cfg.run_path  # absolute already (hpo.config)
@@ -87,6 +89,7 @@ def pipeline_steps(
         if needs_paper or fetched or args.fetch:
             steps.append((data, ["data", "check", "--data-dir", data_dir]))
     if cfg.feature_set.key is None:  # a pinned key names a set that is already in the store
+        check_extractable(cfg, args.config)
         extract = {
             "--backbone": ",".join(cfg.feature_set.backbone),
             "--frames": ",".join(str(n) for n in cfg.feature_set.frames),

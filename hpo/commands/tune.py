@@ -50,7 +50,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="nested CV: one study per outer fold on its training clips only (honest estimate)",
     )
     parser.add_argument(
-        "--inner-folds", type=int, metavar="K", help="inner folds with --nested (default split.k)"
+        "--inner-folds",
+        type=_at_least_two,
+        metavar="K",
+        help="inner folds with --nested (default split.k)",
     )
     parser.set_defaults(handler=_handle)
 
@@ -89,7 +92,14 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
     try:
         return load_config(args.config, overrides, defaults)
     except InvalidConfigError as exc:
-        if exc.key in overrides:
+        env = {**_ENV_DEFAULTS, "store": project.STORE_ENV}.get(exc.key)
+        if env and environ.get(env) and exc.got == environ[env] and overrides.get(exc.key) is None:
+            # The value came from the environment, not from the file the message would blame.
+            exc.args = (
+                f"The environment variable {env} (the default of '{exc.key}') must be "
+                f"{exc.allowed}. Got {exc.got!r} instead; fix or unset {env}.",
+            )
+        elif exc.key in overrides:
             flag = "--" + exc.key.rpartition(".")[2].replace("_", "-")
             exc.args = (f"{str(exc).removesuffix('.')} or pass {flag}.",)
         raise
@@ -194,24 +204,45 @@ def progress_view(cfg) -> Any:
     )
 
 
+def _at_least_two(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fold count of 2 or more")
+    return value
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
 def _guarded(args: argparse.Namespace, run):
     """(None, what `run()` returns), or (exit code, None) after one line on stderr."""
-    from hpo.study import AllTrialsFailedError, StudyExistsError, StudyInterruptedError
+    from hpo.searcher import SearchSettingsChangedError
+    from hpo.study import (
+        AllTrialsFailedError,
+        RunLockedError,
+        StudyExistsError,
+        StudyInterruptedError,
+        StudySettingsChangedError,
+    )
     from pipeline.cluster import ClusterConnectError
     from pipeline.store import StoreError
 
     try:
         return None, run()
+    except (StudySettingsChangedError, SearchSettingsChangedError) as exc:
+        print(f"lushpo tune: {exc}", file=sys.stderr)  # a refused --resume: a usage error
+        return 2, None
     except (StudyInterruptedError, KeyboardInterrupt) as exc:
-        print(f"lushpo tune: {exc or 'interrupted'}", file=sys.stderr)
+        print(f"lushpo tune: {str(exc) or 'interrupted'}", file=sys.stderr)
         print(f"resume with: {resume_command(args)}", file=sys.stderr)
         return INTERRUPTED, None
     except (
         StudyExistsError,
+        RunLockedError,
         AllTrialsFailedError,
         StoreError,
         ClusterConnectError,
@@ -266,7 +297,7 @@ def _handle_nested(args: argparse.Namespace, cfg) -> int:
         )
     except (StudyInterruptedError, KeyboardInterrupt) as exc:
         # Finished inner studies are kept; --resume skips them and continues the interrupted one.
-        print(f"lushpo tune: {exc or 'interrupted'}", file=sys.stderr)
+        print(f"lushpo tune: {str(exc) or 'interrupted'}", file=sys.stderr)
         print(f"resume with: {resume_command(args)}", file=sys.stderr)
         return INTERRUPTED
     except (

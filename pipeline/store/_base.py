@@ -85,10 +85,18 @@ class FeatureSetNotFoundError(StoreError, KeyError):
     def __init__(self, key: str, uri: str, same_backbone: list[str]) -> None:
         self.key, self.uri, self.same_backbone = key, uri, same_backbone
         held = ", ".join(same_backbone) if same_backbone else "none"
-        backbone = split_key(key)[0] if split_key(key) else "this backbone"
+        # A key, or the `<backbone>-f<N>-<sampling>` a study looked for: say what makes it.
+        wanted = re.fullmatch(r"(.+)-f(\d+)-([a-z]+)(?:-[0-9a-f]{12})?", key)
+        backbone = wanted[1] if wanted else "this backbone"
+        fix = (
+            f"; make it with `lushpo features --backbone {wanted[1]} --frames {wanted[2]} "
+            f"--sampling {wanted[3]} --store {uri}`"
+            if wanted
+            else ""
+        )
         super().__init__(
             f"feature set {key!r} not found in store {uri}; "
-            f"feature sets it holds for {backbone}: {held}"
+            f"feature sets it holds for {backbone}: {held}{fix}"
         )
 
     def __reduce__(self):  # Ray ships errors between processes by pickling them
@@ -200,6 +208,11 @@ class FeatureStore(ABC):
     * `get` verifies the sha256 of every object against the manifest and raises
       `CorruptObjectError` on mismatch, or `FeatureSetNotFoundError` when there is no manifest.
     * `list` returns the manifests of every visible set, sorted by key; `find` filters them.
+    * `verify(key)` checks every object's sha256 against the manifest without keeping the set,
+      raising as `get` does.
+    * `remove(key)` unpublishes the set first (its manifest goes before its objects), so a
+      reader sees the whole set or none; removing a missing key raises
+      `FeatureSetNotFoundError`.
     * Stores are safe to use from several threads and processes at once.
     """
 
@@ -232,6 +245,13 @@ class FeatureStore(ABC):
 
     @abstractmethod
     def list(self) -> list[dict]: ...
+
+    def verify(self, key: str) -> None:
+        """Raise `CorruptObjectError` when an object of `key` fails its sha256."""
+        self.get(key)
+
+    @abstractmethod
+    def remove(self, key: str) -> None: ...
 
     # Backends implement `put` as a transaction: begin, write each object, publish (or abort).
     @abstractmethod

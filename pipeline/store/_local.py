@@ -43,6 +43,13 @@ class LocalStore(FeatureStore):
         return (self._dir(key) / MANIFEST).is_file()
 
     def get(self, key: str) -> FeatureSet:
+        return load(self._verified(key), self._dir(key), mmap=self.mmap)
+
+    def verify(self, key: str) -> None:
+        self._verified(key)
+
+    def _verified(self, key: str) -> dict:
+        """The manifest of `key`, every object checked against it."""
         directory = self._dir(key)
         try:
             data = (directory / MANIFEST).read_bytes()
@@ -51,7 +58,15 @@ class LocalStore(FeatureStore):
         manifest = parse_manifest(key, data, self.uri)
         for name in manifest["objects"]:
             verify_file(key, name, directory / name, manifest, self.uri)
-        return load(manifest, directory, mmap=self.mmap)
+        return manifest
+
+    def remove(self, key: str) -> None:
+        if not self.exists(key):
+            raise self.not_found(key)
+        # One rename unpublishes the whole set; the debris is deleted afterwards.
+        debris = self.root / PREFIX / f".tmp-{uuid.uuid4().hex}"
+        os.rename(self._dir(key), debris)
+        shutil.rmtree(debris, ignore_errors=True)
 
     def list(self) -> list[dict]:
         base = self.root / PREFIX

@@ -21,6 +21,8 @@ bounded by `max_attempts * read_timeout`.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +49,7 @@ from tenacity import (
 
 from pipeline.store._base import (
     MANIFEST,
+    OBJECTS,
     PREFIX,
     BucketNotFoundError,
     CorruptObjectError,
@@ -56,6 +59,7 @@ from pipeline.store._base import (
     check_key,
     load,
     parse_manifest,
+    verify_file,
 )
 from pipeline.store._cache import NodeCache
 
@@ -206,14 +210,40 @@ class S3Store(FeatureStore):
             return data
 
         def download(name: str, dest: Path) -> None:
-            found = self._call(
-                f"downloading {name} of {key}", self._get_object, self._object(key, name), dest
-            )
-            if found is None:
-                raise CorruptObjectError(key, name, "the object", "no such object", self.uri)
+            self._download(key, name, dest)
 
         manifest, directory = self.cache.materialise(key, fetch_manifest, download, self.uri)
         return load(manifest, directory, mmap=self.mmap)
+
+    def verify(self, key: str) -> None:
+        """Every object as the bucket holds it now, not the node cache's copy."""
+        data = self._read_manifest(key)
+        if data is None:
+            raise self.not_found(key)
+        manifest = parse_manifest(key, data, self.uri)
+        with tempfile.TemporaryDirectory(prefix="lushpo-verify-") as tmp:
+            for name in manifest["objects"]:
+                dest = Path(tmp) / name
+                self._download(key, name, dest)
+                verify_file(key, name, dest, manifest, self.uri)
+                dest.unlink()
+
+    def _download(self, key: str, name: str, dest: Path) -> None:
+        found = self._call(
+            f"downloading {name} of {key}", self._get_object, self._object(key, name), dest
+        )
+        if found is None:
+            raise CorruptObjectError(key, name, "the object", "no such object", self.uri)
+
+    def remove(self, key: str) -> None:
+        if not self.exists(key):
+            raise self.not_found(key)
+        for name in (MANIFEST, *OBJECTS):  # the manifest first: the set is unpublished at once
+            self._call(f"deleting {name} of {key}", self._delete_object, self._object(key, name))
+        shutil.rmtree(self.cache.dir(key), ignore_errors=True)
+
+    def _delete_object(self, name: str) -> None:
+        self._client.delete_object(Bucket=self.bucket, Key=name)
 
     def list(self) -> list[dict]:
         keys = [

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from hpo.export import CARD, ExportError, export_best, export_checkpoint, read_card
+from hpo.export_folder import MANIFEST, OwnershipError, owned_files
 from hpo.paper import read_paper_layout
 from hpo.selection import Candidate, NoFiniteTrialError, final_epochs, select_best
 from tests.support.featuresets import put_synthetic, synthetic_split
@@ -93,7 +94,7 @@ def test_card_records_what_the_issue_asks(exported):
         "fold-2.h5",
         "model.h5",
     ]
-    assert not list(out.glob(".*"))  # no temp files left behind
+    assert [p.name for p in out.glob(".*")] == [MANIFEST]  # no temp files left behind
     # Labelled, with intervals, a spatial-only baseline on the same folds, and the claim.
     pooled = card["summary"]["pooled"]
     conf = card["confidence"]
@@ -159,7 +160,7 @@ def test_every_h5_loads_in_a_fresh_process_and_reproduces_the_card(exported):
 
 def test_refuses_a_non_empty_folder_and_incomplete_checkpoints(exported, tmp_path):
     out, _card, _fs, _split, checkpoint, uri = exported
-    with pytest.raises(ExportError, match="not empty"):
+    with pytest.raises(OwnershipError, match="not empty"):
         export_checkpoint(checkpoint, out, store=uri)
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -268,3 +269,68 @@ def test_a_nested_result_of_other_data_or_folds_is_refused(exported, tmp_path):
         assert card["nested"] is None and card["nested_refused"].startswith("nested.json refused")
         assert any("nested.json refused" in line for line in lines)
         assert "selected on the test folds" in card["claim"]
+
+
+def _listing(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def test_overwrite_replaces_only_what_lushpo_wrote(exported, tmp_path):
+    """Issue 23, item 1: --overwrite removes only the files an export's list names, refuses a
+    folder with no list (naming what it would touch), and a failed export changes nothing."""
+    _, _card, _fs, _split, checkpoint, uri = exported
+    users = tmp_path / "users"
+    (users / "features" / "mine").mkdir(parents=True)
+    (users / "report.md").write_text("my notes")
+    (users / "holiday.png").write_text("p")
+    (users / "features" / "mine" / "important.csv").write_text("d")
+    before = _listing(users)
+    with pytest.raises(OwnershipError, match=r"holds files lushpo did not write \(features/mine"):
+        export_checkpoint(checkpoint, users, store=uri, overwrite=True)
+    assert _listing(users) == before
+
+    out = tmp_path / "out"
+    export_checkpoint(checkpoint, out, store=uri)
+    owned = owned_files(out)
+    assert CARD in owned and "model.h5" in owned and not any(n.startswith(".") for n in owned)
+    assert owned == set(_listing(out)) - {MANIFEST}
+    (out / "notes.txt").write_text("mine")
+    (out / "features" / "mine").mkdir()
+    (out / "features" / "mine" / "important.csv").write_text("d")
+    listed = json.loads((out / MANIFEST).read_text())
+    listed["files"].append("fold-9.h5")  # as an earlier export with more folds wrote it
+    (out / MANIFEST).write_text(json.dumps(listed))
+    (out / "fold-9.h5").write_text("from an earlier export")
+    previous = _listing(out)
+
+    # A failed export (its feature set is gone from the store) changes nothing in the folder.
+    with pytest.raises(Exception, match="not found"):
+        export_checkpoint(checkpoint, out, store=str(tmp_path / "empty-store"), overwrite=True)
+    assert _listing(out) == previous
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.export-")]
+
+    export_checkpoint(checkpoint, out, store=uri, overwrite=True)
+    after = _listing(out)
+    assert after["notes.txt"] == b"mine" and after["features/mine/important.csv"] == b"d"
+    assert "fold-9.h5" not in after and owned_files(out) == owned
+
+    # A new export's file where the user keeps one of the same name: refused, nothing moved.
+    (out / "fold-0.h5").unlink()
+    listed = json.loads((out / MANIFEST).read_text())
+    listed["files"].remove("fold-0.h5")
+    (out / MANIFEST).write_text(json.dumps(listed))
+    (out / "fold-0.h5").write_text("the user's")
+    previous = _listing(out)
+    with pytest.raises(OwnershipError, match=r"fold-0\.h5, which lushpo did not write"):
+        export_checkpoint(checkpoint, out, store=uri, overwrite=True)
+    assert _listing(out) == previous
+
+
+def test_export_reads_the_store_the_trial_read(exported, tmp_path, monkeypatch):
+    """Issue 23: `tune --store X` then `export RUN` looked in the project's store instead."""
+    _, _card, _fs, _split, checkpoint, uri = exported
+    monkeypatch.setenv("LUSHPO_STORE", (tmp_path / "another-store").as_uri())
+    card = export_checkpoint(checkpoint, tmp_path / "out").card
+    assert card["store"] == uri

@@ -5,7 +5,9 @@ sha256 differs from the card's are refused with both hashes named."""
 from __future__ import annotations
 
 import json
+import shutil
 
+import h5py
 import numpy as np
 import pytest
 
@@ -70,6 +72,16 @@ def test_mismatched_weights_are_refused_naming_both_hashes(model_dir, tmp_path):
         predict([next(iter(paths.values()))], out, str(other))
     message = str(info.value)
     assert "sha256 none" in message and digest in message and "model_card.json" in message
+
+
+def test_a_model_h5_swapped_after_the_export_is_refused(model_dir, tmp_path):
+    out, _fs, paths = model_dir
+    swapped = tmp_path / "swapped"
+    shutil.copytree(out, swapped)
+    with h5py.File(swapped / "model.h5", "a") as model:  # any change to the file
+        model.attrs["lushpo_swapped"] = 1
+    with pytest.raises(ValueError, match=r"model\.h5: its sha256 differs from the one"):
+        predict([next(iter(paths.values()))], swapped, "none")
 
 
 def test_cli_prints_json_and_a_table(model_dir, capsys, monkeypatch):

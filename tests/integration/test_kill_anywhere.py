@@ -25,6 +25,7 @@ from hpo.study import storage_filesystem
 from tests.integration.driver import Driver, write_config
 from tests.integration.trivial_driver import POINTS
 from tests.support.featuresets import put_synthetic
+from tests.support.ray_cli import complete_trials
 from tests.support.s3 import S3Endpoint
 from tests.support.trivial_trial import EPOCH_ENV, score
 
@@ -150,3 +151,28 @@ def test_a_study_killed_after_trial_k_draws_what_the_uninterrupted_one_draws(tmp
         drawn[name] = [t.params for t in sorted(study.trials, key=lambda t: t.number)]
     assert len(drawn["whole"]) == 13
     assert drawn["cut"] == drawn["whole"]
+
+
+def test_a_second_driver_of_a_running_study_is_refused(tmp_path):
+    """Issue 23, item 3: `tune --resume` and a fresh `tune` of a study that is running are both
+    refused in one line naming the holder; the running study ends with an intact record."""
+    store_uri, _key, _ = put_synthetic(tmp_path / "store", clips=8, frames=3, dim=4)
+    config = write_config(tmp_path / "kill.yaml", _config(
+        tmp_path, store_uri, {"storage_path": str(tmp_path / "runs")}))  # fmt: skip
+    run = tmp_path / "runs" / "kill"
+    first = Driver([str(config)], env={EPOCH_ENV: "1.0"}, module="tests.integration.trivial_driver")
+    try:
+        first.poll_until(lambda: complete_trials(run / "optuna.db") >= 1, 300, "a trial ended")
+        second = [Driver(["--config", str(config), *flags]) for flags in (["--resume"], [])]
+        for driver in second:
+            assert driver.wait(120) == 1, driver.output[-3000:]
+            refusals = [
+                line for line in driver.output.splitlines() if "is being written by" in line
+            ]
+            assert len(refusals) == 1, driver.output[-3000:]
+            assert f"`lushpo tune` (pid {first.proc.pid} on" in refusals[0]
+        assert first.proc.poll() is None, "the first driver ended before the others were refused"
+        assert first.wait(300) == 0, first.output[-4000:]
+    finally:
+        first.kill()
+    _check_record(f"sqlite:///{run}/optuna.db", str(run))

@@ -25,7 +25,7 @@ import yaml
 
 from tests.deploy_tests.conftest import find, render
 from tests.deploy_tests.test_rayjob_entrypoint import head_environment
-from tests.support.ray_cli import RayCLICluster, complete_trials
+from tests.support.ray_cli import RayCLICluster, budget_states, complete_trials
 from tests.support.s3 import S3Endpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -172,7 +172,8 @@ def test_rayjob_entrypoint_through_the_jobs_api_resumes_after_a_stop(
 
     assert "found in store" in output, "the second attempt extracted again"
     assert s3.count("PUT", "features.npy") == 1
-    assert complete_trials(optuna_db) == TRIALS, "the resumed study ran a different budget"
+    states = budget_states(optuna_db)
+    assert states == ["COMPLETE"] * TRIALS, f"the resumed study ran a different budget: {states}"
     name = env["LUSHPO_STUDY"]
     runs = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1",
                         aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip

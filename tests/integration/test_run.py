@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hpo.export_folder import MANIFEST
 from tests.support.clips import write_clip
-from tests.support.ray_cli import complete_trials, pids_naming
+from tests.support.ray_cli import budget_states, complete_trials, pids_naming
 from tests.support.read_only import read_only
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -127,7 +128,8 @@ def test_run_killed_mid_study_then_rerun_twice(env, tmp_path, ray_tmp):
     assert "found in store" in second.stdout and "stored " not in second.stdout
     assert "lushpo run [1/4] features" in second.stderr, "a data step ran without paper files"
     assert "lushpo run [4/4] evaluate" in second.stderr
-    assert complete_trials(optuna_db) == TRIALS, "the rerun did not finish the budget exactly"
+    states = budget_states(optuna_db)
+    assert states == ["COMPLETE"] * TRIALS, f"the resumed study ran a different budget: {states}"
     # Quiet by default: Ray's and Optuna's banners stay off the console (the progress view and
     # lushpo's own lines remain).
     banners = re.compile(
@@ -140,6 +142,8 @@ def test_run_killed_mid_study_then_rerun_twice(env, tmp_path, ray_tmp):
     assert (out / "report.md").is_file()
     stale = out / "fold-9.h5"  # as if an earlier export had more folds
     stale.write_text("from an earlier export")
+    listed = json.loads((out / MANIFEST).read_text())
+    (out / MANIFEST).write_text(json.dumps({**listed, "files": [*listed["files"], stale.name]}))
     notes = out / "notes.txt"  # the user's own file: an export never deletes it
     notes.write_text("mine")
 
@@ -147,7 +151,7 @@ def test_run_killed_mid_study_then_rerun_twice(env, tmp_path, ray_tmp):
     third = _run(_argv(tmp_path), env)
     assert "found in store" in third.stdout and "stored " not in third.stdout
     assert "already finished" in third.stdout, third.stdout[-3000:]
-    assert complete_trials(optuna_db) == TRIALS
+    assert budget_states(optuna_db) == states
     assert not stale.exists(), "the export was not replaced"
     assert notes.read_text() == "mine"
     assert json.loads((out / "model_card.json").read_text())["trial_id"] == card["trial_id"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -101,3 +102,47 @@ def test_the_project_folder_holds_every_default_and_moves_as_a_whole(tmp_path, m
     named = {**moved, "LUSHPO_STORE": "s3://bucket/store", "LUSHPO_RESULTS_DIR": "results"}
     assert project.store_uri(named) == "s3://bucket/store"
     assert project.results_dir(named) == tmp_path / "results"
+
+
+def test_a_truncated_set_is_named_by_verify_and_rebuilt_by_features(env, tmp_path, capsys):
+    """Issue 23, item 4: a corrupt set was trusted ("found in store") and nothing repaired it."""
+    store_uri = (tmp_path / "store").as_uri()
+    argv = [*ARGS, "--weights", "none", "--data-dir", str(env), "--store", store_uri]
+    assert main(argv) == 0
+    (key,) = open_store(store_uri).find("mobilenetv2", 2, "even")
+    features = tmp_path / "store" / "featuresets" / key / "features.npy"
+    features.write_bytes(features.read_bytes()[: features.stat().st_size // 2])
+    capsys.readouterr()
+
+    assert main(["features", "verify", "--store", store_uri]) == 1
+    out = capsys.readouterr().out
+    assert f"CORRUPT: feature set {key!r}" in out and "'features.npy' is corrupt" in out
+    assert f"`lushpo features rm {key}`" in out and "0 of 1 feature set(s)" in out
+
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "removing it and extracting it again" in captured.err
+    assert f"stored {key}" in captured.out and "found in store" not in captured.out
+    assert main(["features", "verify", key, "--store", store_uri]) == 0
+    assert f"ok: {key}" in capsys.readouterr().out
+
+    assert main(["features", "rm", key, "--store", store_uri]) == 0
+    assert open_store(store_uri).list() == []
+    assert main(["features", "rm", key, "--store", store_uri]) == 1
+    assert "not found in store" in capsys.readouterr().err
+
+
+def test_the_clip_manifest_cache_notices_a_clip_replaced_with_the_same_size_and_mtime(env):
+    from hpo.commands.features import _stamp
+
+    clip = sorted((env / "pocus" / "convex").iterdir())[0]
+    before = _stamp(env, "fail")
+    stat = clip.stat()
+    data = bytearray(clip.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # another clip of the same size, in the middle
+    replacement = clip.with_name("replacement.tmp")
+    replacement.write_bytes(bytes(data))
+    os.utime(replacement, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(replacement, clip)
+    assert clip.stat().st_size == stat.st_size and clip.stat().st_mtime_ns == stat.st_mtime_ns
+    assert _stamp(env, "fail") != before

@@ -452,8 +452,12 @@ def test_cli_check_json(shared_data_dir, capsys):
 
 def test_cli_needs_a_data_dir(monkeypatch, capsys):
     monkeypatch.delenv("LUSHPO_DATA_DIR", raising=False)
-    with pytest.raises(SystemExit, match="LUSHPO_DATA_DIR"):
+    with pytest.raises(SystemExit) as exited:
         main(["data", "check"])
+    assert exited.value.code == 2  # a missing input: a usage error (README)
+    assert "pass --data-dir or set $LUSHPO_DATA_DIR" in capsys.readouterr().err
+    assert main(["data", "check", "--data-dir", "/no/such/folder"]) == 2
+    assert "/no/such/folder does not exist; run `lushpo data fetch" in capsys.readouterr().err
 
 
 def test_cli_check_error_exit(tmp_path, capsys):

@@ -238,6 +238,25 @@ def test_corrupt_object_in_store_is_detected(backend: Backend, name: str) -> Non
     assert key in str(error) and name in str(error) and expected in str(error)
 
 
+def test_verify_names_a_truncated_object_and_remove_makes_room_for_a_rebuild(
+    backend: Backend,
+) -> None:
+    fs = make_set()
+    key = backend.store.put(fs)
+    backend.store.verify(key)  # sound: no error
+    other = backend.store.put(make_set(frames=4))
+    backend.write_raw(key, "features.npy", backend.read_raw(key, "features.npy")[:-100])
+    with pytest.raises(CorruptObjectError, match=r"object 'features.npy' is corrupt"):
+        backend.store.verify(key)
+    backend.store.remove(key)
+    assert not backend.store.exists(key) and [m["key"] for m in backend.store.list()] == [other]
+    with pytest.raises(FeatureSetNotFoundError):
+        backend.store.remove(key)
+    assert backend.store.put(fs) == key  # no longer a no-op: the set is written anew
+    assert_same(backend.store.get(key), fs)
+    assert backend.leftovers() == []
+
+
 def test_put_validates_the_feature_set(backend: Backend) -> None:
     fs = make_set()
     with pytest.raises(ValueError, match=r"float32 .*float64"):

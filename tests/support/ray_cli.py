@@ -48,6 +48,30 @@ def complete_trials(optuna_db: Path) -> int:
     return rows[0]
 
 
+def budget_states(optuna_db: Path, study: str | None = None) -> list[str]:
+    """The state of each trial of the study's budget, as its newest attempt ended.
+
+    A trial Tune's saved record lacks runs again as a retry (``lushpo_retry_of``, see
+    `hpo.searcher.reconcile`); the budget counts it once, so a killed study may hold more
+    COMPLETE rows than its budget while every trial of the budget ended exactly once."""
+    import optuna
+
+    from hpo.searcher import RETRY_ATTR
+
+    url = f"sqlite:///{optuna_db}"
+    names = [study] if study else optuna.get_all_study_names(url)
+    assert len(names) == 1, f"{optuna_db} holds studies {names}"
+    trials = optuna.load_study(study_name=names[0], storage=url).trials
+    newest = {t.number: t for t in trials if RETRY_ATTR not in t.user_attrs}
+    for trial in trials:  # retries come after what they retry
+        first = trial.user_attrs.get(RETRY_ATTR)
+        while first is not None and first not in newest:
+            first = trials[first].user_attrs.get(RETRY_ATTR)
+        if first is not None:
+            newest[first] = trial
+    return [newest[n].state.name for n in sorted(newest)]
+
+
 class RayCLICluster:
     def __init__(self, env: dict[str, str], *, token: bool = True, dashboard: bool = False):
         # Short: Ray puts unix sockets under the temp dir (107-byte path limit).

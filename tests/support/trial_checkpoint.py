@@ -49,7 +49,7 @@ def make_checkpoint(
         patience=max_epochs,
         seed=seed,
     )
-    training = {"seed": seed, "max_epochs": max_epochs}
+    training = {"seed": seed, "max_epochs": max_epochs, "store_uri": store_uri}
     write_trial(
         directory,
         result,
