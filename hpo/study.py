@@ -18,6 +18,7 @@ import shutil
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -205,6 +206,65 @@ def _delete_run(
     for name in names:
         if has_study(storage_url, name):
             optuna.delete_study(study_name=name, storage=connectable(storage_url))
+
+
+class _SetAside:
+    """A study `--overwrite` replaces, moved out of the way and kept until the new study's first
+    trial starts: a new start that fails before that puts it back as it was.
+
+    A local run folder is renamed to ``.<name>.replaced-<id>`` beside it (its default
+    ``optuna.db`` goes with it); a study in another Optuna storage is copied to
+    ``<name>.replaced-<id>`` there and deleted under its name, which the new study takes. An S3
+    run folder has no rename (a copy of every object): it is deleted, as after everything the
+    new study needs has answered."""
+
+    def __init__(self, fs: pafs.FileSystem | None, run_path: str, url: str, names: Sequence[str]):
+        self.run_path, self.url, self.tag = run_path, url, f"replaced-{uuid.uuid4().hex[:8]}"
+        self.done = False
+        self.folder: Path | None = None
+        if fs is None and Path(run_path).exists():
+            self.folder = Path(run_path).with_name(f".{Path(run_path).name}.{self.tag}")
+            os.rename(run_path, self.folder)
+        elif fs is not None:
+            fs.delete_dir_contents(run_path, missing_dir_ok=True)
+        self.studies = [name for name in names if has_study(url, name)]
+        for name in self.studies:
+            self._move(name, f"{name}.{self.tag}")
+
+    def _move(self, name: str, to: str) -> None:
+        storage = connectable(self.url)
+        optuna.copy_study(from_study_name=name, from_storage=storage, to_storage=storage,
+                          to_study_name=to)  # fmt: skip
+        optuna.delete_study(study_name=name, storage=storage)
+
+    def drop(self) -> None:
+        """The new study has started: the old one goes."""
+        if self.done:
+            return
+        self.done = True
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        for name in self.studies:
+            optuna.delete_study(study_name=f"{name}.{self.tag}", storage=connectable(self.url))
+
+    def restore(self, fs: pafs.FileSystem | None, names: Sequence[str]) -> None:
+        """The new study never started: delete what it made, put the old one back."""
+        if self.done:
+            return
+        self.done = True
+        _delete_run(fs, self.run_path, self.url, names)
+        if self.folder is not None:
+            os.rename(self.folder, self.run_path)
+        for name in self.studies:
+            self._move(f"{name}.{self.tag}", name)
+
+
+class _DropOnStart(tune.Callback):
+    def __init__(self, aside: _SetAside) -> None:
+        self.aside = aside
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.aside.drop()
 
 
 # --- driver-side preparation -------------------------------------------------------------------
@@ -687,7 +747,7 @@ def _run_studies(
 
     # Nothing of the user's was here (or --overwrite deleted it): a start that fails before the
     # experiment runs (Ray unreachable, a refused split) leaves nothing to block the name.
-    fresh, fitting = not exists, False
+    fresh, fitting, aside = not exists, False, None
     try:
         # The Optuna records (SQLAlchemy, the schema and its version check: about a second) are
         # made or checked in a thread while Ray starts; a study being replaced only opens its
@@ -712,8 +772,7 @@ def _run_studies(
                 shapings[study.name] = study_settings(settings[study.name], _search_space(study))
             if replacing:  # the config, feature sets, splits, cluster and storage all answered
                 log(f"overwriting study {cfg.name!r} at {cfg.run_path}")
-                _delete_run(fs, run_path, cfg.storage.optuna_storage, names)
-                fresh = True
+                aside = _SetAside(fs, run_path, cfg.storage.optuna_storage, names)
                 storage = _prepare_studies(cfg, studies, log)
             for study in studies:
                 if restorable:
@@ -760,7 +819,7 @@ def _run_studies(
                 )
             start = time.monotonic()
             fitting = True
-            _CALLBACKS[run_path] = list(callbacks)
+            _CALLBACKS[run_path] = [*callbacks, *([_DropOnStart(aside)] if aside else [])]
             try:
                 with (
                     _graceful_sigint(log) as interrupted,
@@ -777,9 +836,13 @@ def _run_studies(
             if started:
                 ray.shutdown()
     except BaseException:
-        if fresh and not fitting:
+        if aside is not None:
+            aside.restore(fs, names)  # unless a trial of the new study started
+        elif fresh and not fitting:
             _delete_run(fs, run_path, cfg.storage.optuna_storage, names)
         raise
+    if aside is not None:
+        aside.drop()
     if interrupted():
         raise StudyInterruptedError(cfg.name, cfg.run_path)
     every = _records(grid)

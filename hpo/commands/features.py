@@ -215,6 +215,7 @@ def _extract(args: argparse.Namespace) -> int:
                 print(f"found in store: {job.key} ({store.uri}); nothing to do")
         if not todo:
             return 0
+        store.check_writable()  # before the extraction, not after it
         if len(todo) == 1 and address is None:
             return _extract_here(args, store, manifest, todo[0])
         return _extract_on_cluster(args, store, manifest, todo, address)

@@ -246,6 +246,11 @@ class FeatureStore(ABC):
     @abstractmethod
     def list(self) -> list[dict]: ...
 
+    def check_writable(self) -> None:
+        """Raise `StoreError` when a set could not be written, before hours of extraction
+        find out. A bucket's permissions show only on a write: remote stores check nothing."""
+        return None
+
     def verify(self, key: str) -> None:
         """Raise `CorruptObjectError` when an object of `key` fails its sha256."""
         self.get(key)

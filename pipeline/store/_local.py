@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from pipeline.store._base import (
     PREFIX,
     FeatureSet,
     FeatureStore,
+    StoreError,
     check_key,
     load,
     parse_manifest,
@@ -44,6 +46,16 @@ class LocalStore(FeatureStore):
 
     def get(self, key: str) -> FeatureSet:
         return load(self._verified(key), self._dir(key), mmap=self.mmap)
+
+    def check_writable(self) -> None:
+        try:
+            (self.root / PREFIX).mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=self.root / PREFIX).close()
+        except OSError as exc:
+            raise StoreError(
+                f"store {self.uri} cannot be written ({exc.strerror}); pass --store (or set "
+                "LUSHPO_STORE to) a folder you can write to"
+            ) from None
 
     def verify(self, key: str) -> None:
         self._verified(key)

@@ -296,6 +296,9 @@ def test_overwrite_replaces_only_what_lushpo_wrote(exported, tmp_path):
     owned = owned_files(out)
     assert CARD in owned and "model.h5" in owned and not any(n.startswith(".") for n in owned)
     assert owned == set(_listing(out)) - {MANIFEST}
+    # The card and the list have the mode of the files Keras wrote (mkstemp's 0600 before).
+    modes = {name: (out / name).stat().st_mode & 0o777 for name in (CARD, MANIFEST, "model.h5")}
+    assert modes[CARD] == modes[MANIFEST] == modes["model.h5"], modes
     (out / "notes.txt").write_text("mine")
     (out / "features" / "mine").mkdir()
     (out / "features" / "mine" / "important.csv").write_text("d")

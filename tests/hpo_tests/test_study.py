@@ -317,3 +317,34 @@ def test_rescore_retrains_the_top_trials_and_export_takes_the_rescored_winner(
     ).card
     assert card["trial_id"] == result.best.trial_id and card["selection"]["rescored"] is False
     assert any("rescore.json refused" in line for line in lines)
+
+
+class _CannotStart(Callback):
+    """The new study fails after the old one was set aside, before any trial of it started."""
+
+    def setup(self, **info) -> None:
+        raise RuntimeError("the new study cannot start")
+
+
+def test_overwrite_keeps_the_old_study_until_a_trial_of_the_new_one_starts(
+    tmp_path, store, local_ray
+):
+    from tests.support.trivial_trial import train_trivial
+
+    uri, _key = store
+    cfg = _cfg(tmp_path, uri, name="kept", budget={"trials": 1})
+    first = run_study(cfg, log=lambda _line: None, train=train_trivial)
+    run = Path(cfg.run_path)
+    listing = {p.relative_to(run).as_posix(): p.stat().st_size for p in run.rglob("*")}
+
+    with pytest.raises(Exception, match="the new study cannot start"):
+        run_study(cfg, overwrite=True, callbacks=[_CannotStart()], train=train_trivial)
+    assert {p.relative_to(run).as_posix(): p.stat().st_size for p in run.rglob("*")} == listing
+    assert [t.value for t in optuna.load_study(study_name="kept", storage=cfg.storage.optuna_storage
+                                               ).trials] == [first.trials[0].value]  # fmt: skip
+    assert not list(run.parent.glob(".kept.replaced-*"))
+
+    again = run_study(cfg, overwrite=True, log=lambda _line: None, train=train_trivial)
+    assert again.trials[0].trial_id != first.trials[0].trial_id
+    assert not list(run.parent.glob(".kept.replaced-*")), "the old study was not removed"
+    assert len(optuna.get_all_study_names(cfg.storage.optuna_storage)) == 1
