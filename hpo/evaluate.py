@@ -34,6 +34,7 @@ from hpo.paper import (
     read_evaluation,
     read_paper_layout,
 )
+from hpo.run_lock import locked
 from hpo.selection import SELECTED_ON
 from pipeline.files import atomic_write_text
 from pipeline.manifest import LABELS, Split
@@ -258,6 +259,18 @@ def evaluate(
     directory = Path(directory)
     card = read_card(directory)
     writable(directory)  # before the work, not after it
+    with locked(str(directory), "evaluate", log=lambda _line: None):  # no export writes it now
+        return _evaluate(directory, card, paper_csv, store, cache_dir, optuna_storage)
+
+
+def _evaluate(
+    directory: Path,
+    card: dict,
+    paper_csv: Path | str | None,
+    store: str | None,
+    cache_dir: str | None,
+    optuna_storage: str | None,
+) -> dict[str, Any]:
     feats, labels, source = load_split_features(
         directory, card, store or card.get("store"), cache_dir
     )

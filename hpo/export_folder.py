@@ -69,8 +69,8 @@ def target(out: Path, overwrite: bool) -> set[str]:
 
     Raises:
         OwnershipError: `out` is a file, is not empty and `overwrite` is off, or holds files with
-            no list of lushpo's own; or its parent cannot be written (the staging folder goes
-            there)."""
+            no list of lushpo's own.
+        OSError: `out` or its parent (where the staging folder goes) cannot be written."""
     if out.exists() and not out.is_dir():
         raise OwnershipError(f"{out} is a file; --out takes a folder")
     present = _present(out)
@@ -92,13 +92,11 @@ def target(out: Path, overwrite: bool) -> set[str]:
 
 
 def writable(folder: Path) -> None:
-    """Raises OwnershipError, naming `folder`, when no file can be made in it."""
+    """Raise OSError (PermissionError, …) naming `folder` when no file can be made in it."""
     try:
         tempfile.TemporaryFile(dir=folder).close()
     except OSError as exc:
-        raise OwnershipError(
-            f"{folder} cannot be written ({exc.strerror}); choose another folder"
-        ) from None
+        raise OSError(exc.errno, exc.strerror, str(folder)) from None
 
 
 @contextlib.contextmanager

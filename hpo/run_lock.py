@@ -97,11 +97,8 @@ def _flock(folder: str, verb: str, log: Callable[[str], None]) -> Iterator[None]
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise OSError(
-                f"{path.parent} cannot be written ({exc.strerror}); choose a folder you can "
-                "write to (--storage-path, --out)"
-            ) from None
+        except OSError as exc:  # e.g. PermissionError, naming the folder (hpo.cli says the fix)
+            raise OSError(exc.errno, exc.strerror, str(path.parent)) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
