@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import socket
+import uuid
 
 import boto3
 import pytest
@@ -62,12 +63,13 @@ def test_a_local_lock_of_a_killed_holder_is_taken_over(tmp_path):
 
 
 def test_an_s3_lease_refuses_a_renewing_holder_and_takes_over_a_dead_one(s3_endpoint, monkeypatch):
-    boto3.client("s3").create_bucket(Bucket="runs")
-    folder = "s3://runs/studies/tiny"
+    bucket = f"lushpo-lock-{uuid.uuid4().hex[:8]}"  # moto's backend outlives each endpoint
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    folder = f"s3://{bucket}/studies/tiny"
     monkeypatch.setattr(run_lock, "LEASE_S", 6.0)  # renewed every 2 s
     lines: list[str] = []
     with locked(folder, "tune", log=lines.append):
-        key = boto3.client("s3").get_object(Bucket="runs", Key="studies/.tiny.lock")
+        key = boto3.client("s3").get_object(Bucket=bucket, Key="studies/.tiny.lock")
         assert json.loads(key["Body"].read())["verb"] == "tune"
         # Ours, so alive here: refused at once. From another host: refused once seen renewed.
         ours = pytest.raises(RunLockedError, match="is being written by `lushpo tune`")
@@ -75,19 +77,18 @@ def test_an_s3_lease_refuses_a_renewing_holder_and_takes_over_a_dead_one(s3_endp
             pass
         here = socket.gethostname()
         monkeypatch.setattr(socket, "gethostname", lambda: "another-host")
-        renewed = pytest.raises(RunLockedError, match=r"\(its lock: s3://runs/studies/\.tiny\.lock")
+        renewed = pytest.raises(
+            RunLockedError, match=rf"\(its lock: s3://{bucket}/studies/\.tiny\.lock"
+        )
         with renewed, locked(folder, "export", log=lines.append):
             pass
         # refused, so seen renewed: a holder that stopped would have been taken over
         monkeypatch.setattr(socket, "gethostname", lambda: here)
-    assert "Contents" not in boto3.client("s3").list_objects_v2(Bucket="runs")  # released
+    assert "Contents" not in boto3.client("s3").list_objects_v2(Bucket=bucket)  # released
 
     # A holder on another host that stopped renewing (its lease ran out): taken over.
     dead = {"host": "gone-host", "pid": 1, "verb": "tune", "since": "then", "expires": 0}
-    boto3.client("s3").put_object(Bucket="runs", Key="studies/.tiny.lock", Body=json.dumps(dead))
+    boto3.client("s3").put_object(Bucket=bucket, Key="studies/.tiny.lock", Body=json.dumps(dead))
     with locked(folder, "tune", log=lines.append):
         pass
-    assert (
-        "took over the lock of s3://runs/studies/tiny from `lushpo tune` (pid 1 on gone-host"
-        in (lines[-1])
-    )
+    assert f"took over the lock of {folder} from `lushpo tune` (pid 1 on gone-host" in (lines[-1])
