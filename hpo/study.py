@@ -745,8 +745,9 @@ def _run_studies(
     if resume and not restorable:
         log(f"nothing to resume at {cfg.run_path}; starting study {cfg.name!r}")
 
-    # Nothing of the user's was here (or --overwrite deleted it): a start that fails before the
-    # experiment runs (Ray unreachable, a refused split) leaves nothing to block the name.
+    # Nothing of the user's was here: a start that fails before the experiment runs (Ray
+    # unreachable, a refused split) leaves nothing to block the name. A study --overwrite
+    # replaces is set aside instead, and put back on such a failure (`_SetAside`).
     fresh, fitting, aside = not exists, False, None
     try:
         # The Optuna records (SQLAlchemy, the schema and its version check: about a second) are

@@ -234,12 +234,12 @@ def _extract(args: argparse.Namespace) -> int:
 def _sound(store, key: str) -> bool:
     """Whether `key` is in the store and passes its checksums; a set that fails them is
     removed, said so, and counts as missing (the extraction that follows rebuilds it)."""
-    from pipeline.store import CorruptObjectError
+    from pipeline.store import CorruptObjectError, FeatureSetNotFoundError
 
-    if not store.exists(key):
-        return False
     try:
-        store.verify(key)
+        store.verify(key)  # reads the manifest once: no separate `exists`
+    except FeatureSetNotFoundError:
+        return False
     except CorruptObjectError as error:
         print(f"{error}; removing it and extracting it again", file=sys.stderr)
         store.remove(key)
