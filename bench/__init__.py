@@ -13,5 +13,6 @@ BENCHMARKS: dict[str, str] = {
     "p7": "bench.p7_grid",  # a grid as one experiment: slot occupancy, wall ÷ cell by cell
     "p8": "bench.p8_scale",  # driver cost per trial at 500 trials ÷ at 10
     "p9": "bench.p9_cli_startup",  # seconds before `lushpo` answers (--version, ls, …)
+    "p10": "bench.p10_threads",  # trials/hour of 4 one-CPU trials: per-trial threads ÷ TF's own
 }
 """Benchmark id → module exposing ``run(argv: list[str] | None) -> dict``."""

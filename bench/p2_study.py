@@ -94,7 +94,7 @@ def _trials(
     """Ask/tell `n_trials` trials of `study`: cross_validate of each sampled config. `reseed`:
     a TPE sampler seeded from (seed, trial number) before each ask, as lushpo's searcher does
     (`hpo.searcher.sampler_seed`), so the sequential pair draws the same configs."""
-    from hpo.searcher import make_sampler, sampler_seed
+    from hpo.searcher import make_sampler, sampler_seed, startup_trials
     from hpo.space import search_space
     from hpo.trainable import TrialSettings, configure_tensorflow, cross_validate_with
     from pipeline.manifest import Split
@@ -109,7 +109,11 @@ def _trials(
     space = search_space(SPACE)  # what lushpo searches for this config
     for number in range(n_trials):
         if reseed:
-            study.sampler = make_sampler("tpe", sampler_seed(job["seed"], number))
+            study.sampler = make_sampler(
+                "tpe",
+                sampler_seed(job["seed"], number),
+                n_startup_trials=startup_trials(job["trials"]),  # the study's, as lushpo's
+            )
         trial = study.ask(fixed_distributions=space)
         result = cross_validate_with(fs, settings, trial.params)  # the study's own call
         study.tell(trial, float(result.metrics["accuracy"]))

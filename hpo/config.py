@@ -91,7 +91,9 @@ class BudgetConfig(_Section):
     max_failures: Natural = Field(1, description="retries of a failed trial from its checkpoint")
     checkpoint_every: Natural = Field(5, description="epochs between checkpoints; 0: final only")
     checkpoint_interval_s: NonNegative = 60.0
-    report_interval_s: NonNegative = Field(5.0, description="0 (and under ASHA): every epoch")
+    report_interval_s: NonNegative = Field(
+        5.0, description="0: every epoch (ASHA reads each report's epoch)"
+    )
 
 
 class SchedulerConfig(_Section):
@@ -104,13 +106,28 @@ class SearcherConfig(_Section):
     sampler: Literal["tpe", "random", "cmaes"] = "tpe"  # the registry: hpo.searcher.SAMPLERS
     seed: Natural = 0
     start_from_paper_best: bool = Field(False, description="the paper's point as the first trial")
+    n_startup_trials: Count | None = Field(
+        None,
+        description="TPE's random start-up trials; default a quarter of budget.trials, 1 to 10",
+    )
+    independent_sampler: Literal["random", "tpe"] | None = Field(
+        None,
+        description="cmaes only: the sampler of the dimensions CMA-ES cannot model (categorical)",
+    )
 
 
 class ResourcesConfig(_Section):
     cpu: Positive = 1.0
     gpu: NonNegative = Field(0.0, description="fractions such as 0.25 share one GPU")
     gpu_memory_limit_mb: Count | None = None
-    intra_op_threads: Count | None = None
+    intra_op_threads: Natural | None = Field(
+        None,
+        description="TensorFlow's threads within an op; default the trial's CPUs (at least 1); "
+        "0: TensorFlow's own default, every core of the node",
+    )
+    inter_op_threads: Natural | None = Field(
+        None, description="TensorFlow's threads running ops side by side; default as above"
+    )
 
 
 class TrainingConfig(_Section):
@@ -199,6 +216,8 @@ def _error(exc: ValidationError, data: Mapping[str, Any], source: str) -> Invali
 
 def _check(cfg: StudyConfig, source: str) -> None:
     """Rules across keys, each naming the key to change; the space must fit `hpo.space`."""
+    from optuna.distributions import CategoricalDistribution
+
     from hpo.space import InvalidSpaceError, paper_best, study_space
 
     split, fs, asha = cfg.split, cfg.feature_set, cfg.scheduler
@@ -223,6 +242,23 @@ def _check(cfg: StudyConfig, source: str) -> None:
         space = study_space(cfg.space, fs.backbone[cell], fs.frames[cell])
     except InvalidSpaceError as exc:
         raise InvalidConfigError("space", f"valid overrides ({exc})", cfg.space, source) from None
+    search = cfg.searcher
+    if search.independent_sampler is not None and search.sampler != "cmaes":
+        raise InvalidConfigError(
+            "searcher.independent_sampler", "unset unless searcher.sampler is cmaes",
+            search.independent_sampler, source,
+        )  # fmt: skip
+    categorical = [
+        k for k, d in space.items() if isinstance(d, CategoricalDistribution) and len(d.choices) > 1
+    ]
+    if search.sampler == "cmaes" and search.independent_sampler is None and categorical:
+        # Optuna's CmaEsSampler samples what it cannot model with a RandomSampler, unasked
+        raise InvalidConfigError(
+            "searcher.independent_sampler",
+            "'random' or 'tpe' with sampler cmaes, which cannot model the categorical "
+            f"dimensions {', '.join(categorical)} (or use sampler tpe)",
+            None, source,
+        )  # fmt: skip
     try:
         if cfg.searcher.start_from_paper_best:
             paper_best(space)

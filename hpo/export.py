@@ -41,7 +41,7 @@ from hpo.export_folder import replacing
 from hpo.metrics import bootstrap_ci, fold_metrics, summarize
 from hpo.model import predict_proba
 from hpo.optuna_storage import masked
-from hpo.run_files import RESCORE_FILE, read_run_file
+from hpo.run_files import RESCORE_FILE, experiment_paths, read_run_file
 from hpo.selection import SELECTED_ON, TIE_BREAK, Candidate, final_epochs, select_best
 from hpo.trial_settings import STUDY_KEY
 from pipeline.files import atomic_write_text, s3_filesystem, sha256_file
@@ -150,13 +150,17 @@ def _read_run(
                 ".lushpo/runs/quick)"
             )
         path = str(Path(path).resolve())  # Ray reads relative paths as URIs without a scheme
-    try:
-        analysis = ExperimentAnalysis(path, storage_filesystem=filesystem)
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"cannot read the Ray Tune run at {run}: {first}") from exc
+    trials = []
+    for experiment in experiment_paths(filesystem, path):  # continuations of a raised budget
+        try:
+            analysis = ExperimentAnalysis(experiment, storage_filesystem=filesystem)
+        except (ValueError, FileNotFoundError, OSError) as exc:
+            if experiment != path:
+                continue  # a continuation whose driver died before Tune's first save
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExportError(f"cannot read the Ray Tune run at {run}: {first}") from exc
+        trials += analysis.trials
     refs = []
-    trials = analysis.trials
     if study_key is not None:
         trials = [t for t in trials if (t.config or {}).get(STUDY_KEY) == study_key]
     for order, trial in enumerate(trials):

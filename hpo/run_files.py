@@ -14,8 +14,10 @@ from typing import Any
 from pipeline.files import atomic_write_text, s3_filesystem
 
 __all__ = [
+    "CONTINUED",
     "GRID_FILE",
     "RESCORE_FILE",
+    "experiment_paths",
     "read_run_file",
     "remove_run_file",
     "write_run_file",
@@ -24,6 +26,31 @@ __all__ = [
 GRID_FILE = "grid.json"  # a grid run's cells (hpo.grid), in its run folder and its export
 RESCORE_FILE = "rescore.json"
 """`hpo.rescore`'s record; `hpo.export` exports its winner."""
+CONTINUED = "continued-"
+"""A run's later Ray Tune experiments, ``<run>/continued-<k>``: Tune adds no trial to an
+experiment whose search ended (ray#20886), so a study resumed with a raised budget after its
+experiment ended runs the new trials in a continuation (`hpo.study`)."""
+
+
+def experiment_paths(fs: Any, run_path: str) -> list[str]:
+    """The run's Ray Tune experiments, oldest first: `run_path` itself, then each continuation.
+
+    Args:
+        fs: the pyarrow filesystem of `run_path`, or None for a local path.
+        run_path: the run folder as that filesystem names it."""
+    if fs is None:
+        folder = Path(run_path)
+        names = [p.name for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
+    else:
+        import pyarrow.fs as pafs
+
+        infos = fs.get_file_info(pafs.FileSelector(run_path, allow_not_found=True))
+        names = [i.base_name for i in infos if i.type == pafs.FileType.Directory]
+    numbers = sorted(
+        int(n[len(CONTINUED) :]) for n in names
+        if n.startswith(CONTINUED) and n[len(CONTINUED) :].isdigit()
+    )  # fmt: skip
+    return [run_path, *(f"{run_path}/{CONTINUED}{k}" for k in numbers)]
 
 
 def _key(run: str, name: str) -> str:

@@ -25,7 +25,7 @@ experiment's own stop (the time budget) ends trials without telling the searcher
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,7 @@ from hpo.optuna_storage import masked, open_storage
 from hpo.trial_settings import HISTORY, STUDY_KEY
 
 __all__ = [
+    "CHECKPOINT_LOST",
     "DRIVER_LOST",
     "FAILURE",
     "REASON_ATTR",
@@ -53,19 +54,39 @@ __all__ = [
     "StudySearcher",
     "TuneTrialEnd",
     "make_sampler",
+    "needs_new_experiment",
     "prepare_study",
     "reconcile",
     "sampler_seed",
+    "startup_trials",
 ]
 
 OBJECTIVE = "test_accuracy"  # in a trial's final result only: the mean k-fold CV test accuracy
 
-SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
-    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
-    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
-    "cmaes": lambda seed: optuna.samplers.CmaEsSampler(seed=seed),
+SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
+    "tpe": lambda seed, startup, _independent: optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=startup
+    ),
+    "random": lambda seed, _startup, _independent: optuna.samplers.RandomSampler(seed=seed),
+    # what CMA-ES cannot model (categorical dimensions) goes to the configured independent
+    # sampler; the config refuses cmaes over a categorical space without one (hpo.config)
+    "cmaes": lambda seed, _startup, independent: optuna.samplers.CmaEsSampler(
+        seed=seed, independent_sampler=independent, warn_independent_sampling=independent is None
+    ),
 }
-"""Optuna samplers by name; `make_sampler` lists these names when given another."""
+"""Optuna samplers by name, made from (seed, TPE's start-up trials, an independent sampler);
+`make_sampler` lists these names when given another."""
+
+STARTUP_BEFORE = 10
+"""TPE's start-up trials in a study made before ``searcher.n_startup_trials`` existed (Optuna's
+default), so that a resume of it draws as it did."""
+
+
+def startup_trials(budget: int) -> int:
+    """TPE's random start-up trials by default: a quarter of the study's budget, 1 to 10
+    (Optuna's 10 would leave half of a 20-trial cell of the paper's grid random search)."""
+    return max(1, min(STARTUP_BEFORE, budget // 4))
+
 
 # Optuna trial user attributes
 TUNE_ID_ATTR = "tune_trial_id"  # the Ray Tune trial id (run dir, progress, export)
@@ -77,6 +98,8 @@ LOST_ATTR = "lushpo_asked_for"  # the Tune id that asked a trial Tune never save
 BUDGET_ATTR = "lushpo_budget"
 CONCURRENCY_ATTR = "lushpo_max_concurrent"
 SEARCH_ATTR = "lushpo_search"  # sampler, seed: what a resume may not change
+# the Ray Tune experiment (`StudySearcher`'s `experiment`) whose search ended the study's budget
+ENDED_ATTR = "lushpo_search_ended_in"
 
 # Why a trial ended without its final test score (REASON_ATTR)
 TIME_BUDGET = "time budget: stopped when budget.time_budget_s ran out"
@@ -84,20 +107,32 @@ SCHEDULER = "scheduler: stopped early by ASHA on its validation accuracy"
 STOPPED = "stopped before its final test result"
 FAILURE = "failure: the trial raised (its error.txt is in the run dir); --resume retries it"
 DRIVER_LOST = "driver lost: asked by a driver that died before Ray Tune saved the trial"
+CHECKPOINT_LOST = (
+    "checkpoint lost: Ray Tune's saved record names a checkpoint it had already deleted; "
+    "run again from the start"
+)
 
 
 class SearchSettingsChangedError(ValueError):
     """--resume with search settings (sampler, seed) other than the study's own."""
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """The seeded Optuna sampler registered under `name`."""
-    try:
-        return SAMPLERS[name](seed)
-    except KeyError:
-        raise ValueError(
-            f"unknown sampler {name!r} (searcher.sampler); valid names: {sorted(SAMPLERS)}"
-        ) from None
+def make_sampler(
+    name: str,
+    seed: int,
+    *,
+    n_startup_trials: int = STARTUP_BEFORE,
+    independent: str | None = None,
+) -> optuna.samplers.BaseSampler:
+    """The seeded Optuna sampler registered under `name`; `independent` names the sampler of
+    the dimensions `name` cannot model (CMA-ES: categorical ones)."""
+    for key, value in (("sampler", name), ("independent_sampler", independent)):
+        if value is not None and value not in SAMPLERS:
+            raise ValueError(
+                f"unknown sampler {value!r} (searcher.{key}); valid names: {sorted(SAMPLERS)}"
+            )
+    other = None if independent is None else make_sampler(independent, seed)
+    return SAMPLERS[name](seed, n_startup_trials, other)
 
 
 def sampler_seed(seed: int, number: int) -> int:
@@ -119,23 +154,37 @@ def prepare_study(
     max_concurrent: int,
     sampler: str,
     seed: int,
+    n_startup_trials: int | None = None,
+    independent_sampler: str | None = None,
     points: list[dict[str, Any]] | None = None,
     log: Callable[[str], None] = print,
 ) -> None:
     """Create the study `name` (maximising), or check a resumed one's search settings and apply
-    its new budget and concurrency, saying so. `points` are enqueued in a new study only."""
-    make_sampler(sampler, seed)  # an unknown name fails here, before any record is written
+    its new budget and concurrency, saying so. `points` are enqueued in a new study only.
+
+    The search settings (`SEARCH_ATTR`) are the study's: the sampler, its seed, TPE's start-up
+    trials (`n_startup_trials`, default `startup_trials(budget)`, fixed when the study is made so
+    that a raised budget draws as before) and CMA-ES's independent sampler."""
+    make_sampler(sampler, seed, independent=independent_sampler)  # an unknown name fails here
     storage = _opened(storage)
     study = optuna.create_study(
         study_name=name, storage=storage, direction="maximize", load_if_exists=True
     )
-    search = {"sampler": sampler, "seed": seed}
+    search = {
+        "sampler": sampler,
+        "seed": seed,
+        "independent_sampler": independent_sampler,
+        "n_startup_trials": n_startup_trials or startup_trials(budget),
+    }
     was = study.user_attrs.get(SEARCH_ATTR)
     if was is None:
         study.set_user_attr(SEARCH_ATTR, search)
         for point in points or ():
             study.enqueue_trial(point)
     else:
+        was = {"independent_sampler": None, "n_startup_trials": STARTUP_BEFORE, **was}
+        if n_startup_trials is None:  # the default: the study's own, whatever the budget now
+            search["n_startup_trials"] = was["n_startup_trials"]
         changed = [
             f"searcher.{k} was {was.get(k)!r}, now {v!r}"
             for k, v in search.items()
@@ -157,6 +206,20 @@ def prepare_study(
             study.set_user_attr(attr, value)
 
 
+def needs_new_experiment(
+    storage: str | optuna.storages.BaseStorage, names: Sequence[str], experiment: str
+) -> bool:
+    """Whether the studies `names` want trials that the Ray Tune experiment `experiment` cannot
+    add: its search ended (`StudySearcher` returned FINISHED) and a budget was raised since.
+    Tune restores an ended search as ended (ray#20886), so those trials need another
+    experiment; the storage's count of the trials asked carries over to it."""
+    storage = _opened(storage)
+    studies = [optuna.load_study(study_name=name, storage=storage) for name in names]
+    if not any(study.user_attrs.get(ENDED_ATTR) == experiment for study in studies):
+        return False
+    return any(not _Live(storage, name, {}).done_asking() for name in names)
+
+
 @dataclass(frozen=True)
 class TuneTrialEnd:
     """What Ray Tune's record says of one trial: its status and, after its final result, the
@@ -164,6 +227,9 @@ class TuneTrialEnd:
 
     status: str  # Tune's: PENDING | RUNNING | PAUSED | TERMINATED | ERROR
     value: float | None = None
+    # False: a trial Tune would continue from a checkpoint its saved record names but storage no
+    # longer holds, so its restore fails ("does not exist on storage anymore")
+    restorable: bool = True
 
 
 def reconcile(
@@ -181,8 +247,10 @@ def reconcile(
     else PRUNED: the experiment stopped it, which is the time budget when there is one). A trial
     Tune never saved is released (its Tune id cleared, the asking id kept in ``lushpo_asked_for``)
     so that the resumed searcher gives its params to the next Tune trial; after the experiment's
-    end it is FAIL (driver lost). Trials Tune will continue are left alone. Before a resume, a
-    finished trial Tune's record lacks runs again (`_run_again_what_tune_lost`). Returns the
+    end it is FAIL (driver lost). Trials Tune will continue are left alone, unless Tune cannot
+    restore them (`TuneTrialEnd.restorable`): those are FAIL (checkpoint lost). Before a resume,
+    a finished trial Tune's record lacks or cannot restore runs again from the start
+    (`_run_again_what_tune_lost`). Returns the
     numbers of the trials so ended, released or run again, by what happened to them."""
     storage = _opened(storage)
     study = optuna.load_study(study_name=name, storage=storage)
@@ -204,6 +272,10 @@ def reconcile(
                 what = "released"
             else:
                 continue  # released before: the next suggestion adopts it
+        elif not end.restorable and not experiment_ended:
+            storage.set_trial_user_attr(trial_id, REASON_ATTR, CHECKPOINT_LOST)
+            study.tell(trial.number, state=TrialState.FAIL)
+            what = "FAIL"  # and run again below, from the start
         elif end.status == "ERROR":
             storage.set_trial_user_attr(trial_id, REASON_ATTR, FAILURE)
             study.tell(trial.number, state=TrialState.FAIL)
@@ -230,16 +302,18 @@ def _run_again_what_tune_lost(
     tune_trials: Mapping[str, TuneTrialEnd],
     done: dict[str, list[int]],
 ) -> None:
-    """A trial Optuna has COMPLETE or FAIL that Tune's saved record lacks: on S3, Tune uploads
-    its experiment state now and then, so a driver killed between two uploads restores fewer
-    trials than ran. Tune has no model of it to export: it runs the same params again, as a
-    marked retry (``lushpo_retry_of``) that the next Tune trial adopts; the budget counts the
-    trial once."""
+    """A trial Optuna has COMPLETE or FAIL that Tune's saved record lacks, or cannot restore:
+    on S3, Tune uploads its experiment state now and then, so a driver killed between two
+    uploads restores fewer trials than ran, or a trial at a checkpoint that Tune deleted once it
+    had newer ones (`CheckpointConfig.num_to_keep`; Tune's restore of it fails). Tune has no
+    model of it to export: it runs the same params again from the start, as a marked retry
+    (``lushpo_retry_of``) that the next Tune trial adopts; the budget counts the trial once."""
     trials = study.get_trials(deepcopy=False)
     again = {t.user_attrs.get(RETRY_ATTR) for t in trials}
     for trial in trials:
         tune_id = trial.user_attrs.get(TUNE_ID_ATTR)
-        lost = tune_id is not None and tune_id not in tune_trials
+        end = tune_trials.get(tune_id) if tune_id is not None else None
+        lost = tune_id is not None and (end is None or not end.restorable)
         if not lost or trial.state not in (TrialState.COMPLETE, TrialState.FAIL):
             continue
         if trial.number in again:
@@ -251,7 +325,8 @@ def _run_again_what_tune_lost(
             user_attrs={RETRY_ATTR: trial.number, TUNE_ID_ATTR: None, LOST_ATTR: tune_id},
         )
         storage.create_new_trial(study_id, template_trial=retry)
-        done.setdefault("run again (Ray Tune's saved record lacks it)", []).append(trial.number)
+        why = "lacks it" if end is None else "names a checkpoint it had deleted"
+        done.setdefault(f"run again (Ray Tune's saved record {why})", []).append(trial.number)
 
 
 class _Live:
@@ -261,8 +336,12 @@ class _Live:
         self.name, self.space, self.storage = name, space, storage
         self.study = optuna.load_study(study_name=name, storage=storage)
         self.study_id = storage.get_study_id_from_name(name)
-        self.budget = int(self.study.user_attrs[BUDGET_ATTR])
-        self.max_concurrent = int(self.study.user_attrs[CONCURRENCY_ATTR])
+        attrs = self.study.user_attrs
+        self.budget = int(attrs[BUDGET_ATTR])
+        self.max_concurrent = int(attrs[CONCURRENCY_ATTR])
+        search = attrs.get(SEARCH_ATTR) or {}
+        self.n_startup_trials = int(search.get("n_startup_trials", STARTUP_BEFORE))
+        self.independent_sampler = search.get("independent_sampler")
         self.released: list[int] = []  # asked for Tune trials the driver lost: to adopt
         self.asked = 0  # trials of the budget: with a Tune id (or released), not retries
         self.newest: dict[str, int] = {}  # Tune id -> its newest Optuna trial number
@@ -282,9 +361,11 @@ class _Live:
                 continue
             self.newest[tune_id] = max(trial.number, self.newest.get(tune_id, -1))
         newest = set(self.newest.values())
-        # Optuna trials of live Tune trials, and FAIL ones a resume may run again
+        # Optuna trials of live Tune trials, and FAIL ones a resume may run again: not those run
+        # again already as a new Tune trial (their own Tune trial's end is then not ours to tell)
+        run_again = {t.user_attrs.get(RETRY_ATTR) for t in trials}
         self.running = {t.number for t in trials if t.state == TrialState.RUNNING} & newest
-        self.failed = {t.number for t in trials if t.state == TrialState.FAIL} & newest
+        self.failed = {t.number for t in trials if t.state == TrialState.FAIL} & newest - run_again
 
     def trial_id(self, number: int) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
@@ -294,6 +375,10 @@ class _Live:
 
     def can_ask(self) -> bool:
         return self.asked < self.budget and len(self.running) < self.max_concurrent
+
+    def done_asking(self) -> bool:
+        """Every trial of the budget asked, and none left for a Tune trial to adopt."""
+        return self.asked >= self.budget and not self.released
 
 
 class StudySearcher(Searcher):
@@ -311,6 +396,9 @@ class StudySearcher(Searcher):
             `prepare_study`, which holds its budget and concurrency.
         sampler, seed: a `SAMPLERS` name and the seed every study's draws derive from.
         scheduler: whether a trial scheduler (ASHA) may stop trials: the reason a stop gets.
+        experiment: which of the run's Ray Tune experiments this searcher serves ("" the run
+            folder's own, else its continuation's name); recorded in each study when the
+            search ends (`needs_new_experiment`).
     """
 
     def __init__(
@@ -324,6 +412,7 @@ class StudySearcher(Searcher):
         max_concurrent: int | None = None,
         metric: str = OBJECTIVE,
         mode: str = "max",
+        experiment: str = "",
     ) -> None:
         super().__init__(metric=metric, mode=mode)
         self._config = {
@@ -333,6 +422,7 @@ class StudySearcher(Searcher):
             "seed": seed,
             "scheduler": scheduler,
             "max_concurrent": max_concurrent,
+            "experiment": experiment,
         }
         self._studies: dict[str, _Live] | None = None  # opened on first use, in the driver
 
@@ -388,6 +478,10 @@ class StudySearcher(Searcher):
                 live.storage.set_trial_user_attr(live.trial_id(number), TUNE_ID_ATTR, trial_id)
                 return self._track(trial_id, live, number, live.frozen(number).params)
         if all(live.asked >= live.budget for live in studies):
+            experiment = self._config.get("experiment", "")  # absent in an older run's pickle
+            for live in studies:
+                if live.study.user_attrs.get(ENDED_ATTR) != experiment:
+                    live.study.set_user_attr(ENDED_ATTR, experiment)
             return Searcher.FINISHED
         cap = self._config["max_concurrent"]
         if cap is not None and sum(len(live.running) for live in studies) >= cap:
@@ -397,7 +491,12 @@ class StudySearcher(Searcher):
             return None
         live = min(ready, key=lambda x: (len(x.running), x.asked))  # stable: config order
         cfg = self._config
-        live.study.sampler = make_sampler(cfg["sampler"], sampler_seed(cfg["seed"], live.numbered))
+        live.study.sampler = make_sampler(
+            cfg["sampler"],
+            sampler_seed(cfg["seed"], live.numbered),
+            n_startup_trials=live.n_startup_trials,
+            independent=live.independent_sampler,
+        )
         trial = live.study.ask(fixed_distributions=live.space)
         trial.set_user_attr(TUNE_ID_ATTR, trial_id)
         live.numbered = max(live.numbered, trial.number + 1)

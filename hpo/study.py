@@ -36,7 +36,7 @@ from hpo import space as hspace
 from hpo.config import StudyConfig
 from hpo.optuna_storage import connectable, has_study, open_storage, remember
 from hpo.quiet import quieted
-from hpo.run_files import read_run_file, write_run_file
+from hpo.run_files import CONTINUED, experiment_paths, read_run_file, write_run_file
 from hpo.run_lock import RunLockedError, locked
 from hpo.searcher import (
     SAMPLERS,
@@ -44,6 +44,7 @@ from hpo.searcher import (
     StudySearcher,
     TuneTrialEnd,
     make_sampler,
+    needs_new_experiment,
     prepare_study,
     reconcile,
 )
@@ -350,7 +351,10 @@ def _search_space(cfg: StudyConfig) -> dict[str, optuna.distributions.BaseDistri
 
 
 def _searcher(
-    cfg: StudyConfig, studies: Sequence[StudyConfig], max_concurrent: int | None
+    cfg: StudyConfig,
+    studies: Sequence[StudyConfig],
+    max_concurrent: int | None,
+    experiment: str = "",
 ) -> StudySearcher:
     if quieted():  # Optuna's "A new study created in RDB …" and the like
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -363,6 +367,7 @@ def _searcher(
         max_concurrent=max_concurrent,
         metric=OBJECTIVE,
         mode=MODE,
+        experiment=experiment,
     )
 
 
@@ -378,6 +383,8 @@ def _prepare_study(
         max_concurrent=cfg.budget.max_concurrent,
         sampler=cfg.searcher.sampler,
         seed=cfg.searcher.seed,
+        n_startup_trials=cfg.searcher.n_startup_trials,
+        independent_sampler=cfg.searcher.independent_sampler,
         points=[hspace.paper_best(space)] if cfg.searcher.start_from_paper_best else None,
         log=log,
     )
@@ -397,13 +404,16 @@ def _scheduler(cfg: StudyConfig) -> ASHAScheduler | None:
     if cfg.scheduler.name == "none":
         return None
     # Every result of train_cv carries `val_accuracy` (the folds' mean validation accuracy; the
-    # final result repeats the last epoch's) and training_iteration counts epochs, so ASHA
-    # compares trials epoch by epoch on validation only, never on a test score.
+    # final result repeats the last epoch's) and its `epoch`, so ASHA compares trials on
+    # validation only, never on a test score, at epochs: not at Tune reports, which a trial
+    # sends every budget.report_interval_s (several epochs each, when epochs are short).
     return ASHAScheduler(
-        time_attr="training_iteration",
+        time_attr="epoch",
         metric=VALIDATION,
         mode=MODE,
-        max_t=cfg.budget.max_epochs + 1,  # + the final CV result
+        # ASHA stops a trial whose epoch reaches max_t: one past the last epoch, so that the
+        # final result (its epoch is the last one) comes after it
+        max_t=cfg.budget.max_epochs + 1,
         grace_period=cfg.scheduler.grace_period,
         reduction_factor=cfg.scheduler.reduction_factor,
     )
@@ -427,15 +437,25 @@ def trial_settings(
         validation_fraction=cfg.training.validation_fraction,
         seed=cfg.training.seed,
         gpu_memory_limit_mb=cfg.resources.gpu_memory_limit_mb,
-        intra_op_threads=cfg.resources.intra_op_threads,
+        intra_op_threads=_threads(cfg.resources.intra_op_threads, cfg.resources.cpu),
+        inter_op_threads=_threads(cfg.resources.inter_op_threads, cfg.resources.cpu),
         deterministic=None if cfg.training.deterministic == "auto" else cfg.training.deterministic,
         mixed_precision=cfg.training.mixed_precision,
         checkpoint_every=cfg.budget.checkpoint_every,
         checkpoint_interval_s=cfg.budget.checkpoint_interval_s,
-        # ASHA decides between epochs; otherwise a report every few seconds is enough for the
-        # progress view and the time budget, and spares a driver round trip per epoch.
-        report_every_s=0.0 if cfg.scheduler.name == "asha" else cfg.budget.report_interval_s,
+        # A report every few seconds is enough for the progress view, the time budget and ASHA
+        # (which reads each report's epoch), and spares a driver round trip per epoch.
+        report_every_s=cfg.budget.report_interval_s,
     )
+
+
+def _threads(configured: int | None, cpus: float) -> int | None:
+    """TensorFlow's thread pool size for a trial: as configured, by default the trial's CPUs
+    (TensorFlow would size it by the node's cores, which trials side by side oversubscribe;
+    Ray's OMP_NUM_THREADS does not govern it); None (0 configured): TensorFlow's default."""
+    if configured is None:
+        return max(1, int(cpus))
+    return configured or None
 
 
 SETTINGS_FILE = "lushpo-settings.json"
@@ -559,21 +579,25 @@ for _hook in [name for name in vars(tune.Callback) if name == "setup" or name.st
     setattr(_DriverCallbacks, _hook, _forward(_hook))
 
 
-def _run_config(cfg: StudyConfig, run_path: str) -> tune.RunConfig:
-    fs, path = storage_filesystem(cfg)
+def _run_config(cfg: StudyConfig, experiment_path: str) -> tune.RunConfig:
+    """The RunConfig of the Tune experiment at `experiment_path`: the run folder, or one of its
+    continuations (`hpo.run_files.experiment_paths`)."""
+    fs, _path = storage_filesystem(cfg)
+    parent, name = experiment_path.rsplit("/", 1)
     return tune.RunConfig(
-        name=cfg.name,
-        storage_path=path,
+        name=name,
+        storage_path=parent,
         storage_filesystem=fs,
         failure_config=tune.FailureConfig(max_failures=cfg.budget.max_failures),
         # Two: Tune deletes the older checkpoint once it registers a newer one and saves the
         # experiment state after that, so the state a killed driver left may name the
-        # second newest; it still exists.
+        # second newest; it still exists. On S3 the saved state can lag further: a resume
+        # runs such a trial again (`_checkpoint_exists`).
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         # Tune's result.json and progress.csv loggers but not its TensorBoard one (the curves
         # are in Optuna): fit runs with TUNE_DISABLE_AUTO_CALLBACK_LOGGERS, which saves the
         # driver ~0.5 s of importing tensorboardX and an event write per result.
-        callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), _DriverCallbacks(run_path)],
+        callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), _DriverCallbacks(experiment_path)],
         verbose=0,
     )
 
@@ -720,8 +744,12 @@ def _run_studies(
     fs, storage_path = storage_filesystem(cfg)
     run_path = f"{storage_path}/{cfg.name}"
     _reachable(fs, run_path, cfg)
-    restorable = tune.Tuner.can_restore(run_path, storage_filesystem=fs)
-    saved = _saved_trials(fs, run_path) if restorable else None
+    # The run's Tune experiments: its own and the continuations of a raised budget. The newest
+    # is the one a resume restores; Optuna's trials are matched against all of their records.
+    *earlier, current = experiment_paths(fs, run_path)
+    restorable = tune.Tuner.can_restore(current, storage_filesystem=fs)
+    saved = _saved_trials(fs, current) if restorable else None
+    saved_all = {k: v for part in earlier for k, v in (_saved_trials(fs, part) or {}).items()}
     exists = restorable or _run_exists(fs, run_path)
     exists = exists or any(has_study(cfg.storage.optuna_storage, name) for name in names)
     if exists and not (resume or overwrite):
@@ -738,7 +766,8 @@ def _run_studies(
                 f"{cfg.run_path} holds {few(foreign)}, not a lushpo study; --overwrite deletes "
                 "only a study's run folder: choose another --name or --storage-path"
             )
-        restorable, saved = False, None
+        restorable, saved, saved_all, earlier, current = False, None, {}, [], run_path
+    saved_all.update(saved or {})
     # A tuner.pkl without an experiment state: the driver died before Tune's first save. Nothing
     # of Tune's to restore; the study starts in place and keeps the Optuna trials it asked.
     restorable = restorable and saved is not None
@@ -776,7 +805,7 @@ def _run_studies(
                 aside = _SetAside(fs, run_path, cfg.storage.optuna_storage, names)
                 storage = _prepare_studies(cfg, studies, log)
             for study in studies:
-                if restorable:
+                if restorable or earlier:
                     _check_settings(study, shapings[study.name], log)
                 else:
                     write_run_file(
@@ -785,14 +814,27 @@ def _run_studies(
                     )  # fmt: skip
             trainable = _trainable(cfg, settings, train)
             for study in studies:
-                _reconcile(study, storage, saved or {}, experiment_ended=False, log=log)
+                _reconcile(study, storage, saved_all, experiment_ended=False, log=log)
+            finished = restorable and _finished(studies, saved_all)
+            if (
+                restorable
+                and not finished
+                and needs_new_experiment(storage, names, _experiment_name(run_path, current))
+            ):
+                earlier, current = [*earlier, current], f"{run_path}/{CONTINUED}{len(earlier) + 1}"
+                restorable = False
+                log(
+                    f"study {cfg.name!r}: its Ray Tune experiment had ended, so the trials of its "
+                    f"raised budget run in a continuation, {current.rsplit('/', 1)[1]}"
+                )
             if restorable:
-                if _finished(studies, saved):
+                if finished:
                     for study in studies:
-                        _reconcile(study, storage, saved, experiment_ended=True, log=log)
-                    tuner = tune.Tuner.restore(run_path, trainable=trainable, storage_filesystem=fs)
+                        _reconcile(study, storage, saved_all, experiment_ended=True, log=log)
+                    tuner = tune.Tuner.restore(current, trainable=trainable, storage_filesystem=fs)
                     log(f"study {cfg.name!r} has already finished; nothing to resume")
-                    records = _by_study(names, _records(tuner.get_results()))
+                    every = _records_of(fs, earlier) + _records(tuner.get_results())
+                    records = _by_study(names, tuple(sorted(every, key=lambda r: r.trial_id)))
                     return {
                         study.name: StudyResult(
                             study.name, study.run_path, shown_storage, records[study.name], True
@@ -800,13 +842,15 @@ def _run_studies(
                         for study in studies
                     }
                 tuner = tune.Tuner.restore(
-                    run_path, trainable=trainable, resume_errored=True, storage_filesystem=fs
+                    current, trainable=trainable, resume_errored=True, storage_filesystem=fs
                 )
             else:
                 tuner = tune.Tuner(
                     trainable,
                     tune_config=tune.TuneConfig(
-                        search_alg=_searcher(cfg, studies, max_concurrent),
+                        search_alg=_searcher(
+                            cfg, studies, max_concurrent, _experiment_name(run_path, current)
+                        ),
                         scheduler=_scheduler(cfg),
                         # The searcher ends the study: it counts the budget in Optuna's storage,
                         # which a resume may raise.
@@ -816,11 +860,11 @@ def _run_studies(
                         # slot, not once per trial (seconds each on a small machine).
                         reuse_actors=True,
                     ),
-                    run_config=_run_config(cfg, run_path),
+                    run_config=_run_config(cfg, current),
                 )
             start = time.monotonic()
             fitting = True
-            _CALLBACKS[run_path] = [*callbacks, *([_DropOnStart(aside)] if aside else [])]
+            _CALLBACKS[current] = [*callbacks, *([_DropOnStart(aside)] if aside else [])]
             try:
                 with (
                     _graceful_sigint(log) as interrupted,
@@ -831,7 +875,7 @@ def _run_studies(
                 ):
                     grid = tuner.fit()
             finally:
-                _CALLBACKS.pop(run_path, None)
+                _CALLBACKS.pop(current, None)
             log(f"study {cfg.name!r} ran for {time.monotonic() - start:.1f} s")
         finally:
             if started:
@@ -846,7 +890,7 @@ def _run_studies(
         aside.drop()
     if interrupted():
         raise StudyInterruptedError(cfg.name, cfg.run_path)
-    every = _records(grid)
+    every = tuple(sorted(_records_of(fs, earlier) + _records(grid), key=lambda r: r.trial_id))
     ends = {r.trial_id: TuneTrialEnd("ERROR" if r.error else "TERMINATED", r.value) for r in every}
     for study in studies:
         _reconcile(study, storage, ends, experiment_ended=True, log=log)
@@ -856,6 +900,27 @@ def _run_studies(
         study.name: StudyResult(study.name, study.run_path, shown_storage, records[study.name])
         for study in studies
     }
+
+
+def _experiment_name(run_path: str, experiment_path: str) -> str:
+    """The empty name for the run folder's own Tune experiment, else the continuation's."""
+    return "" if experiment_path == run_path else experiment_path.rsplit("/", 1)[1]
+
+
+def _records_of(
+    fs: pafs.FileSystem | None, experiment_paths: Sequence[str]
+) -> tuple[TrialRecord, ...]:
+    """The trials of the run's earlier Tune experiments (its continuations' predecessors)."""
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    records: tuple[TrialRecord, ...] = ()
+    for path in experiment_paths:
+        try:
+            analysis = ExperimentAnalysis(path, storage_filesystem=fs)
+        except ValueError:  # "No experiment snapshot file": died before Tune's first save
+            continue
+        records += _records(ResultGrid(analysis))
+    return records
 
 
 def _pending(studies: Sequence[StudyConfig], max_concurrent: int | None) -> int:
@@ -894,8 +959,24 @@ def _saved_trials(fs: pafs.FileSystem | None, run_path: str) -> dict[str, TuneTr
     for trial in analysis.trials:
         last = trial.last_result or {}
         value = last.get(OBJECTIVE) if last.get("final") is True else None
-        ends[trial.trial_id] = TuneTrialEnd(trial.status, None if value is None else float(value))
+        ends[trial.trial_id] = TuneTrialEnd(
+            trial.status,
+            None if value is None else float(value),
+            restorable=trial.status == "TERMINATED" or _checkpoint_exists(trial.checkpoint),
+        )
     return ends
+
+
+def _checkpoint_exists(checkpoint: tune.Checkpoint | None) -> bool:
+    """Whether a resume can continue a trial from `checkpoint`, the latest its saved record
+    names (None: the trial starts over). On S3, Tune deletes a trial's older checkpoints
+    (`CheckpointConfig.num_to_keep`) before the experiment state naming the newer ones reaches
+    storage (Ray's own TODO in ``tune.execution.experiment_state``), so a driver killed in
+    between leaves a record naming a checkpoint that is gone."""
+    if checkpoint is None:
+        return True
+    info = checkpoint.filesystem.get_file_info(checkpoint.path)
+    return info.type != pafs.FileType.NotFound
 
 
 def _reconcile(
@@ -921,8 +1002,8 @@ def _reconcile(
 def _finished(studies: Sequence[StudyConfig], saved: Mapping[str, TuneTrialEnd]) -> bool:
     """True when the run's saved state holds the whole budget of trials, all completed.
     Errored trials do not count: a resume (``resume_errored=True``) retries them, e.g. once an
-    unreachable store is back."""
-    done = [t for t in saved.values() if t.status == "TERMINATED"]
+    unreachable store is back; unless Tune cannot restore them (their params ran again)."""
+    done = [t for t in saved.values() if t.status == "TERMINATED" or not t.restorable]
     return len(done) == len(saved) and len(done) >= sum(s.budget.trials for s in studies)
 
 

@@ -76,23 +76,31 @@ def configure_tensorflow(settings: TrialSettings) -> None:
     Without ``gpu_memory_limit_mb`` each GPU grows its memory on demand; with it, the first GPU
     becomes one logical device capped at that many MiB, so trials sharing a GPU (fractional
     ``num_gpus``) fit side by side. Settings the runtime no longer accepts (it was initialised
-    earlier in this worker) are logged, not fatal.
+    earlier in this worker) are logged, not fatal; a setting equal to the one in force is not
+    set again, so the later trials of a reused worker (the same study's settings) log nothing.
     """
-    try:
-        if settings.intra_op_threads is not None:
-            tf.config.threading.set_intra_op_parallelism_threads(settings.intra_op_threads)
-        if settings.inter_op_threads is not None:
-            tf.config.threading.set_inter_op_parallelism_threads(settings.inter_op_threads)
-    except RuntimeError as exc:
-        log.warning("TensorFlow threads already fixed in this process; keeping them: %s", exc)
+    threading = tf.config.threading
+    for wanted, get, set_ in (
+        (settings.intra_op_threads, threading.get_intra_op_parallelism_threads,
+         threading.set_intra_op_parallelism_threads),
+        (settings.inter_op_threads, threading.get_inter_op_parallelism_threads,
+         threading.set_inter_op_parallelism_threads),
+    ):  # fmt: skip
+        if wanted is None or get() == wanted:
+            continue
+        try:
+            set_(wanted)
+        except RuntimeError as exc:
+            log.warning("TensorFlow threads already fixed in this process; keeping them: %s", exc)
     for i, gpu in enumerate(tf.config.list_physical_devices("GPU")):
         try:
             if settings.gpu_memory_limit_mb is not None and i == 0:
                 config = tf.config.LogicalDeviceConfiguration(
                     memory_limit=settings.gpu_memory_limit_mb
                 )
-                tf.config.set_logical_device_configuration(gpu, [config])
-            else:
+                if tf.config.get_logical_device_configuration(gpu) != [config]:
+                    tf.config.set_logical_device_configuration(gpu, [config])
+            elif not tf.config.experimental.get_memory_growth(gpu):
                 tf.config.experimental.set_memory_growth(gpu, True)
         except (RuntimeError, ValueError) as exc:
             log.warning("GPU %s already initialised; memory settings unchanged: %s", gpu, exc)
@@ -703,6 +711,9 @@ def train_cv(config: dict[str, Any], settings: TrialSettings) -> None:
     Resumes from ``tune.get_checkpoint()`` when Ray restarts a failed trial: a lockstep state
     continues from its epoch; a final checkpoint re-reports its result.
     """
+    # A reused worker (reuse_actors) runs trials one after another: Keras' state of the last
+    # one (its models, the layer-name counters) goes, so each trial starts as in a fresh worker.
+    keras.backend.clear_session()
     configure_tensorflow(settings)
     from ray import tune
 

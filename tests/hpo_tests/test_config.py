@@ -131,6 +131,24 @@ def test_flag_named_for_keys_a_flag_sets(tmp_path):
         config_from_args(args, {})  # no flag sets budget.patience
 
 
+def test_cmaes_over_a_categorical_space_is_refused_or_explicit():
+    """Optuna's CMA-ES cannot model categorical dimensions: without a configured independent
+    sampler the config is refused in one line naming them; with one, or over a space whose
+    categorical dimensions are fixed, it is accepted."""
+    base = {"name": "t", "split": {"kind": "stratified"}}
+    with pytest.raises(InvalidConfigError) as info:
+        from_dict({**base, "searcher": {"sampler": "cmaes"}}, source="study.yaml")
+    message = str(info.value)
+    assert info.value.key == "searcher.independent_sampler" and "\n" not in message
+    assert "categorical dimensions lstm_units, dense_units_1, dense_units_2" in message
+    explicit = from_dict({**base, "searcher": {"sampler": "cmaes", "independent_sampler": "tpe"}})
+    assert explicit.searcher.independent_sampler == "tpe"
+    fixed = {k: [64] for k in ("lstm_units", "dense_units_1", "dense_units_2", "dense_units_3")}
+    from_dict({**base, "space": {**fixed, "batch_size": 16}, "searcher": {"sampler": "cmaes"}})
+    with pytest.raises(InvalidConfigError, match=r"unset unless searcher\.sampler is cmaes"):
+        from_dict({**base, "searcher": {"independent_sampler": "random"}})
+
+
 def test_cross_field_rules():
     with pytest.raises(InvalidConfigError, match=r"split.data_dir"):
         from_dict({"name": "t"})  # paper split without cross_val.json or data dir

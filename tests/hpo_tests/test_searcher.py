@@ -130,6 +130,63 @@ def test_a_finished_trial_tunes_saved_record_lacks_runs_again_once(tmp_path):
     )
 
 
+def test_a_trial_whose_saved_checkpoint_is_gone_runs_again_from_the_start(tmp_path):
+    """On S3, Tune's saved record can name a checkpoint it deleted since (num_to_keep): its
+    restore of that trial fails. A finished trial (Optuna told its end) and a live one (FAIL,
+    checkpoint lost) both run again as marked retries of new Tune trials; the failing restore of
+    the old Tune trial is not told to Optuna, and a second reconcile adds nothing."""
+    url = _url(tmp_path)
+    first = _prepared(url, budget=2, max_concurrent=2)
+    done = first.suggest("done")
+    live = first.suggest("live")
+    first.on_trial_complete("done", FINAL)
+    saved = {"done": hs.TuneTrialEnd("PENDING", restorable=False),
+             "live": hs.TuneTrialEnd("PENDING", restorable=False)}  # fmt: skip
+    changed = hs.reconcile(url, "s", saved, experiment_ended=False, time_budget=False)
+    assert changed == {
+        "FAIL": [1],
+        "run again (Ray Tune's saved record names a checkpoint it had deleted)": [0, 1],
+    }
+    assert hs.reconcile(url, "s", saved, experiment_ended=False, time_budget=False) == {}
+    resumed = pickle.loads(pickle.dumps(first))
+    for old in ("done", "live"):  # Tune's restore of each fails
+        resumed.on_trial_complete(old, error=True)
+    assert [resumed.suggest("again-0"), resumed.suggest("again-1")] == [done, live]
+    resumed.on_trial_complete("again-0", FINAL)
+    resumed.on_trial_complete("again-1", FINAL)
+    assert resumed.suggest("more") == Searcher.FINISHED
+    trials = _trials(url)
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL,
+                                         TrialState.COMPLETE, TrialState.COMPLETE]  # fmt: skip
+    assert trials[1].user_attrs[hs.REASON_ATTR] == hs.CHECKPOINT_LOST
+    assert [t.user_attrs.get(hs.RETRY_ATTR) for t in trials] == [None, None, 0, 1]
+    assert [t.user_attrs[hs.TUNE_ID_ATTR] for t in trials] == ["done", "live", "again-0",
+                                                               "again-1"]  # fmt: skip
+
+
+def test_tpe_start_up_trials_scale_with_the_budget_and_are_the_studys_own(tmp_path):
+    """TPE's random start-up trials default to a quarter of the budget (1 to 10), are recorded
+    with the study's search settings, stay when a resume raises the budget, and an explicit
+    change on resume is refused; a study made before the setting keeps Optuna's 10."""
+    url = _url(tmp_path)
+    quiet = {"sampler": "tpe", "seed": 3, "log": lambda _line: None}
+    hs.prepare_study(url, "s", budget=20, max_concurrent=1, **quiet)
+    search = optuna.load_study(study_name="s", storage=url).user_attrs[hs.SEARCH_ATTR]
+    assert search["n_startup_trials"] == 5 == hs.startup_trials(20)
+    assert [hs.startup_trials(b) for b in (1, 8, 40, 400)] == [1, 2, 10, 10]
+    hs.prepare_study(url, "s", budget=80, max_concurrent=1, **quiet)  # a raised budget
+    search = optuna.load_study(study_name="s", storage=url).user_attrs[hs.SEARCH_ATTR]
+    assert search["n_startup_trials"] == 5
+    with pytest.raises(hs.SearchSettingsChangedError, match="n_startup_trials was 5, now 7"):
+        hs.prepare_study(url, "s", budget=80, max_concurrent=1, n_startup_trials=7, **quiet)
+    old = optuna.load_study(study_name="s", storage=url)
+    old.set_user_attr(hs.SEARCH_ATTR, {"sampler": "tpe", "seed": 3})  # before the setting
+    hs.prepare_study(url, "s", budget=80, max_concurrent=1, **quiet)
+    live = hs.StudySearcher(url, {"s": SPACE}, "tpe", 3)
+    live.suggest("t0")
+    assert live._open()["s"].n_startup_trials == hs.STARTUP_BEFORE == 10
+
+
 def test_error_is_fail_with_its_reason_and_a_rerun_is_a_marked_retry(tmp_path):
     url = _url(tmp_path)
     search = _prepared(url, budget=1)

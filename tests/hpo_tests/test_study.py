@@ -192,13 +192,15 @@ def test_optuna_record_through_optuna_dashboard(tmp_path, store, local_ray):
     import urllib.request
 
     from hpo.searcher import REASON_ATTR, SCHEDULER, TIME_BUDGET, TUNE_ID_ATTR
+    from hpo.trial_settings import HISTORY
     from tests.support.s3 import free_port
 
     uri, _ = store
     cfg = _cfg(
         tmp_path, uri, name="record",
+        # epochs of a few ms: a report each (ASHA decides at the first report past a rung)
         budget={"trials": 40, "max_concurrent": 2, "max_epochs": 4, "patience": 4,
-                "time_budget_s": 60},
+                "time_budget_s": 60, "report_interval_s": 0},
         scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2},
     )  # fmt: skip
     result = run_study(cfg, log=lambda _line: None)
@@ -236,8 +238,10 @@ def test_optuna_record_through_optuna_dashboard(tmp_path, store, local_ray):
         results = Path(record.path, "result.json")  # absent: stopped before its first epoch
         lines = results.read_text().splitlines() if results.exists() else []
         epochs = [json.loads(line) for line in lines]
-        curve = [e["val_accuracy"] for e in epochs if e.get("final") is False]
-        steps = [e["training_iteration"] for e in epochs if e.get("final") is False]
+        # each report's epochs since the last (its history): the steps are epochs
+        history = [pair for e in epochs if e.get("final") is False for pair in e[HISTORY]]
+        curve = [val for _epoch, val in history]
+        steps = [int(epoch) for epoch, _val in history]
         intermediate = trial["intermediate_values"]
         assert [v["step"] for v in intermediate] == steps[: len(intermediate)]
         assert [v["value"] for v in intermediate] == pytest.approx(curve[: len(intermediate)])

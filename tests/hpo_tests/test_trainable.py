@@ -508,3 +508,47 @@ def test_ray_tune_retries_a_failed_trial_from_its_checkpoint(trial, tmp_path):
         assert names == ["fold-0.h5", "fold-1.h5"]
     assert result.metrics["accuracy"] == pytest.approx(trial["summary"]["accuracy"]["mean"])
     assert len(trial["epochs"]) == 5
+
+
+_REUSED_WORKER = """
+import logging, sys
+from hpo.config import from_dict
+from hpo.study import trial_settings
+from hpo.trainable import configure_tensorflow, tf
+from tests.support.featuresets import synthetic_feature_set, synthetic_split
+
+warnings = []
+logging.getLogger("hpo.trainable").addHandler(
+    type("H", (logging.Handler,), {"emit": lambda self, r: warnings.append(r.getMessage())})())
+split = synthetic_split(synthetic_feature_set(clips=12, frames=2, dim=4), k=2)
+cfg = from_dict({"name": "t", "split": {"kind": "stratified"}, "resources": {"cpu": 2}})
+settings = trial_settings(cfg, {("synthetic", 2): "key"}, split)
+assert (settings.intra_op_threads, settings.inter_op_threads) == (2, 2), settings
+for _trial in range(3):  # the trials a reused worker runs one after another
+    configure_tensorflow(settings)
+    tf.constant([1.0]) + 1.0  # the runtime starts: its threads are fixed from here on
+threading = tf.config.threading
+got = (threading.get_intra_op_parallelism_threads(), threading.get_inter_op_parallelism_threads())
+assert got == (2, 2), got
+assert not warnings, warnings
+cfg = from_dict({"name": "t", "split": {"kind": "stratified"},
+                 "resources": {"cpu": 0.5, "intra_op_threads": 0}})
+settings = trial_settings(cfg, {("synthetic", 2): "key"}, split)
+assert (settings.intra_op_threads, settings.inter_op_threads) == (None, 1), settings
+print("ok")
+"""
+
+
+def test_threads_default_to_the_trials_cpus_and_a_reused_worker_sets_them_once():
+    """Issue 25: TensorFlow's pools are sized by the trial's CPUs, not the node's cores (0:
+    TensorFlow's own default), and the later trials of a reused worker set nothing again, so
+    they log no warning."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _REUSED_WORKER],
+        capture_output=True, text=True, timeout=300, check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr[-3000:]

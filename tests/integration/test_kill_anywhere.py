@@ -20,12 +20,14 @@ import pytest
 from ray.tune import ExperimentAnalysis
 
 from hpo.config import load_config
+from hpo.export import _read_run
+from hpo.run_files import experiment_paths
 from hpo.searcher import RETRY_ATTR, TUNE_ID_ATTR
 from hpo.study import storage_filesystem
 from tests.integration.driver import Driver, write_config
 from tests.integration.trivial_driver import POINTS
 from tests.support.featuresets import put_synthetic
-from tests.support.ray_cli import complete_trials
+from tests.support.ray_cli import complete_trials, newest_attempts
 from tests.support.s3 import S3Endpoint
 from tests.support.trivial_trial import EPOCH_ENV, score
 
@@ -58,25 +60,41 @@ def _config(tmp_path, store_uri: str, storage: dict) -> dict:
     }  # fmt: skip
 
 
-def _check_record(optuna_url: str, run: str, fs=None) -> None:
+def _check_record(optuna_url: str, run: str, fs=None, budget: int = BUDGET) -> None:
     trials = optuna.load_study(study_name="kill", storage=optuna_url).trials
     states = [t.state for t in trials]
     assert optuna.trial.TrialState.RUNNING not in states, states
     firsts = [t for t in trials if RETRY_ATTR not in t.user_attrs]
-    assert len([t for t in firsts if t.state.is_finished()]) == BUDGET, states
-    assert len(firsts) == BUDGET, [(t.number, t.state, t.user_attrs) for t in trials]
-    tune_trials = ExperimentAnalysis(run, storage_filesystem=fs).trials
+    assert len([t for t in firsts if t.state.is_finished()]) == budget, states
+    assert len(firsts) == budget, [(t.number, t.state, t.user_attrs) for t in trials]
+    tune_trials = [  # the run's own experiment and its continuations
+        trial
+        for path in experiment_paths(fs, run)
+        for trial in ExperimentAnalysis(path, storage_filesystem=fs).trials
+    ]
     tune_ids = sorted(t.trial_id for t in tune_trials)
-    assert sorted(t.user_attrs[TUNE_ID_ATTR] for t in firsts) == tune_ids
+    # one Optuna trial per Tune trial; a retry of the same Tune trial shares its id
+    assert sorted({t.user_attrs[TUNE_ID_ATTR] for t in trials}) == tune_ids
+    assert len({t.user_attrs[TUNE_ID_ATTR] for t in firsts}) == budget
     by_tune = {t.trial_id: t for t in tune_trials}
+    retried = {t.user_attrs[RETRY_ATTR]: t for t in trials if RETRY_ATTR in t.user_attrs}
     for trial in trials:
         if trial.state == optuna.trial.TrialState.COMPLETE:
             assert trial.value == pytest.approx(score(trial.params))
             tune = by_tune[trial.user_attrs[TUNE_ID_ATTR]]
+            if tune.last_result.get("final") is not True:
+                # Tune's saved record could not restore it (a checkpoint Tune had deleted):
+                # it ran again, as a marked retry that completed with the same score
+                retry = retried[trial.number]
+                assert retry.state == optuna.trial.TrialState.COMPLETE, retry
+                assert retry.value == trial.value and retry.params == trial.params
+                continue
             assert tune.last_result["test_accuracy"] == pytest.approx(trial.value)
             assert tune.config == trial.params
-    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == BUDGET, states  # nothing failed or was cut short here
+    # nothing failed or was cut short here: each trial of the budget ended COMPLETE, on its
+    # first attempt or on a retry (a FAIL for a lost checkpoint runs again)
+    ends = [t.state.name for t in newest_attempts(trials).values()]
+    assert ends == ["COMPLETE"] * budget, [(t.number, t.state, t.user_attrs) for t in trials]
 
 
 def _kill_then_resume(config, point: str, env: dict) -> tuple[Driver, Driver]:
@@ -155,7 +173,8 @@ def test_a_study_killed_after_trial_k_draws_what_the_uninterrupted_one_draws(tmp
 
 def test_a_second_driver_of_a_running_study_is_refused(tmp_path):
     """Issue 23, item 3: `tune --resume` and a fresh `tune` of a study that is running are both
-    refused in one line naming the holder; the running study ends with an intact record."""
+    refused in one line naming the holder; the running study ends with an intact record that
+    export's reader reads."""
     store_uri, _key, _ = put_synthetic(tmp_path / "store", clips=8, frames=3, dim=4)
     config = write_config(tmp_path / "kill.yaml", _config(
         tmp_path, store_uri, {"storage_path": str(tmp_path / "runs")}))  # fmt: skip
@@ -176,3 +195,32 @@ def test_a_second_driver_of_a_running_study_is_refused(tmp_path):
     finally:
         first.kill()
     _check_record(f"sqlite:///{run}/optuna.db", str(run))
+    # export's reader of the run finds every trial (the trivial trial writes no model to export)
+    assert len({ref.candidate.trial_id for ref in _read_run(str(run))}) == BUDGET
+
+
+def test_a_study_whose_experiment_ended_runs_a_raised_budget_in_a_continuation(tmp_path):
+    """Tune adds no trial to an experiment whose search ended (ray#20886): `--resume` with a
+    raised budget runs the new trials in a continuation of the run, and every reader (the
+    record, export's) sees both experiments' trials; a resume at the same budget runs none."""
+    store_uri, _key, _ = put_synthetic(tmp_path / "store", clips=8, frames=3, dim=4)
+    data = _config(tmp_path, store_uri, {"storage_path": str(tmp_path / "runs")})
+    data["budget"] = {**data["budget"], "trials": 3, "max_epochs": 1}
+    config = write_config(tmp_path / "kill.yaml", data)
+    module = "tests.integration.trivial_driver"
+    first = Driver([str(config)], module=module)
+    assert first.wait(300) == 0, first.output[-4000:]
+    data["budget"]["trials"] = 5
+    write_config(config, data)
+    raised = Driver([str(config), "--resume"], module=module)
+    assert raised.wait(300) == 0, raised.output[-6000:]
+    assert "budget.trials 3 -> 5 (applied)" in raised.output
+    assert "run in a continuation, continued-1" in raised.output, raised.output[-4000:]
+    run = tmp_path / "runs" / "kill"
+    _check_record(f"sqlite:///{run}/optuna.db", str(run), budget=5)
+    assert experiment_paths(None, str(run)) == [str(run), f"{run}/continued-1"]
+    assert len({ref.candidate.trial_id for ref in _read_run(str(run))}) == 5
+    again = Driver([str(config), "--resume"], module=module)
+    assert again.wait(300) == 0, again.output[-4000:]
+    assert "has already finished; nothing to resume" in again.output
+    assert experiment_paths(None, str(run)) == [str(run), f"{run}/continued-1"]

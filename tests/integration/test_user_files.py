@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -38,7 +40,16 @@ def _listing(folder: Path) -> dict[str, bytes]:
     }
 
 
-def _a_study(runs: Path) -> None:
+@dataclass(frozen=True)
+class Made:
+    """What the module made once through the CLI: a finished tiny study and its export."""
+
+    store: str
+    run: Path
+    export: Path
+
+
+def _a_study(runs: Path, made: Made) -> list[subprocess.Popen]:
     """A study's run folder as `lushpo tune` leaves it: its settings and its Optuna file."""
     run = runs / "tiny"
     run.mkdir(parents=True)
@@ -46,11 +57,51 @@ def _a_study(runs: Path) -> None:
     study = optuna.create_study(study_name="tiny", storage=f"sqlite:///{run / 'optuna.db'}")
     study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.9))
     (run / "notes.md").write_text("413 MB of results")
+    return []
 
 
-def _thesis(runs: Path) -> None:
+def _thesis(runs: Path, made: Made) -> list[subprocess.Popen]:
     (runs / "tiny").mkdir(parents=True)
     (runs / "tiny" / "thesis.tex").write_text("\\chapter{}")
+    return []
+
+
+def _users_folder(runs: Path, made: Made) -> list[subprocess.Popen]:
+    """Why 1: a folder of the user's, no export of lushpo's in it."""
+    (runs / "features" / "mine").mkdir(parents=True)
+    (runs / "report.md").write_text("n")
+    (runs / "holiday.png").write_text("p")
+    (runs / "features" / "mine" / "important.csv").write_text("d")
+    return []
+
+
+def _an_export(runs: Path, made: Made) -> list[subprocess.Popen]:
+    """Why 1: an earlier export beside a file of the user's."""
+    shutil.copytree(made.export, runs / "export")
+    (runs / "export" / "notes.txt").write_text("mine")
+    return []
+
+
+def _a_running_study(runs: Path, made: Made) -> list[subprocess.Popen]:
+    """Why 3: the finished study, its run folder locked by another live driver."""
+    shutil.copytree(made.run, runs / "tiny")
+    code = (
+        "import sys, time; from hpo.run_lock import locked\n"
+        "with locked(sys.argv[1], 'tune', log=lambda line: None):\n"
+        "    print('held', flush=True); time.sleep(600)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(runs / "tiny")],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdout.readline() == "held\n"
+    return [holder]
+
+
+def _a_corrupt_set(runs: Path, made: Made) -> list[subprocess.Popen]:
+    """Why 5: a feature set whose features.npy was truncated."""
+    put_synthetic(runs / "store", clips=6, frames=4, dim=8)
+    (features,) = (runs / "store").rglob("features.npy")
+    features.write_bytes(features.read_bytes()[:-64])
+    return []
 
 
 NOWHERE = f"127.0.0.1:{free_port()}"
@@ -64,12 +115,29 @@ NO_S3 = {
 }
 
 
-def _nothing(runs: Path) -> None:
+def _nothing(runs: Path, made: Made) -> list[subprocess.Popen]:
     runs.mkdir()
+    return []
 
 
 # case: (make the runs folder, argv, environment, YAML appended, exit code, the line says)
 CASES = {
+    # Why 1: export --overwrite deleted files it never wrote, and deleted before it validated.
+    "export --overwrite into a folder of the user's": (
+        _users_folder, ["export", "{run}", "--out", "{runs}", "--overwrite"], {}, "", 2,
+        "holds files lushpo did not write (features/mine/important.csv, holiday.png, "
+        "report.md); --overwrite replaces only an export's own files"),
+    "export --overwrite that fails: the store lacks the set": (
+        _an_export, ["export", "{run}", "--out", "{runs}/export", "--overwrite",
+                     "--store", "{runs}/empty-store"], {}, "", 1,
+        "make it with `lushpo features"),
+    # Why 3: nothing locked a run folder.
+    "tune --resume while another driver runs the study": (
+        _a_running_study, [*TUNE, "--resume"], {}, "", 1, "is being written by `lushpo tune`"),
+    # Why 5: a corrupt feature set was trusted.
+    "features verify of a truncated set": (
+        _a_corrupt_set, ["features", "verify", "--store", "{runs}/store"], {}, "", 1,
+        "'features.npy' is corrupt"),
     # Why 2: it deleted first and validated afterwards.
     "tune --overwrite, the cluster address unreachable": (
         _a_study, [*TUNE, "--overwrite", "--address", NOWHERE], {}, "", 1,
@@ -105,31 +173,53 @@ CASES = {
 }  # fmt: skip
 
 
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "LUSHPO_", "AWS_"))}
+
+
+def _lushpo(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([LUSHPO, *argv], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)  # fmt: skip
+
+
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    uri, _key, _fs = put_synthetic(tmp_path_factory.mktemp("store"), clips=24, frames=4, dim=8)
-    return uri
+def made(tmp_path_factory) -> Made:
+    """One tiny study run by `lushpo tune` and exported by `lushpo export` (~1 min)."""
+    root = tmp_path_factory.mktemp("made")
+    uri, _key, _fs = put_synthetic(root / "store", clips=24, frames=4, dim=8)
+    (root / "study.yaml").write_text(STUDY)
+    for argv in (
+        [a.format(store=uri, runs=root / "runs") for a in TUNE],
+        ["export", str(root / "runs" / "tiny"), "--out", str(root / "export")],
+    ):
+        done = _lushpo(argv, root, _env())
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return Made(uri, root / "runs" / "tiny", root / "export")
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_nothing_of_the_users_is_lost(case, store, tmp_path):
+def test_nothing_of_the_users_is_lost(case, made, tmp_path):
     make, argv, extra_env, more_yaml, code, says = CASES[case]
     study = STUDY + more_yaml
     if case == "a backbone lushpo cannot extract":
         study = study.replace("backbone: synthetic", "backbone: resnet50")
     (tmp_path / "study.yaml").write_text(study)
     runs = tmp_path / "runs"
-    make(runs)
-    before = _listing(runs)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "LUSHPO_", "AWS_"))}
-    argv = [LUSHPO, *(a.format(store=store, runs=runs) for a in argv)]
-    done = subprocess.run(argv, cwd=tmp_path, env=env | extra_env, capture_output=True,
-                          text=True, timeout=300, check=False)  # fmt: skip
+    holders = make(runs, made)
+    try:
+        before = _listing(runs)
+        argv = [a.format(store=made.store, runs=runs, run=made.run) for a in argv]
+        done = _lushpo(argv, tmp_path, _env() | extra_env)
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
     assert done.returncode == code, done.stdout + done.stderr
-    verb = argv[1]
-    lines = [line for line in done.stderr.splitlines() if line.startswith(f"lushpo {verb}")]
+    verb = argv[0]
+    out = done.stderr.splitlines() + done.stdout.splitlines()
+    lines = [line for line in out if line.startswith((f"lushpo {verb}", "CORRUPT:"))]
     lines += [line for line in done.stderr.splitlines() if "error:" in line and line not in lines]
-    assert len(lines) == 1 and says in lines[0], done.stderr
+    assert len(lines) == 1 and says in lines[0], done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     assert _listing(runs) == before, "a user's file was lost or changed"
     # the name is not blocked: a plain tune of it would not say "already exists"

@@ -56,12 +56,17 @@ def budget_states(optuna_db: Path, study: str | None = None) -> list[str]:
     COMPLETE rows than its budget while every trial of the budget ended exactly once."""
     import optuna
 
-    from hpo.searcher import RETRY_ATTR
-
     url = f"sqlite:///{optuna_db}"
     names = [study] if study else optuna.get_all_study_names(url)
     assert len(names) == 1, f"{optuna_db} holds studies {names}"
-    trials = optuna.load_study(study_name=names[0], storage=url).trials
+    newest = newest_attempts(optuna.load_study(study_name=names[0], storage=url).trials)
+    return [newest[n].state.name for n in sorted(newest)]
+
+
+def newest_attempts(trials: list) -> dict:
+    """{number of a trial of the budget: the Optuna trial of its newest attempt}."""
+    from hpo.searcher import RETRY_ATTR
+
     newest = {t.number: t for t in trials if RETRY_ATTR not in t.user_attrs}
     for trial in trials:  # retries come after what they retry
         first = trial.user_attrs.get(RETRY_ATTR)
@@ -69,7 +74,7 @@ def budget_states(optuna_db: Path, study: str | None = None) -> list[str]:
             first = trials[first].user_attrs.get(RETRY_ATTR)
         if first is not None:
             newest[first] = trial
-    return [newest[n].state.name for n in sorted(newest)]
+    return newest
 
 
 class RayCLICluster:
