@@ -7,11 +7,13 @@ nothing that blocks the name."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import optuna
 import pytest
 
 from tests.support.featuresets import put_synthetic
+from tests.support.read_only import read_only
 from tests.support.s3 import free_port
 
 pytestmark = [pytest.mark.slow]
@@ -49,7 +52,7 @@ class Made:
     export: Path
 
 
-def _a_study(runs: Path, made: Made) -> list[subprocess.Popen]:
+def _a_study(runs: Path, made: Made) -> list[Callable[[], None]]:
     """A study's run folder as `lushpo tune` leaves it: its settings and its Optuna file."""
     run = runs / "tiny"
     run.mkdir(parents=True)
@@ -60,13 +63,13 @@ def _a_study(runs: Path, made: Made) -> list[subprocess.Popen]:
     return []
 
 
-def _thesis(runs: Path, made: Made) -> list[subprocess.Popen]:
+def _thesis(runs: Path, made: Made) -> list[Callable[[], None]]:
     (runs / "tiny").mkdir(parents=True)
     (runs / "tiny" / "thesis.tex").write_text("\\chapter{}")
     return []
 
 
-def _users_folder(runs: Path, made: Made) -> list[subprocess.Popen]:
+def _users_folder(runs: Path, made: Made) -> list[Callable[[], None]]:
     """Why 1: a folder of the user's, no export of lushpo's in it."""
     (runs / "features" / "mine").mkdir(parents=True)
     (runs / "report.md").write_text("n")
@@ -75,14 +78,14 @@ def _users_folder(runs: Path, made: Made) -> list[subprocess.Popen]:
     return []
 
 
-def _an_export(runs: Path, made: Made) -> list[subprocess.Popen]:
+def _an_export(runs: Path, made: Made) -> list[Callable[[], None]]:
     """Why 1: an earlier export beside a file of the user's."""
     shutil.copytree(made.export, runs / "export")
     (runs / "export" / "notes.txt").write_text("mine")
     return []
 
 
-def _a_running_study(runs: Path, made: Made) -> list[subprocess.Popen]:
+def _a_running_study(runs: Path, made: Made) -> list[Callable[[], None]]:
     """Why 3: the finished study, its run folder locked by another live driver."""
     shutil.copytree(made.run, runs / "tiny")
     code = (
@@ -93,10 +96,25 @@ def _a_running_study(runs: Path, made: Made) -> list[subprocess.Popen]:
     holder = subprocess.Popen([sys.executable, "-c", code, str(runs / "tiny")],
                               stdout=subprocess.PIPE, text=True)  # fmt: skip
     assert holder.stdout.readline() == "held\n"
-    return [holder]
+    return [holder.kill, holder.wait]
 
 
-def _a_corrupt_set(runs: Path, made: Made) -> list[subprocess.Popen]:
+def _a_finished_study(runs: Path, made: Made) -> list[Callable[[], None]]:
+    """Why 7: the finished study, resumed with another setting."""
+    shutil.copytree(made.run, runs / "tiny")
+    return []
+
+
+def _read_only(runs: Path, made: Made) -> list[Callable[[], None]]:
+    """Why 7: a storage path nobody can write to."""
+    runs.mkdir()
+    (runs / "keep.txt").write_text("mine")
+    stack = contextlib.ExitStack()
+    stack.enter_context(read_only(runs))
+    return [stack.close]
+
+
+def _a_corrupt_set(runs: Path, made: Made) -> list[Callable[[], None]]:
     """Why 5: a feature set whose features.npy was truncated."""
     put_synthetic(runs / "store", clips=6, frames=4, dim=8)
     (features,) = (runs / "store").rglob("features.npy")
@@ -115,7 +133,7 @@ NO_S3 = {
 }
 
 
-def _nothing(runs: Path, made: Made) -> list[subprocess.Popen]:
+def _nothing(runs: Path, made: Made) -> list[Callable[[], None]]:
     runs.mkdir()
     return []
 
@@ -134,6 +152,19 @@ CASES = {
     # Why 3: nothing locked a run folder.
     "tune --resume while another driver runs the study": (
         _a_running_study, [*TUNE, "--resume"], {}, "", 1, "is being written by `lushpo tune`"),
+    # Why 7: exit codes the README promised otherwise, and messages with no fix.
+    "data check, LUSHPO_DATA_DIR unset": (
+        _nothing, ["data", "check"], {}, "", 2, "LUSHPO_DATA_DIR"),
+    "data check of a missing data dir": (
+        _nothing, ["data", "check", "--data-dir", "{runs}/nowhere"], {}, "", 2, "nowhere"),
+    "tune --resume with another validation fraction": (
+        _a_finished_study, [*TUNE, "--resume"], {}, "training: {validation_fraction: 0.3}\n", 2,
+        "--resume refused: training.validation_fraction was 0.2, now 0.3"),
+    "tune on a read-only storage path": (
+        _read_only, TUNE, {}, "", 1, "permission denied: {runs}"),
+    "a postgresql:// Optuna URL nobody answers": (
+        _nothing, [*TUNE, "--optuna-storage", f"postgresql://lushpo:s3cret@{NOWHERE}/lushpo"],
+        {}, "", 1, f"lushpo:***@{NOWHERE}"),
     # Why 5: a corrupt feature set was trusted.
     "features verify of a truncated set": (
         _a_corrupt_set, ["features", "verify", "--store", "{runs}/store"], {}, "", 1,
@@ -205,21 +236,21 @@ def test_nothing_of_the_users_is_lost(case, made, tmp_path):
         study = study.replace("backbone: synthetic", "backbone: resnet50")
     (tmp_path / "study.yaml").write_text(study)
     runs = tmp_path / "runs"
-    holders = make(runs, made)
+    undo = make(runs, made)
     try:
         before = _listing(runs)
         argv = [a.format(store=made.store, runs=runs, run=made.run) for a in argv]
         done = _lushpo(argv, tmp_path, _env() | extra_env)
     finally:
-        for holder in holders:
-            holder.kill()
-            holder.wait()
+        for step in undo:
+            step()
     assert done.returncode == code, done.stdout + done.stderr
     verb = argv[0]
     out = done.stderr.splitlines() + done.stdout.splitlines()
     lines = [line for line in out if line.startswith((f"lushpo {verb}", "CORRUPT:"))]
     lines += [line for line in done.stderr.splitlines() if "error:" in line and line not in lines]
-    assert len(lines) == 1 and says in lines[0], done.stdout + done.stderr
+    assert len(lines) == 1 and says.format(runs=runs) in lines[0], done.stdout + done.stderr
+    assert "s3cret" not in done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     assert _listing(runs) == before, "a user's file was lost or changed"
     # the name is not blocked: a plain tune of it would not say "already exists"
