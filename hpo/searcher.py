@@ -97,7 +97,7 @@ LOST_ATTR = "lushpo_asked_for"  # the Tune id that asked a trial Tune never save
 # Optuna study user attributes, written by the driver (`prepare_study`)
 BUDGET_ATTR = "lushpo_budget"
 CONCURRENCY_ATTR = "lushpo_max_concurrent"
-SEARCH_ATTR = "lushpo_search"  # sampler, seed: what a resume may not change
+SEARCH_ATTR = "lushpo_search"  # sampler, seed, …: what a resume may not change
 # the Ray Tune experiment (`StudySearcher`'s `experiment`) whose search ended the study's budget
 ENDED_ATTR = "lushpo_search_ended_in"
 
@@ -114,7 +114,8 @@ CHECKPOINT_LOST = (
 
 
 class SearchSettingsChangedError(ValueError):
-    """--resume with search settings (sampler, seed) other than the study's own."""
+    """--resume with search settings (sampler, seed, start-up trials, independent sampler)
+    other than the study's own."""
 
 
 def make_sampler(
