@@ -94,7 +94,7 @@ def _trials(
     """Ask/tell `n_trials` trials of `study`: cross_validate of each sampled config. `reseed`:
     a TPE sampler seeded from (seed, trial number) before each ask, as lushpo's searcher does
     (`hpo.searcher.sampler_seed`), so the sequential pair draws the same configs."""
-    from hpo.searcher import make_sampler, sampler_seed, startup_trials
+    from hpo.searcher import ask_active, make_sampler, sampler_seed, startup_trials
     from hpo.space import search_space
     from hpo.trainable import TrialSettings, configure_tensorflow, cross_validate_with
     from pipeline.manifest import Split
@@ -114,7 +114,7 @@ def _trials(
                 sampler_seed(job["seed"], number),
                 n_startup_trials=startup_trials(job["trials"]),  # the study's, as lushpo's
             )
-        trial = study.ask(fixed_distributions=space)
+        trial = ask_active(study, space)  # the active dimensions, as lushpo's searcher
         result = cross_validate_with(fs, settings, trial.params)  # the study's own call
         study.tell(trial, float(result.metrics["accuracy"]))
 

@@ -38,7 +38,7 @@ __all__ = [
 
 MAX_DENSE_LAYERS = 3
 """Dense blocks the search space can ask for; ``dense_units_i``/``dense_dropout_i`` for
-``i > dense_layers`` are ignored, so the space stays flat."""
+``i > dense_layers`` are ignored (a flat trial from before the conditional space holds them)."""
 
 
 def head_of(params: Mapping[str, Any]) -> str:

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import optuna
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, OperationalError
 
 __all__ = [
     "PASSWORD_ENV",
     "URL_ENV",
     "StoragePasswordError",
+    "StorageUnreachableError",
     "connectable",
     "has_study",
     "masked",
@@ -87,12 +88,29 @@ def connectable(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+class StorageUnreachableError(OSError):
+    """The database behind an Optuna storage URL does not answer (or refuses the login)."""
+
+
 def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage at `url` (masked or not); a sqlite file's folder is made first."""
+    """Optuna's RDB storage at `url` (masked or not); a sqlite file's folder is made first.
+
+    Raises:
+        StorageUnreachableError: the database does not answer, in one line naming the masked
+            URL and where it is set (SQLAlchemy's own names neither).
+    """
     real = connectable(url)
     if real.startswith("sqlite:///"):
         Path(real[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.RDBStorage(real)
+    try:
+        return optuna.storages.RDBStorage(real)
+    except OperationalError as exc:
+        first = " ".join(str(exc.orig or exc).split())[:200]
+        raise StorageUnreachableError(
+            f"the Optuna storage {masked(url)} cannot be reached ({first}); check that its "
+            f"server runs, storage.optuna_storage (or --optuna-storage, {URL_ENV}) and the "
+            f"password ({PASSWORD_ENV})"
+        ) from None
 
 
 def has_study(url: str, name: str) -> bool:

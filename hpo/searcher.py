@@ -36,6 +36,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from hpo.optuna_storage import masked, open_storage
+from hpo.space import active, draw_order
 from hpo.trial_settings import HISTORY, STUDY_KEY
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "SearchSettingsChangedError",
     "StudySearcher",
     "TuneTrialEnd",
+    "ask_active",
     "make_sampler",
     "needs_new_experiment",
     "prepare_study",
@@ -92,6 +94,7 @@ def startup_trials(budget: int) -> int:
 TUNE_ID_ATTR = "tune_trial_id"  # the Ray Tune trial id (run dir, progress, export)
 RETRY_ATTR = "lushpo_retry_of"  # number of the FAIL trial whose params this one runs again
 REASON_ATTR = "lushpo_reason"  # why a trial is FAIL or PRUNED
+SAME_AS_ATTR = "lushpo_same_params_as"  # a draw skipped: that trial has its active params
 LOST_ATTR = "lushpo_asked_for"  # the Tune id that asked a trial Tune never saved (then adopted)
 
 # Optuna study user attributes, written by the driver (`prepare_study`)
@@ -107,6 +110,8 @@ SCHEDULER = "scheduler: stopped early by ASHA on its validation accuracy"
 STOPPED = "stopped before its final test result"
 FAILURE = "failure: the trial raised (its error.txt is in the run dir); --resume retries it"
 DRIVER_LOST = "driver lost: asked by a driver that died before Ray Tune saved the trial"
+REPEAT = "repeat: drew the active params of an earlier trial; not trained, not in the budget"
+MAX_REPEATS = 10  # repeats in a row after which a draw is trained anyway (a small, spent space)
 CHECKPOINT_LOST = (
     "checkpoint lost: Ray Tune's saved record names a checkpoint it had already deleted; "
     "run again from the start"
@@ -219,6 +224,24 @@ def needs_new_experiment(
     if not any(study.user_attrs.get(ENDED_ATTR) == experiment for study in studies):
         return False
     return any(not _Live(storage, name, {}).done_asking() for name in names)
+
+
+def ask_active(study: optuna.Study, space: Mapping[str, BaseDistribution]) -> optuna.trial.Trial:
+    """Ask `study` for a trial and draw its active dimensions of `space` only (define-by-run,
+    through Optuna's public ``suggest_*``), the structural ones first (`hpo.space`). An
+    enqueued point gives its own values; its inactive keys are not drawn."""
+    trial = study.ask()
+    for name in draw_order(space):
+        if not active(name, trial.params):
+            continue
+        dist = space[name]
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            trial.suggest_categorical(name, dist.choices)
+        elif isinstance(dist, optuna.distributions.IntDistribution):
+            trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+        else:
+            trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    return trial
 
 
 @dataclass(frozen=True)
@@ -355,7 +378,7 @@ class _Live:
             # None: asked for a Tune trial the driver lost, or the driver died between the ask
             # and the tag (no attr): either way a trial of the budget for the next Tune trial
             tune_id = attrs.get(TUNE_ID_ATTR)
-            self.asked += RETRY_ATTR not in attrs
+            self.asked += RETRY_ATTR not in attrs and SAME_AS_ATTR not in attrs
             if tune_id is None:
                 if trial.state == TrialState.RUNNING:
                     self.released.append(trial.number)
@@ -376,6 +399,15 @@ class _Live:
 
     def can_ask(self) -> bool:
         return self.asked < self.budget and len(self.running) < self.max_concurrent
+
+    def holding(self, params: dict[str, Any], other_than: int) -> int | None:
+        """The number of a live or complete trial (not a skipped repeat) with these params."""
+        for trial in self.study.get_trials(
+            deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE)
+        ):
+            if trial.number != other_than and trial.params == params:
+                return trial.number
+        return None
 
     def done_asking(self) -> bool:
         """Every trial of the budget asked, and none left for a Tune trial to adopt."""
@@ -491,18 +523,34 @@ class StudySearcher(Searcher):
         if not ready:
             return None
         live = min(ready, key=lambda x: (len(x.running), x.asked))  # stable: config order
-        cfg = self._config
-        live.study.sampler = make_sampler(
-            cfg["sampler"],
-            sampler_seed(cfg["seed"], live.numbered),
-            n_startup_trials=live.n_startup_trials,
-            independent=live.independent_sampler,
-        )
-        trial = live.study.ask(fixed_distributions=live.space)
+        trial = self._ask_new(live)
         trial.set_user_attr(TUNE_ID_ATTR, trial_id)
-        live.numbered = max(live.numbered, trial.number + 1)
         live.asked += 1
         return self._track(trial_id, live, trial.number, trial.params)
+
+    def _ask_new(self, live: _Live) -> optuna.trial.Trial:
+        """A new trial of `live` whose active params no live or complete trial of the study
+        holds. A draw that repeats one trains nothing new: it is told FAIL with the reason
+        `REPEAT` and the trial it repeats (`SAME_AS_ATTR`), stays out of the budget and of
+        TPE's model, and the sampler draws again; after `MAX_REPEATS` in a row (a small space,
+        nearly spent) the draw is trained anyway."""
+        cfg = self._config
+        for repeats in range(MAX_REPEATS + 1):
+            live.study.sampler = make_sampler(
+                cfg["sampler"],
+                sampler_seed(cfg["seed"], live.numbered),
+                n_startup_trials=live.n_startup_trials,
+                independent=live.independent_sampler,
+            )
+            trial = ask_active(live.study, live.space)
+            live.numbered = max(live.numbered, trial.number + 1)
+            same = None if repeats == MAX_REPEATS else live.holding(trial.params, trial.number)
+            if same is None:
+                return trial
+            trial.set_user_attr(SAME_AS_ATTR, same)
+            trial.set_user_attr(REASON_ATTR, REPEAT)
+            live.study.tell(trial, state=TrialState.FAIL)
+        raise AssertionError("unreachable: the last draw is returned")
 
     def _track(self, trial_id: str, live: _Live, number: int, params: dict) -> dict:
         live.newest[trial_id] = number

@@ -1,10 +1,12 @@
 """The search space (a superset of the paper's) and the paper's best head as a starting point.
 
-The space is flat — always the same keys — so Optuna's TPE sees a fixed set of dimensions and
-``OptunaSearch(points_to_evaluate=[...])`` accepts a full point. ``dense_units_3`` and
-``dense_dropout_3`` are still sampled when ``dense_layers`` is 1 or 2; ``hpo.model.build_model``
-ignores the blocks beyond ``dense_layers``. Optionally the backbone and the frame count N are
-dimensions too, so one study covers what the paper ran as 68 separate studies.
+The space is conditional: a trial draws only its active dimensions (`active`), the structural
+ones first (`draw_order`: the backbone and N when searched, ``head``, ``dense_layers``), then the
+dense blocks up to ``dense_layers`` and the recurrent layer's keys only for a recurrent head. An
+inactive dimension would otherwise pollute TPE's per-dimension model, and trials differing only in
+it would train the same model. Points (the paper's best) may hold every key; the inactive ones
+are not drawn. Optionally the backbone and the frame count N are dimensions too, so one study
+covers what the paper ran as 68 separate studies.
 
 Overrides come from the study YAML (``space:``) and replace one dimension's choices or range:
 a list (categorical choices), a mapping ``{low, high[, log]}`` (a range; int-valued dimensions
@@ -25,6 +27,7 @@ fixed off by default: ``class_weight`` ("balanced" class weights in each trainin
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -39,7 +42,10 @@ __all__ = [
     "HEADS",
     "PAPER_BEST",
     "RECURRENT_KEYS",
+    "STRUCTURE",
     "InvalidSpaceError",
+    "active",
+    "draw_order",
     "is_paper_best",
     "paper_best",
     "search_space",
@@ -74,7 +80,7 @@ PAPER_BEST: dict[str, Any] = {
     "recurrent_dropout": 0.0,
     "learning_rate": 1e-3,
     "batch_size": 32,
-    # Unused when dense_layers == 2; present so the point is complete in the flat space.
+    # Inactive when dense_layers == 2 (not drawn); present so the point covers every key.
     "dense_units_3": 1024,
     "dense_dropout_3": 0.0,
     # The notebook fits raw backbone features without class weights.
@@ -314,8 +320,32 @@ def paper_best(space: Mapping[str, BaseDistribution]) -> dict[str, Any]:
 
 
 def is_paper_best(params: Mapping[str, Any]) -> bool:
-    """Whether a trial's params are the paper's head and recipe (`PAPER_BEST`, Xception-20)."""
+    """Whether a trial's params are the paper's head and recipe (`PAPER_BEST`, Xception-20):
+    every dimension active in the paper's point, equal; inactive keys a trial holds (flat
+    trials from before the conditional space) do not count."""
     params = {"head": "lstm", **params}  # trials from before the head dimension are LSTMs
     point = {**PAPER_BEST, **PAPER_BEST_FEATURES}
-    shared = [k for k in params if k in point]
-    return set(PAPER_BEST) <= set(params) and all(params[k] == point[k] for k in shared)
+    needed = [k for k in PAPER_BEST if active(k, point)]
+    features = [k for k in PAPER_BEST_FEATURES if k in params]
+    return all(k in params and params[k] == point[k] for k in [*needed, *features])
+
+
+STRUCTURE = ("backbone", "frames", "head", "dense_layers")
+"""The dimensions that decide which others are active: drawn first."""
+
+
+def active(key: str, params: Mapping[str, Any]) -> bool:
+    """Whether dimension `key` shapes the trial whose structural dimensions are `params`: the
+    recurrent layer's keys only for a recurrent head (``pooled`` has none), a dense block's keys
+    only for the blocks up to ``dense_layers``. Any other key is always active."""
+    if key in RECURRENT_KEYS:
+        return params.get("head", "lstm") != "pooled"
+    block = re.fullmatch(r"dense_(?:units|dropout)_(\d+)", key)
+    if block is not None and "dense_layers" in params:
+        return int(block[1]) <= int(params["dense_layers"])
+    return True
+
+
+def draw_order(space: Mapping[str, BaseDistribution]) -> list[str]:
+    """The dimensions of `space` in the order a trial draws them: `STRUCTURE` first."""
+    return [k for k in STRUCTURE if k in space] + [k for k in space if k not in STRUCTURE]

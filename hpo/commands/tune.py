@@ -249,8 +249,16 @@ def _guarded(args: argparse.Namespace, run):
         ValueError,
         OSError,
     ) as exc:
-        print(f"lushpo tune: {exc}", file=sys.stderr)
+        print(f"lushpo tune: {_line(exc)}", file=sys.stderr)
         return 1, None
+
+
+def _line(exc: BaseException) -> str:
+    """The failure's one line; a file system error names the path and, where there is one,
+    the fix (as the CLI says it of any failure: `hpo.cli.describe_failure`)."""
+    from hpo.cli import describe_failure
+
+    return describe_failure(exc)[1] if isinstance(exc, OSError) and exc.filename else str(exc)
 
 
 def _handle_grid(args: argparse.Namespace, cfg) -> int:
@@ -309,7 +317,7 @@ def _handle_nested(args: argparse.Namespace, cfg) -> int:
         OSError,
         RuntimeError,
     ) as exc:
-        print(f"lushpo tune: {exc}", file=sys.stderr)
+        print(f"lushpo tune: {_line(exc)}", file=sys.stderr)
         return 1
     print(nested_table(record))
     return 0

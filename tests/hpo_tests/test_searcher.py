@@ -343,3 +343,54 @@ def test_a_trial_asked_but_never_tagged_counts_and_goes_to_the_next_tune_trial(t
     assert resumed.suggest("more") == Searcher.FINISHED
     (trial,) = _trials(url)
     assert trial.state == TrialState.COMPLETE and trial.user_attrs[hs.TUNE_ID_ATTR] == "next"
+
+
+def test_only_active_dimensions_are_drawn_and_the_papers_point_still_comes_first(tmp_path):
+    """Issue 25: the third dense block's keys only when dense_layers is 3, the recurrent
+    layer's only for a recurrent head; the paper's full point, enqueued, is drawn as its
+    active part."""
+    from hpo.space import RECURRENT_KEYS, paper_best, search_space
+
+    url = _url(tmp_path)
+    space = search_space({"head": ["lstm", "pooled"]})
+    hs.prepare_study(url, "s", budget=40, max_concurrent=40, sampler="tpe", seed=1,
+                     points=[paper_best(space)], log=lambda _line: None)  # fmt: skip
+    search = hs.StudySearcher(url, {"s": space}, "tpe", 1)
+    drawn = []
+    for i in range(40):
+        drawn.append(search.suggest(f"t{i}"))
+        search.on_trial_complete(f"t{i}", {"final": True, hs.OBJECTIVE: (i % 7) / 10})
+    first = drawn[0]
+    assert "dense_units_3" not in first and first["dense_units_2"] == 1024
+    assert first["lstm_units"] == 512 and first["head"] == "lstm"
+    for params in drawn:
+        layers = params["dense_layers"]
+        blocks = {int(k[-1]) for k in params if k.startswith(("dense_units_", "dense_dropout_"))}
+        assert blocks == set(range(1, layers + 1)), params
+        recurrent = params["head"] != "pooled"
+        assert all((k in params) == recurrent for k in RECURRENT_KEYS), params
+    assert {p["head"] for p in drawn} == {"lstm", "pooled"}
+    assert {p["dense_layers"] for p in drawn} == {1, 2, 3}
+
+
+def test_a_draw_that_repeats_a_trial_is_skipped_and_recorded(tmp_path):
+    """Issue 25: two trials with the same active params are not trained twice: the repeat is
+    FAIL with its reason and the trial it repeats, outside the budget, and the next draw goes
+    to Tune."""
+    url = _url(tmp_path)
+    two = {"units": CategoricalDistribution([4, 8])}
+    hs.prepare_study(url, "s", budget=2, max_concurrent=2, sampler="random", seed=0,
+                     log=lambda _line: None)  # fmt: skip
+    search = hs.StudySearcher(url, {"s": two}, "random", 0)
+    first = search.suggest("a")
+    optuna.load_study(study_name="s", storage=url).enqueue_trial(first)  # the next draw repeats
+    trained = [first, search.suggest("b")]
+    assert sorted(p["units"] for p in trained) == [4, 8]
+    assert search.suggest("c") == Searcher.FINISHED
+    trials = _trials(url)
+    repeats = [t for t in trials if hs.SAME_AS_ATTR in t.user_attrs]
+    assert repeats and repeats[0].number == 1
+    for repeat in repeats:
+        assert repeat.state == TrialState.FAIL and repeat.user_attrs[hs.REASON_ATTR] == hs.REPEAT
+        assert trials[repeat.user_attrs[hs.SAME_AS_ATTR]].params == repeat.params
+    assert sorted(t.user_attrs[hs.TUNE_ID_ATTR] for t in trials if t not in repeats) == ["a", "b"]

@@ -184,3 +184,6 @@ def test_is_paper_best_recognises_the_paper_point_only():
     assert not is_paper_best({**PAPER_BEST, "frames": 5})
     assert not is_paper_best({**PAPER_BEST, "standardize": True})
     assert not is_paper_best({k: v for k, v in PAPER_BEST.items() if k != "class_weight"})
+    # a trial of the conditional space holds the active keys only (no third dense block)
+    drawn = {k: v for k, v in PAPER_BEST.items() if not k.endswith("_3")}
+    assert is_paper_best(drawn) and not is_paper_best({**drawn, "dense_layers": 3})
