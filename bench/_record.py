@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -11,7 +12,7 @@ from typing import Any
 
 from pipeline.files import atomic_write_text
 
-__all__ = ["machine", "write_record"]
+__all__ = ["add_feature_args", "machine", "write_record"]
 
 
 def machine() -> dict[str, Any]:
@@ -35,3 +36,12 @@ def write_record(record: dict[str, Any], out: Path) -> dict[str, Any]:
     atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
     return record
+
+
+def add_feature_args(parser: argparse.ArgumentParser) -> None:
+    """``--clips --frames --dim`` of the synthetic feature set (the paper's Xception-20 shape by
+    default) and ``--seed``."""
+    parser.add_argument("--clips", type=int, default=119)
+    parser.add_argument("--frames", type=int, default=20)
+    parser.add_argument("--dim", type=int, default=2048)
+    parser.add_argument("--seed", type=int, default=0)

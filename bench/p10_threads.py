@@ -16,45 +16,18 @@ synthetic, shaped like the paper's Xception-20 set (119 clips × 20 frames × 20
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from bench._record import machine, write_record
-from bench.p2_study import SPACE, _timed
+from bench._record import add_feature_args, machine, write_record
+from bench.p2_study import _timed, study_yaml, synthetic_store
 
 __all__ = ["run"]
 
 RESULTS = Path(__file__).resolve().parent / "results" / "p10_threads.json"
-REPO = Path(__file__).resolve().parents[1]
 CONCURRENT = 4
-
-
-def _study_yaml(root: Path, store_uri: str, name: str, threads: int | None, args) -> Path:
-    resources: dict[str, Any] = {"cpu": 1}
-    if threads is not None:
-        resources |= {"intra_op_threads": threads, "inter_op_threads": threads}
-    config = {
-        "name": name,
-        "store": store_uri,
-        "feature_set": {"backbone": "synthetic", "frames": args.frames},
-        "split": {"kind": "stratified", "k": 5, "seed": args.seed},
-        "space": SPACE,
-        "budget": {"trials": args.trials, "max_concurrent": CONCURRENT,
-                   "max_epochs": args.max_epochs, "patience": args.max_epochs},
-        "searcher": {"sampler": "tpe", "seed": args.seed},
-        "training": {"seed": args.seed},
-        "resources": resources,
-        "storage": {"storage_path": str(root / "runs")},
-        "num_cpus": CONCURRENT,
-    }  # fmt: skip
-    path = root / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def _trial_seconds(run_dir: Path) -> list[float]:
@@ -74,32 +47,24 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="bench p10", description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--max-epochs", type=int, default=15)
-    parser.add_argument("--clips", type=int, default=119)
-    parser.add_argument("--frames", type=int, default=20)
-    parser.add_argument("--dim", type=int, default=2048)
-    parser.add_argument("--seed", type=int, default=0)
+    add_feature_args(parser)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-
-    from pipeline.store import open_store
-    from tests.support.featuresets import synthetic_feature_set
 
     contenders: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="lushpo-p10-") as tmp:
         root = Path(tmp)
-        fs = synthetic_feature_set(
-            clips=args.clips, frames=args.frames, dim=args.dim, signal=0.3, seed=args.seed
-        )
-        (root / "store").mkdir()
-        store_uri = (root / "store").as_uri()
-        open_store(store_uri).put(fs)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "LUSHPO_"))}
-        env |= {"PYTHONPATH": str(REPO), "RAY_TMPDIR": tempfile.mkdtemp(prefix="p10r", dir="/tmp"),
-                "LUSHPO_HOME": str(root / "home")}  # fmt: skip
+        store_uri, _key, env = synthetic_store(root, args)
         lushpo = str(Path(sys.executable).with_name("lushpo"))
         # the new default first, then the old one: a warm disk cache favours the second
         for name, threads in (("trial-cpus", None), ("tensorflow-default", 0)):
-            config = _study_yaml(root, store_uri, name, threads, args)
+            resources: dict[str, Any] = {"cpu": 1}
+            if threads is not None:
+                resources |= {"intra_op_threads": threads, "inter_op_threads": threads}
+            config = study_yaml(
+                root, store_uri, args, name=name, concurrent=CONCURRENT, resources=resources,
+                num_cpus=CONCURRENT,
+            )  # fmt: skip
             timed = _timed([lushpo, "tune", "--config", str(config)], env)
             del timed["stdout"]
             seconds = _trial_seconds(root / "runs" / name)

@@ -40,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from bench._record import machine, write_record
+from bench._record import add_feature_args, machine, write_record
 
 __all__ = ["run"]
 
@@ -51,10 +51,20 @@ REPO = Path(__file__).resolve().parents[1]
 SPACE = {"lstm_units": [64], "dense_layers": 1, "dense_units_1": [64], "batch_size": [32]}
 
 
-def _study_yaml(root: Path, store_uri: str, concurrent: int, args: argparse.Namespace) -> Path:
-    single = concurrent == 1
+def study_yaml(
+    root: Path,
+    store_uri: str,
+    args: argparse.Namespace,
+    *,
+    name: str,
+    concurrent: int,
+    resources: dict[str, Any],
+    num_cpus: int | None,
+) -> Path:
+    """The bench study (`SPACE`, synthetic features, 5 folds, early stopping off) as a YAML file
+    ``<root>/<name>.yaml`` for ``lushpo tune``; `args` holds its size (``--trials`` …)."""
     config = {
-        "name": f"p2-{concurrent}",
+        "name": name,
         "store": store_uri,
         "feature_set": {"backbone": "synthetic", "frames": args.frames},
         "split": {"kind": "stratified", "k": 5, "seed": args.seed},
@@ -63,14 +73,31 @@ def _study_yaml(root: Path, store_uri: str, concurrent: int, args: argparse.Name
                    "max_epochs": args.max_epochs, "patience": args.max_epochs},
         "searcher": {"sampler": "tpe", "seed": args.seed},
         "training": {"seed": args.seed},
-        "resources": {"cpu": os.cpu_count() if single else 1,
-                      "intra_op_threads": None if single else 1},
+        "resources": resources,
         "storage": {"storage_path": str(root / "runs")},
-        "num_cpus": os.cpu_count(),
+        "num_cpus": num_cpus,
     }  # fmt: skip
-    path = root / f"p2-{concurrent}.yaml"
+    path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def synthetic_store(root: Path, args: argparse.Namespace) -> tuple[str, str, dict[str, str]]:
+    """A file:// store under `root` holding the synthetic feature set `args` shapes, and the
+    environment a ``lushpo tune`` contender runs in: (store URI, set key, environment)."""
+    from pipeline.store import open_store
+    from tests.support.featuresets import synthetic_feature_set
+
+    fs = synthetic_feature_set(
+        clips=args.clips, frames=args.frames, dim=args.dim, signal=0.3, seed=args.seed
+    )
+    (root / "store").mkdir()
+    store_uri = (root / "store").as_uri()
+    key = open_store(store_uri).put(fs)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "LUSHPO_"))}
+    env |= {"PYTHONPATH": str(REPO), "RAY_TMPDIR": tempfile.mkdtemp(prefix="benchr", dir="/tmp"),
+            "LUSHPO_HOME": str(root / "home")}  # fmt: skip
+    return store_uri, key, env
 
 
 def _timed(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
@@ -188,34 +215,27 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="bench p2", description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--max-epochs", type=int, default=40)
-    parser.add_argument("--clips", type=int, default=119)
-    parser.add_argument("--frames", type=int, default=20)
-    parser.add_argument("--dim", type=int, default=2048)
+    add_feature_args(parser)
     parser.add_argument("--concurrency", type=int, default=os.cpu_count() or 1,
                         help="n for the parallel pair (default: the cores)")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
     from hpo.config import load_config
     from hpo.study import compute_split
-    from pipeline.store import open_store
-    from tests.support.featuresets import synthetic_feature_set
 
     n = args.concurrency
     with tempfile.TemporaryDirectory(prefix="lushpo-p2-") as tmp:
         root = Path(tmp)
-        fs = synthetic_feature_set(
-            clips=args.clips, frames=args.frames, dim=args.dim, signal=0.3, seed=args.seed
-        )
-        (root / "store").mkdir()
-        store_uri = (root / "store").as_uri()
-        key = open_store(store_uri).put(fs)
-        configs = {c: _study_yaml(root, store_uri, c, args) for c in (1, n)}
+        store_uri, key, env = synthetic_store(root, args)
+        configs = {}
+        for c in (1, n):  # one trial with every core (TensorFlow's own threads), or one each
+            threads = {"cpu": os.cpu_count(), "intra_op_threads": 0} if c == 1 else {"cpu": 1}
+            configs[c] = study_yaml(
+                root, store_uri, args, name=f"p2-{c}", concurrent=c, resources=threads,
+                num_cpus=os.cpu_count(),
+            )  # fmt: skip
         split = compute_split(load_config(configs[1]), key, "driver")  # what lushpo splits
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "LUSHPO_"))}
-        env |= {"PYTHONPATH": str(REPO), "RAY_TMPDIR": tempfile.mkdtemp(prefix="p2r", dir="/tmp"),
-                "LUSHPO_HOME": str(root / "home")}  # fmt: skip
         lushpo = str(Path(sys.executable).with_name("lushpo"))
         contenders: dict[str, dict[str, Any]] = {}
         for name, workers in (("optuna-seq", 1), (f"optuna-par-{n}", n)):

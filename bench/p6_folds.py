@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._record import machine, write_record
+from bench._record import add_feature_args, machine, write_record
 
 __all__ = ["run"]
 
@@ -70,10 +70,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="bench p6", description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs-small", type=int, default=20)
     parser.add_argument("--epochs-paper", type=int, default=5)
-    parser.add_argument("--clips", type=int, default=119)
-    parser.add_argument("--frames", type=int, default=20)
-    parser.add_argument("--dim", type=int, default=2048)
-    parser.add_argument("--seed", type=int, default=0)
+    add_feature_args(parser)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
