@@ -155,8 +155,8 @@ def _read_run(
         try:
             analysis = ExperimentAnalysis(experiment, storage_filesystem=filesystem)
         except (ValueError, FileNotFoundError, OSError) as exc:
-            if experiment != path:
-                continue  # a continuation whose driver died before Tune's first save
+            if experiment != path and isinstance(exc, ValueError):
+                continue  # "no experiment snapshot": a continuation that died before Tune saved
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExportError(f"cannot read the Ray Tune run at {run}: {first}") from exc
         trials += analysis.trials

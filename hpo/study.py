@@ -748,8 +748,11 @@ def _run_studies(
     # is the one a resume restores; Optuna's trials are matched against all of their records.
     *earlier, current = experiment_paths(fs, run_path)
     restorable = tune.Tuner.can_restore(current, storage_filesystem=fs)
-    saved = _saved_trials(fs, current) if restorable else None
-    saved_all = {k: v for part in earlier for k, v in (_saved_trials(fs, part) or {}).items()}
+    current_run = _saved_run(fs, current) if restorable else None
+    saved = None if current_run is None else _saved_trials(current_run)
+    # read once: the earlier experiments have ended, and their records are reported at the end
+    earlier_runs = [run for run in (_saved_run(fs, path) for path in earlier) if run is not None]
+    saved_all = {k: v for run in earlier_runs for k, v in _saved_trials(run).items()}
     exists = restorable or _run_exists(fs, run_path)
     exists = exists or any(has_study(cfg.storage.optuna_storage, name) for name in names)
     if exists and not (resume or overwrite):
@@ -767,6 +770,7 @@ def _run_studies(
                 "only a study's run folder: choose another --name or --storage-path"
             )
         restorable, saved, saved_all, earlier, current = False, None, {}, [], run_path
+        earlier_runs = []
     saved_all.update(saved or {})
     # A tuner.pkl without an experiment state: the driver died before Tune's first save. Nothing
     # of Tune's to restore; the study starts in place and keeps the Optuna trials it asked.
@@ -822,6 +826,7 @@ def _run_studies(
                 and needs_new_experiment(storage, names, _experiment_name(run_path, current))
             ):
                 earlier, current = [*earlier, current], f"{run_path}/{CONTINUED}{len(earlier) + 1}"
+                earlier_runs.append(current_run)
                 restorable = False
                 log(
                     f"study {cfg.name!r}: its Ray Tune experiment had ended, so the trials of its "
@@ -833,7 +838,7 @@ def _run_studies(
                         _reconcile(study, storage, saved_all, experiment_ended=True, log=log)
                     tuner = tune.Tuner.restore(current, trainable=trainable, storage_filesystem=fs)
                     log(f"study {cfg.name!r} has already finished; nothing to resume")
-                    every = _records_of(fs, earlier) + _records(tuner.get_results())
+                    every = _records_of(earlier_runs) + _records(tuner.get_results())
                     records = _by_study(names, tuple(sorted(every, key=lambda r: r.trial_id)))
                     return {
                         study.name: StudyResult(
@@ -890,7 +895,7 @@ def _run_studies(
         aside.drop()
     if interrupted():
         raise StudyInterruptedError(cfg.name, cfg.run_path)
-    every = tuple(sorted(_records_of(fs, earlier) + _records(grid), key=lambda r: r.trial_id))
+    every = tuple(sorted(_records_of(earlier_runs) + _records(grid), key=lambda r: r.trial_id))
     ends = {r.trial_id: TuneTrialEnd("ERROR" if r.error else "TERMINATED", r.value) for r in every}
     for study in studies:
         _reconcile(study, storage, ends, experiment_ended=True, log=log)
@@ -907,20 +912,9 @@ def _experiment_name(run_path: str, experiment_path: str) -> str:
     return "" if experiment_path == run_path else experiment_path.rsplit("/", 1)[1]
 
 
-def _records_of(
-    fs: pafs.FileSystem | None, experiment_paths: Sequence[str]
-) -> tuple[TrialRecord, ...]:
+def _records_of(runs: Sequence[tune.ExperimentAnalysis]) -> tuple[TrialRecord, ...]:
     """The trials of the run's earlier Tune experiments (its continuations' predecessors)."""
-    from ray.tune import ExperimentAnalysis, ResultGrid
-
-    records: tuple[TrialRecord, ...] = ()
-    for path in experiment_paths:
-        try:
-            analysis = ExperimentAnalysis(path, storage_filesystem=fs)
-        except ValueError:  # "No experiment snapshot file": died before Tune's first save
-            continue
-        records += _records(ResultGrid(analysis))
-    return records
+    return tuple(record for run in runs for record in _records(tune.ResultGrid(run)))
 
 
 def _pending(studies: Sequence[StudyConfig], max_concurrent: int | None) -> int:
@@ -946,15 +940,17 @@ def _by_study(
     return {name: tuple(found) for name, found in by_name.items()}
 
 
-def _saved_trials(fs: pafs.FileSystem | None, run_path: str) -> dict[str, TuneTrialEnd] | None:
-    """Ray Tune's saved record of the run's trials, as a resume will restore them; None when
-    Tune saved no experiment state yet (the driver died before the first save)."""
-    from ray.tune import ExperimentAnalysis
-
+def _saved_run(fs: pafs.FileSystem | None, experiment_path: str) -> tune.ExperimentAnalysis | None:
+    """Ray Tune's saved record of the experiment at `experiment_path`; None when Tune saved no
+    experiment state there yet (the driver died before the first save)."""
     try:
-        analysis = ExperimentAnalysis(run_path, storage_filesystem=fs)
+        return tune.ExperimentAnalysis(experiment_path, storage_filesystem=fs)
     except ValueError:  # "No experiment snapshot file … was found"
         return None
+
+
+def _saved_trials(analysis: tune.ExperimentAnalysis) -> dict[str, TuneTrialEnd]:
+    """Each trial's end in Ray Tune's saved record, as a resume will restore it."""
     ends = {}
     for trial in analysis.trials:
         last = trial.last_result or {}
