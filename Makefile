@@ -55,3 +55,4 @@ bench: setup
 clean:
 	rm -rf $(VENV) .venv-tools .lushpo .pytest_cache .ruff_cache
 include deploy/k8s.mk
+include deploy/images.mk

@@ -46,10 +46,23 @@ def lock_path(folder: str) -> str:
     return f"{parent}/.{name}.lock" if parent else f".{name}.lock"
 
 
+def _process_start(pid: int) -> str | None:
+    """The boot and start time of process `pid` (field 22 of /proc/<pid>/stat), so that a pid
+    reused by another process, or the same pid in another container's PID namespace on a host of
+    the same name (a restarted pod), is not taken for the holder. None without /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    return f"{boot}:{stat.rpartition(')')[2].split()[19]}"  # fields from the 3rd, after (comm)
+
+
 def _holder(verb: str) -> dict:
     return {
         "host": socket.gethostname(),
         "pid": os.getpid(),
+        "process": _process_start(os.getpid()),
         "verb": verb,
         "since": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -146,8 +159,9 @@ def _alive_here(holder: dict) -> bool | None:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    started = holder.get("process")
+    return started is None or _process_start(holder["pid"]) in (None, started)
 
 
 def _take_lease(client, bucket: str, key: str, body, failed, folder: str, log) -> str:

@@ -49,9 +49,12 @@ def test_hadolint_reports_nothing():
 def test_image_pins_match_the_lock(variant):
     lock = lock_versions()
     steps = _instructions(DOCKERFILES[variant])
-    bases = [args for word, args in steps if word == "FROM"]
     suffix = "-gpu" if variant == "gpu" else ""
-    assert bases == [f"rayproject/ray:{lock['ray']}-{_lock_python()}{suffix}"]
+    # The base is a build argument whose default is the official tag of the locked versions.
+    assert [args for word, args in steps if word == "FROM"] == ["${BASE_IMAGE}"]
+    assert next(args for word, args in steps if word == "ARG") == (
+        f"BASE_IMAGE=rayproject/ray:{lock['ray']}-{_lock_python()}{suffix}"
+    )
     runs = " ".join(args for word, args in steps if word == "RUN")
     assert "pip install --no-cache-dir --no-deps -r requirements.lock" in runs
     assert "pip install --no-cache-dir --no-deps ." in runs
@@ -117,6 +120,10 @@ def test_compose_has_head_two_workers_and_minio():
         assert service["image"] == f"lushpo:{version.group(1)}-cpu"
         assert service["build"]["dockerfile"] == "deploy/Dockerfile.cpu"
         assert service["user"] == "1000:100" and service["cap_drop"] == ["ALL"]
+    for name in ("ray-head", "ray-worker-1", "ray-worker-2"):
+        # token auth from the environment: a read-only root has no ~/.ray to write one to
+        assert services[name]["environment"]["RAY_AUTH_MODE"] == "token"
+        assert "RAY_AUTH_TOKEN" in services[name]["environment"]
     for name in ("ray-worker-1", "ray-worker-2"):
         assert "--address=ray-head:6379" in services[name]["command"]
     assert "--head" in services["ray-head"]["command"]
@@ -127,7 +134,7 @@ def test_compose_has_head_two_workers_and_minio():
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), f"{port} is published beyond localhost"
         for key, value in (service.get("environment") or {}).items():
-            if re.search(r"SECRET|PASSWORD|ACCESS_KEY|ROOT_USER", key):
+            if re.search(r"SECRET|PASSWORD|ACCESS_KEY|ROOT_USER|TOKEN", key):
                 assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", str(value)), f"{key} has a literal value"
 
 

@@ -44,18 +44,28 @@ def _head(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def head_environment(docs: list[dict[str, Any]]) -> dict[str, str]:
     """The head container's environment as Kubernetes builds it (Secrets from the example)."""
-    container = _head(docs)["containers"][0]
+    return container_environment(docs, _head(docs)["containers"][0], _secret_examples())
+
+
+def container_environment(
+    docs: list[dict[str, Any]],
+    container: dict[str, Any],
+    secrets: dict[tuple[str, str], str],
+    config: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """A container's environment as Kubernetes builds it: its ConfigMaps (`config` replacing
+    their values), then its own `env`, secretKeyRefs read from `secrets` ((name, key) -> value)."""
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         env.update(find(docs, "ConfigMap", source["configMapRef"]["name"])["data"])
-    secrets = _secret_examples()
+        env.update({k: v for k, v in (config or {}).items() if k in env})
     for var in container.get("env", []):
         if "value" in var:
             env[var["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], var["value"])
         else:
             ref = var["valueFrom"]["secretKeyRef"]
             key = (ref["name"], ref["key"])
-            assert key in secrets, f"secretKeyRef {key} is not in k8s/secret.example.yaml"
+            assert key in secrets, f"secretKeyRef {key} is not in the test's Secrets"
             env[var["name"]] = secrets[key]
     return env
 

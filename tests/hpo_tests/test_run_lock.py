@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import socket
+import time
 import uuid
 
 import boto3
@@ -92,3 +93,14 @@ def test_an_s3_lease_refuses_a_renewing_holder_and_takes_over_a_dead_one(s3_endp
     with locked(folder, "tune", log=lines.append):
         pass
     assert f"took over the lock of {folder} from `lushpo tune` (pid 1 on gone-host" in (lines[-1])
+
+    # A holder named by this host and a live pid that is another process (a pid reused, or a
+    # restarted container's PID namespace): gone at once, without waiting for its lease.
+    reused = {"host": socket.gethostname(), "pid": os.getpid(), "process": "another-boot:1",
+              "verb": "tune", "since": "then", "expires": time.time() + 600}  # fmt: skip
+    boto3.client("s3").put_object(Bucket=bucket, Key="studies/.tiny.lock", Body=json.dumps(reused))
+    started = time.monotonic()
+    with locked(folder, "tune", log=lines.append):
+        pass
+    assert time.monotonic() - started < 10, "waited for the lease of a holder known to be gone"
+    assert "took over the lock" in lines[-1]
