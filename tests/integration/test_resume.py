@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import time
 from pathlib import Path
 
 import optuna
@@ -166,6 +167,32 @@ def test_first_ctrl_c_saves_state_prints_the_resume_command_and_exits_130(tmp_pa
     resumed = Driver(["--config", str(config), "--resume"])
     assert resumed.wait(400) == 0, resumed.output
     check_resumed_study(run_dir, f"sqlite:///{run_dir}/optuna.db", "ctrl-c", {})
+
+
+def test_second_ctrl_c_stops_at_once_names_itself_and_the_study_still_resumes(tmp_path):
+    """Why 7 of issue 23: a double Ctrl-C printed `lushpo tune: ` with an empty message."""
+    store_uri, _key, _ = put_synthetic(tmp_path / "store", clips=12, frames=3, dim=4)
+    config = study_yaml(tmp_path, store_uri, "twice")
+    run_dir = tmp_path / "runs" / "twice"
+
+    driver = Driver(["--config", str(config), "--overwrite"])
+    try:
+        driver.wait_for(lambda lines: len(done_trials(lines)) >= 1, 300, "a trial done")
+        os.killpg(driver.proc.pid, signal.SIGINT)
+        time.sleep(0.3)
+        os.killpg(driver.proc.pid, signal.SIGINT)  # the impatient second press
+        rc = driver.wait(180)
+    finally:
+        driver.reap()
+    assert rc == 130, driver.output
+    said = [line for line in driver.output.splitlines() if line.startswith("lushpo tune:")]
+    assert said and all(line.removeprefix("lushpo tune:").strip() for line in said), said
+    assert f"resume with: lushpo tune --config {config} --resume" in driver.output
+    assert "Traceback" not in driver.output
+
+    resumed = Driver(["--config", str(config), "--resume"])
+    assert resumed.wait(400) == 0, resumed.output
+    check_resumed_study(run_dir, f"sqlite:///{run_dir}/optuna.db", "twice", {})
 
 
 def test_resume_command_drops_overwrite_and_adds_resume():

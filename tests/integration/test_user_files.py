@@ -20,6 +20,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from tests.support.clips import write_clip
 from tests.support.featuresets import put_synthetic
 from tests.support.read_only import read_only
 from tests.support.s3 import free_port
@@ -125,12 +126,38 @@ def _a_corrupt_set(runs: Path, made: Made) -> list[Callable[[], None]]:
 NOWHERE = f"127.0.0.1:{free_port()}"
 TUNE = ["tune", "--config", "study.yaml", "--store", "{store}", "--storage-path", "{runs}"]
 S3_RUNS = "s3://lushpo-none/runs"
+FEATURES = ["features", "--backbone", "xception", "--frames", "2", "--store", "{runs}/store",
+            "--data-dir", "{runs}/data"]  # fmt: skip
 NO_S3 = {
     "AWS_ENDPOINT_URL": f"http://{NOWHERE}",
     "AWS_ACCESS_KEY_ID": "x",
     "AWS_SECRET_ACCESS_KEY": "y",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+
+
+def _a_read_only_export(runs: Path, made: Made) -> list[Callable[[], None]]:
+    """Why 7: an export nobody can write to (evaluate failed only after its work)."""
+    shutil.copytree(made.export, runs / "export")
+    stack = contextlib.ExitStack()
+    stack.enter_context(read_only(runs / "export"))
+    return [stack.close]
+
+
+def _clips(runs: Path, made: Made) -> list[Callable[[], None]]:
+    """Three clips of the user's, one per class."""
+    for k, name in enumerate(("Cov-own.mp4", "Pneu-own.mp4", "Reg-own.mp4")):
+        write_clip(runs / "data" / "pocus" / "convex" / name, 6, first_index=6 * k)
+    return []
+
+
+def _clips_and_a_read_only_store(runs: Path, made: Made) -> list[Callable[[], None]]:
+    """Why 7: a store nobody can write to (found only after the whole extraction had run)."""
+    _clips(runs, made)
+    (runs / "store").mkdir()
+    stack = contextlib.ExitStack()
+    stack.enter_context(read_only(runs / "store"))
+    return [stack.close]
 
 
 def _nothing(runs: Path, made: Made) -> list[Callable[[], None]]:
@@ -198,6 +225,17 @@ CASES = {
     "a backbone lushpo cannot extract": (
         _nothing, ["config", "check", "--config", "study.yaml"], {},
         "", 2, "'feature_set.backbone' key in study.yaml must be one of ["),
+    "evaluate on a read-only export": (
+        _a_read_only_export, ["evaluate", "{runs}/export", "--no-paper"], {}, "", 1,
+        "permission denied: {runs}/export; choose a folder you can write to"),
+    "features into a read-only store": (
+        _clips_and_a_read_only_store, [*FEATURES, "--weights", "none"], {}, "", 1,
+        "store file://{runs}/store cannot be written (Operation not permitted); pass --store"),
+    "ImageNet weights with no network": (
+        _clips, [*FEATURES, "--weights", "imagenet"],
+        {"KERAS_HOME": "{runs}/keras", "LUSHPO_CACHE_DIR": "{runs}/cache"}, "", 1,
+        "offline, give a copy of xception_weights_tf_dim_ordering_tf_kernels_notop.h5 with "
+        "--weights PATH or LUSHPO_WEIGHTS"),
     "--inner-folds 1": (
         _nothing, [*TUNE, "--nested", "--inner-folds", "1"], {}, "", 2,
         "'1' is not a fold count of 2 or more"),
@@ -240,6 +278,7 @@ def test_nothing_of_the_users_is_lost(case, made, tmp_path):
     try:
         before = _listing(runs)
         argv = [a.format(store=made.store, runs=runs, run=made.run) for a in argv]
+        extra_env = {k: v.format(runs=runs) for k, v in extra_env.items()}
         done = _lushpo(argv, tmp_path, _env() | extra_env)
     finally:
         for step in undo:
@@ -252,7 +291,26 @@ def test_nothing_of_the_users_is_lost(case, made, tmp_path):
     assert len(lines) == 1 and says.format(runs=runs) in lines[0], done.stdout + done.stderr
     assert "s3cret" not in done.stdout + done.stderr
     assert "Traceback" not in done.stderr
-    assert _listing(runs) == before, "a user's file was lost or changed"
+    after = _listing(runs)
+    after.pop("keras/keras.json", None)  # Keras' own config, in the KERAS_HOME the case gave it
+    assert after == before, "a user's file was lost or changed"
     # the name is not blocked: a plain tune of it would not say "already exists"
     assert not (runs / "tiny").exists() or before, sorted((runs / "tiny").rglob("*"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "study.yaml"], "new folders"
+
+
+def test_export_and_evaluate_elsewhere_read_the_studys_store_and_write_0644(made, tmp_path):
+    """Why 7: export and evaluate looked for features in the project store, not the store the
+    study used; the model card and reports were written 0600, the rest of an export 0644."""
+    out = tmp_path / "export"
+    for argv in (
+        ["export", str(made.run), "--out", str(out)],
+        ["evaluate", str(out), "--no-paper"],
+    ):
+        done = _lushpo(argv, tmp_path, _env())  # no --store, and no .lushpo/store here
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert not (tmp_path / ".lushpo").exists()
+    modes = {p.relative_to(out).as_posix(): oct(p.stat().st_mode & 0o777)
+             for p in out.rglob("*") if p.is_file()}  # fmt: skip
+    assert {"model_card.json", "report.md", "model.h5"} <= set(modes)
+    assert set(modes.values()) == {"0o644"}, modes
