@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-VERBS = ("run", "data", "features", "tune", "export", "evaluate", "predict", "config")
+VERBS = ("run", "data", "features", "tune", "export", "evaluate", "publish", "predict", "config")
 # Verbs whose handlers run TensorFlow in this process; a subcommand that does not sets
 # `tensorflow=False` in its parser's defaults (`features ls`).
 TENSORFLOW_VERBS = ("run", "features", "export", "evaluate", "predict")

@@ -9,6 +9,10 @@ folder with no list is refused, naming what an export would have touched.
 
 A crash while files are moved in leaves a list naming the old and the new files, so the next
 ``--overwrite`` still knows everything lushpo wrote there.
+
+`publish` copies a finished export folder to an ``s3://`` prefix by the same rules: the prefix's
+own ``.lushpo-files.json`` names the objects a replacement may delete, an unlisted prefix that
+holds objects is refused, and the list is written last.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ __all__ = [
     "OwnershipError",
     "add_files",
     "owned_files",
+    "publish",
     "replacing",
     "swap_in",
     "target",
@@ -161,3 +166,42 @@ def _prune_empty(folder: Path, root: Path) -> None:
 def add_files(folder: Path, names: Iterable[str]) -> None:
     """Add files lushpo wrote into an existing export folder (evaluate's report) to its list."""
     _write_list(folder, (owned_files(folder) or set()) | set(names))
+
+
+def publish(folder: Path, uri: str, endpoint_url: str | None = None) -> list[str]:
+    """Copy the export in `folder` (its listed files) to the ``s3://`` prefix `uri`, replacing
+    the export published there before; returns the names copied.
+
+    The new files go up first, then the old export's objects the new one lacks are deleted, and
+    the list goes up last, so a crash midway leaves the old list (naming objects that are all
+    lushpo's) or the new one.
+
+    Raises:
+        OwnershipError: `folder` holds no export, or the prefix holds objects no list names."""
+    import boto3  # deferred: local exports never need it
+
+    names = owned_files(folder)
+    if not names:
+        raise OwnershipError(f"{folder} holds no export (no {MANIFEST})")
+    bucket, _, prefix = uri.removeprefix("s3://").rstrip("/").partition("/")
+    client = boto3.client("s3", endpoint_url=endpoint_url)
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/")
+    present = sorted(o["Key"][len(prefix) + 1 :] for p in pages for o in p.get("Contents", []))
+    old: set[str] = set()
+    if MANIFEST in present:
+        body = client.get_object(Bucket=bucket, Key=f"{prefix}/{MANIFEST}")["Body"].read()
+        try:
+            old = {str(n) for n in json.loads(body)["files"]}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise OwnershipError(f"{uri}/{MANIFEST}: not a list of lushpo's files") from exc
+    unlisted = [n for n in present if n != MANIFEST and n not in old]
+    if unlisted:
+        raise OwnershipError(
+            f"{uri} holds objects lushpo did not write ({few(unlisted)}); choose another prefix"
+        )
+    for name in sorted(names):
+        client.upload_file(str(folder / name), bucket, f"{prefix}/{name}")
+    for name in sorted(old - names):
+        client.delete_object(Bucket=bucket, Key=f"{prefix}/{name}")
+    client.upload_file(str(folder / MANIFEST), bucket, f"{prefix}/{MANIFEST}")
+    return sorted(names)

@@ -3,7 +3,8 @@
 data (fetched when the data dir lacks its clips, or the paper's split lacks paper/cross_val.json,
 which `data fetch` writes last; always with --fetch; then checked, leaks included) → features
 (every feature set the config needs; found in the store on a rerun) → tune (resumed, or started
-anew with --overwrite) → export (replacing the previous export) → evaluate. Each step is the verb
+anew with --overwrite) → export (replacing the previous export) → evaluate → publish (only for an
+s3:// --out: the export is made in the node cache, then copied there). Each step is the verb
 of the same name, called in this process with the arguments printed before it, so a step can be
 rerun by hand. A run interrupted at any step finishes when started again: extraction writes a set's
 manifest last, the study resumes from its run storage, and the export is replaced.
@@ -23,8 +24,8 @@ from pathlib import Path
 from types import ModuleType
 
 from hpo import project
-from hpo.commands import data, evaluate, export, features, tune
-from pipeline.files import absolute
+from hpo.commands import data, evaluate, export, features, publish, tune
+from pipeline.files import NODE_ID, absolute
 
 __all__ = ["add_parser", "pipeline_steps"]
 
@@ -49,7 +50,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out",
         metavar="DIR",
-        help="export folder (default: $LUSHPO_RESULTS_DIR/<name>, else .lushpo/out/<name>)",
+        help="export folder or s3:// prefix (published after evaluate) (default: "
+        "$LUSHPO_RESULTS_DIR/<name>, else .lushpo/out/<name>)",
     )
     parser.add_argument(
         "--fetch",
@@ -74,7 +76,12 @@ def pipeline_steps(
     environ = dict(os.environ if environ is None else environ)
     cfg = tune.config_from_args(args, environ)
     data_dir, run_path = cfg.split.data_dir, cfg.run_path  # absolute already (hpo.config)
-    out = absolute(args.out or str(project.results_dir(environ) / cfg.name))
+    results = args.out or _results(environ, cfg.name)
+    published = results.rstrip("/") if results.startswith("s3://") else None
+    if published:  # exported and evaluated in the node cache, then published to the prefix
+        cache = (cfg.cache_dir or str(features.DEFAULT_CACHE_DIR)).replace(NODE_ID, "driver")
+        results = str(Path(cache).expanduser() / "exports" / cfg.name)
+    out = absolute(results)
     shared = {"--store": cfg.store, "--data-dir": data_dir}
 
     steps: list[tuple[ModuleType, list[str]]] = []
@@ -115,7 +122,18 @@ def pipeline_steps(
     # --no-paper: a study on the user's own data has no evaluation.csv; when the data dir holds
     # one it is used, and a report with the paper's columns is never replaced by one without.
     steps.append((evaluate, ["evaluate", out, *_flags(shared), "--no-paper"]))
+    if published:
+        steps.append((publish, ["publish", out, published]))
     return cfg, steps
+
+
+def _results(environ: dict[str, str], name: str) -> str:
+    """--out's default: `<$LUSHPO_RESULTS_DIR>/<name>` (a folder or an s3:// prefix), else the
+    project folder's `out/<name>`."""
+    env = environ.get(project.RESULTS_ENV, "")
+    if env.startswith("s3://"):
+        return f"{env.rstrip('/')}/{name}"
+    return str(project.results_dir(environ) / name)
 
 
 def _flags(values: dict[str, object]) -> list[str]:

@@ -11,7 +11,7 @@ b. The RayJob's flow on two pods: a head (`num-cpus 0`) and a worker, each in it
    namespace with its own address on a bridge, token authentication on with the token from the
    Secret, an S3 endpoint (moto) in a third namespace. A submitter pod submits the rendered
    RayJob's own entrypoint to the head's job API; the features are extracted on the worker and
-   the study, export and report land in S3.
+   the study, export and report land in S3 (LUSHPO_RESULTS_DIR an s3:// prefix).
 c. KubeRay's retry: both pods are deleted mid-study, a fresh pair starts (a new cluster, as the
    RayJob's backoffLimit makes one) and the job is submitted again: the study resumes from S3 and
    ends with exactly its budget."""
@@ -405,6 +405,7 @@ def test_rayjob_on_two_pods_over_a_pod_network_then_kuberay_retry_resumes_from_s
             "LUSHPO_STORAGE_PATH": f"s3://{BUCKET}/runs",
             "LUSHPO_STUDY": "tiny",
             "LUSHPO_WEIGHTS": f"s3://{BUCKET}/weights/{WEIGHTS}",
+            "LUSHPO_RESULTS_DIR": f"s3://{BUCKET}/results",  # export and report land in S3
         }
         auth = _kuberay_auth(rayjob, secrets)
         work = _work(tmp_path / "work")
@@ -533,8 +534,12 @@ def test_rayjob_on_two_pods_over_a_pod_network_then_kuberay_retry_resumes_from_s
         assert budget_states(optuna_db) == ["COMPLETE"] * TRIALS
         assert any(k.endswith("features.npy") for k in s3.keys("store/"))
         assert s3.keys("runs/tiny/"), "no run storage in S3"
-        export = work / "results" / "tiny"
-        assert json.loads((export / "model_card.json").read_text())["frames"] == 2
-        assert json.loads((export / "report.json").read_text())
+        published = s3.keys("results/tiny/")
+        assert {"results/tiny/model_card.json", "results/tiny/report.json",
+                "results/tiny/model.h5"} <= set(published), published  # fmt: skip
+        card = json.loads(s3.python(
+            f"print(s3.get_object(Bucket={BUCKET!r}, Key='results/tiny/model_card.json')"
+            "['Body'].read().decode())"))  # fmt: skip
+        assert card["frames"] == 2 and card["backbone"] == "xception"
     finally:
         s3.stop()
