@@ -172,9 +172,9 @@ def publish(folder: Path, uri: str, endpoint_url: str | None = None) -> list[str
     """Copy the export in `folder` (its listed files) to the ``s3://`` prefix `uri`, replacing
     the export published there before; returns the names copied.
 
-    The new files go up first, then the old export's objects the new one lacks are deleted, and
-    the list goes up last, so a crash midway leaves the old list (naming objects that are all
-    lushpo's) or the new one.
+    As `swap_in` does locally: a list naming the old and the new files goes up first, then the
+    new files, then the old export's objects the new one lacks are deleted, and the new list goes
+    up last; a publish that dies midway leaves a list naming every object lushpo put there.
 
     Raises:
         OwnershipError: `folder` holds no export, or the prefix holds objects no list names."""
@@ -184,6 +184,8 @@ def publish(folder: Path, uri: str, endpoint_url: str | None = None) -> list[str
     if not names:
         raise OwnershipError(f"{folder} holds no export (no {MANIFEST})")
     bucket, _, prefix = uri.removeprefix("s3://").rstrip("/").partition("/")
+    if not bucket or not prefix:
+        raise OwnershipError(f"{uri}: publish to a prefix, s3://bucket/prefix, not a whole bucket")
     client = boto3.client("s3", endpoint_url=endpoint_url)
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/")
     present = sorted(o["Key"][len(prefix) + 1 :] for p in pages for o in p.get("Contents", []))
@@ -199,9 +201,15 @@ def publish(folder: Path, uri: str, endpoint_url: str | None = None) -> list[str
         raise OwnershipError(
             f"{uri} holds objects lushpo did not write ({few(unlisted)}); choose another prefix"
         )
+
+    def put_list(listed: set[str]) -> None:
+        body = json.dumps({"format": _FORMAT, "files": sorted(listed)}, indent=1).encode()
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{MANIFEST}", Body=body)
+
+    put_list(old | names)
     for name in sorted(names):
         client.upload_file(str(folder / name), bucket, f"{prefix}/{name}")
     for name in sorted(old - names):
         client.delete_object(Bucket=bucket, Key=f"{prefix}/{name}")
-    client.upload_file(str(folder / MANIFEST), bucket, f"{prefix}/{MANIFEST}")
+    put_list(names)
     return sorted(names)

@@ -57,6 +57,40 @@ def test_publish_replaces_only_the_earlier_export_and_refuses_a_prefix_of_the_us
                    "(thesis.tex); choose another prefix"]  # fmt: skip
     assert _objects(bucket, "mine/") == {"thesis.tex": b"\\chapter{}"}
     assert main(["publish", str(tmp_path / "nothing"), uri]) == 1  # no export in the folder
+    assert main(["publish", str(second), f"s3://{bucket}"]) == 1  # a whole bucket
+
+
+def test_a_publish_that_died_midway_is_replaced_by_the_next(s3_endpoint, tmp_path, monkeypatch):
+    """The list naming old and new files goes up first, so objects a dead publish left behind
+    are lushpo's to replace, not a user's to refuse."""
+    import hpo.export_folder as export_folder
+
+    bucket = f"results-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    uri = f"s3://{bucket}/tiny"
+    assert main(["publish", str(_export(tmp_path / "a", {"old.h5": "o"})), uri]) == 0
+    new = _export(tmp_path / "b", {"new.h5": "n", "model.h5": "m"})
+    real = boto3.client
+
+    def dying_client(*args, **kwargs):
+        client = real(*args, **kwargs)
+        uploads = []
+
+        def upload_file(path, bucket_, key):
+            if uploads:
+                raise OSError("killed")  # the process dies after the first new object
+            uploads.append(key)
+            return type(client).upload_file(client, path, bucket_, key)
+
+        client.upload_file = upload_file
+        return client
+
+    monkeypatch.setattr(boto3, "client", dying_client)
+    with pytest.raises(OSError, match="killed"):
+        export_folder.publish(new, uri)
+    monkeypatch.setattr(boto3, "client", real)
+    assert main(["publish", str(new), uri]) == 0
+    assert _objects(bucket, "tiny/").keys() == {"new.h5", "model.h5", MANIFEST}
 
 
 def test_run_with_an_s3_results_dir_exports_in_the_cache_then_publishes(tmp_path):

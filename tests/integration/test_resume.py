@@ -148,51 +148,34 @@ def test_driver_killed_after_a_mid_run_checkpoint_resumes_to_exactly_the_budget(
     check_resumed_study(run_dir, f"sqlite:///{run_dir}/optuna.db", "killed", before)
 
 
-def test_first_ctrl_c_saves_state_prints_the_resume_command_and_exits_130(tmp_path):
+@pytest.mark.parametrize("presses", [1, 2], ids=["once", "twice"])
+def test_ctrl_c_saves_state_prints_the_resume_command_and_exits_130(presses, tmp_path):
+    """Ctrl-C once stops the study gracefully; an impatient second press stops it at once. Both
+    say so in a line with a message (issue 23: a double Ctrl-C printed `lushpo tune: ` and
+    nothing else), print the resume command, and the study resumes to its budget."""
+    name = f"ctrl-c-{presses}"
     store_uri, _key, _ = put_synthetic(tmp_path / "store", clips=12, frames=3, dim=4)
-    config = study_yaml(tmp_path, store_uri, "ctrl-c")
-    run_dir = tmp_path / "runs" / "ctrl-c"
+    config = study_yaml(tmp_path, store_uri, name)
+    run_dir = tmp_path / "runs" / name
 
     driver = Driver(["--config", str(config), "--overwrite"])
     try:
         driver.wait_for(lambda lines: len(done_trials(lines)) >= 1, 300, "a trial done")
-        os.killpg(driver.proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
-        rc = driver.wait(180)
-    finally:
-        driver.reap()
-    assert rc == 130, driver.output
-    assert f"resume with: lushpo tune --config {config} --resume" in driver.output
-    assert "interrupted" in driver.output
-
-    resumed = Driver(["--config", str(config), "--resume"])
-    assert resumed.wait(400) == 0, resumed.output
-    check_resumed_study(run_dir, f"sqlite:///{run_dir}/optuna.db", "ctrl-c", {})
-
-
-def test_second_ctrl_c_stops_at_once_names_itself_and_the_study_still_resumes(tmp_path):
-    """Why 7 of issue 23: a double Ctrl-C printed `lushpo tune: ` with an empty message."""
-    store_uri, _key, _ = put_synthetic(tmp_path / "store", clips=12, frames=3, dim=4)
-    config = study_yaml(tmp_path, store_uri, "twice")
-    run_dir = tmp_path / "runs" / "twice"
-
-    driver = Driver(["--config", str(config), "--overwrite"])
-    try:
-        driver.wait_for(lambda lines: len(done_trials(lines)) >= 1, 300, "a trial done")
-        os.killpg(driver.proc.pid, signal.SIGINT)
-        time.sleep(0.3)
-        os.killpg(driver.proc.pid, signal.SIGINT)  # the impatient second press
+        for press in range(presses):
+            time.sleep(0.3 * press)
+            os.killpg(driver.proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
         rc = driver.wait(180)
     finally:
         driver.reap()
     assert rc == 130, driver.output
     said = [line for line in driver.output.splitlines() if line.startswith("lushpo tune:")]
     assert said and all(line.removeprefix("lushpo tune:").strip() for line in said), said
+    assert "interrupted" in driver.output and "Traceback" not in driver.output
     assert f"resume with: lushpo tune --config {config} --resume" in driver.output
-    assert "Traceback" not in driver.output
 
     resumed = Driver(["--config", str(config), "--resume"])
     assert resumed.wait(400) == 0, resumed.output
-    check_resumed_study(run_dir, f"sqlite:///{run_dir}/optuna.db", "twice", {})
+    check_resumed_study(run_dir, f"sqlite:///{run_dir}/optuna.db", name, {})
 
 
 def test_resume_command_drops_overwrite_and_adds_resume():
