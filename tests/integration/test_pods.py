@@ -270,10 +270,9 @@ class _S3:
                 stderr=subprocess.STDOUT,
             )
 
-    def python(self, code: str) -> str:
-        """Runs `code` with boto3 in the endpoint's namespace; `s3` is a client of it."""
+    def _run(self, code: str) -> subprocess.CompletedProcess:
         script = f"import boto3, json\ns3 = boto3.client('s3')\n{code}"
-        done = subprocess.run(
+        return subprocess.run(
             ["ip", "netns", "exec", self.namespace, sys.executable, "-c", script],
             env=self.env,
             capture_output=True,
@@ -281,28 +280,15 @@ class _S3:
             timeout=120,
             check=False,
         )
+
+    def python(self, code: str) -> str:
+        """Runs `code` with boto3 in the endpoint's namespace; `s3` is a client of it."""
+        done = self._run(code)
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stdout
 
-    def python_safe(self) -> str:
-        """'ready' once the endpoint answers."""
-        done = subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                self.namespace,
-                sys.executable,
-                "-c",
-                "import boto3; boto3.client('s3').list_buckets(); print('ready')",
-            ],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        return done.stdout
+    def answers(self) -> bool:
+        return self._run("s3.list_buckets()").returncode == 0
 
     def keys(self, prefix: str) -> list[str]:
         return json.loads(
@@ -395,7 +381,7 @@ def test_rayjob_on_two_pods_over_a_pod_network_then_kuberay_retry_resumes_from_s
     worker_ns, worker_ip = network.add("worker")
     submit_ns, _ = network.add("submit")
     try:
-        _wait(lambda: "ready" in s3.python_safe(), 60, "moto did not start", lambda: "")
+        _wait(s3.answers, 60, "moto did not start", lambda: "")
         s3.python(
             f"s3.create_bucket(Bucket={BUCKET!r})\n"
             f"s3.upload_file({str(xception_weights)!r}, {BUCKET!r}, 'weights/{WEIGHTS}')"

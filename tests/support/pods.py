@@ -8,12 +8,12 @@ without a container engine (none runs here, and `podman run` is refused by the s
   points a pod's volumes need made in it, as the container runtime makes them.
 - `Network`: network namespaces on one bridge (itself in a namespace of its own), one per pod,
   each with its own address; nothing between pods goes over loopback.
-- `Pod`: one process tree in a mount, UTS and PID namespace of its own (in its network namespace,
-  its hostname its name): the
-  image root bound read-only (`readOnlyRootFilesystem`), tmpfs for emptyDirs, bind mounts for
-  PVCs and read-only volumes, then chroot as uid 1000, gid 100 with no new privileges and the
-  image's environment plus the container's. Stopping a pod kills its PID namespace's init, so the
-  kernel kills everything in it, as deleting a pod does.
+- `Pod`: one process tree in a mount, UTS and PID namespace of its own, in its network namespace
+  and with its name as hostname: the image root bound read-only (`readOnlyRootFilesystem`),
+  tmpfs for emptyDirs, bind mounts for PVCs and read-only volumes, then chroot as uid 1000,
+  gid 100 with no new privileges and the image's environment plus the container's. Stopping a
+  pod kills its PID namespace's init, so the kernel kills everything in it, as deleting a pod
+  does.
 
 Everything made here is named with the test's own prefix and removed by it."""
 
@@ -27,6 +27,7 @@ import shlex
 import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,8 +43,6 @@ def _run(*argv: str, timeout: float = 120) -> str:
 
 def build_image(repo: Path, dockerfile: str, tag: str, base: str, log: Path) -> float:
     """Builds `dockerfile` (relative to `repo`) as `tag` FROM `base`; returns the seconds taken."""
-    import time
-
     with tempfile.TemporaryDirectory(prefix="lushpo-pip-") as tmp:
         pip_conf = Path(tmp) / "pip.conf"
         pip_conf.write_text("[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n")
@@ -197,7 +196,8 @@ class Pod:
     def start(self) -> Pod:
         self._make_mount_points()
         mount_root = self._mount_root = Path(tempfile.mkdtemp(prefix=f"lushpo-pod-{self.name}-"))
-        # --kill-child: killing `unshare` kills the namespace's init, and with it the whole pod.
+        # --kill-child ends the pod with a test that dies before its init drops to uid 1000 (the
+        # change of uid clears the parent-death signal; `stop` then kills the init by PID).
         argv = [
             "unshare",
             "--mount",
@@ -221,9 +221,6 @@ class Pod:
     def wait(self, timeout: float) -> int:
         assert self.process is not None
         return self.process.wait(timeout)
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
         """Deletes the pod: SIGKILL to its PID namespace, everything in it dies with it."""
