@@ -50,13 +50,20 @@ class OwnershipError(ValueError):
 def owned_files(folder: Path) -> set[str] | None:
     """The folder's files (relative POSIX paths) its list says lushpo wrote; None without one."""
     path = folder / MANIFEST
-    if not path.is_file():
-        return None
+    return _parse_list(path.read_text(), str(path)) if path.is_file() else None
+
+
+def _parse_list(text: str | bytes, where: str) -> set[str]:
     try:
-        listed = json.loads(path.read_text())["files"]
+        listed = json.loads(text)["files"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise OwnershipError(f"{path}: not a list of lushpo's files ({exc}); move it away") from exc
+        message = f"{where}: not a list of lushpo's files ({exc}); move it away"
+        raise OwnershipError(message) from exc
     return {str(name) for name in listed}
+
+
+def _list_text(names: Iterable[str]) -> str:
+    return json.dumps({"format": _FORMAT, "files": sorted(set(names))}, indent=1)
 
 
 def _present(folder: Path) -> list[str]:
@@ -127,9 +134,7 @@ def replacing(
 
 
 def _write_list(folder: Path, names: Iterable[str]) -> None:
-    atomic_write_text(
-        folder / MANIFEST, json.dumps({"format": _FORMAT, "files": sorted(set(names))}, indent=1)
-    )
+    atomic_write_text(folder / MANIFEST, _list_text(names))
 
 
 def swap_in(built: Path, out: Path, old: set[str], last: str) -> None:
@@ -192,10 +197,7 @@ def publish(folder: Path, uri: str, endpoint_url: str | None = None) -> list[str
     old: set[str] = set()
     if MANIFEST in present:
         body = client.get_object(Bucket=bucket, Key=f"{prefix}/{MANIFEST}")["Body"].read()
-        try:
-            old = {str(n) for n in json.loads(body)["files"]}
-        except (ValueError, KeyError, TypeError) as exc:
-            raise OwnershipError(f"{uri}/{MANIFEST}: not a list of lushpo's files") from exc
+        old = _parse_list(body, f"{uri}/{MANIFEST}")
     unlisted = [n for n in present if n != MANIFEST and n not in old]
     if unlisted:
         raise OwnershipError(
@@ -203,8 +205,7 @@ def publish(folder: Path, uri: str, endpoint_url: str | None = None) -> list[str
         )
 
     def put_list(listed: set[str]) -> None:
-        body = json.dumps({"format": _FORMAT, "files": sorted(listed)}, indent=1).encode()
-        client.put_object(Bucket=bucket, Key=f"{prefix}/{MANIFEST}", Body=body)
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{MANIFEST}", Body=_list_text(listed))
 
     put_list(old | names)
     for name in sorted(names):

@@ -25,7 +25,7 @@ from types import ModuleType
 
 from hpo import project
 from hpo.commands import data, evaluate, export, features, publish, tune
-from pipeline.files import NODE_ID, absolute
+from pipeline.files import absolute, on_node
 
 __all__ = ["add_parser", "pipeline_steps"]
 
@@ -79,7 +79,7 @@ def pipeline_steps(
     results = args.out or _results(environ, cfg.name)
     published = results.rstrip("/") if results.startswith("s3://") else None
     if published:  # exported and evaluated in the node cache, then published to the prefix
-        cache = (cfg.cache_dir or str(features.DEFAULT_CACHE_DIR)).replace(NODE_ID, "driver")
+        cache = on_node(cfg.cache_dir or str(features.DEFAULT_CACHE_DIR), "driver")
         results = str(Path(cache).expanduser() / "exports" / cfg.name)
     out = absolute(results)
     shared = {"--store": cfg.store, "--data-dir": data_dir}
