@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from hpo.metrics import bootstrap_ci, fold_metrics, summarize
+from hpo.selection import SELECTED_ON
 from pipeline.manifest import Split
 
 __all__ = ["C_GRID", "INNER_FOLDS", "linear_probe", "temporal_claim"]
@@ -106,17 +107,24 @@ def linear_probe(
 
 
 def temporal_claim(
-    study_accuracy: float, probe_accuracy: float, *, honest: bool, head: str = "lstm"
+    study_accuracy: float,
+    probe_accuracy: float,
+    *,
+    honest: bool,
+    head: str = "lstm",
+    selected_on: str = SELECTED_ON,
 ) -> str:
     """One sentence: does the searched temporal model beat the spatial-only baseline here?
 
-    `study_accuracy` is the nested-CV estimate when `honest`, else the study's best selected on
-    the test folds (then the sentence says it is optimistic). Both are mean accuracies over the
-    same outer folds. When the best model's `head` is ``pooled`` it is itself spatial-only, so
-    whatever its score, it cannot support the claim that time helps.
+    `study_accuracy` is the nested-CV estimate when `honest`, else the study's best, labelled by
+    how it was selected (`selected_on`; on the test folds the sentence says it is optimistic).
+    Both are mean accuracies over the same outer folds. When the best model's `head` is
+    ``pooled`` it is itself spatial-only, so whatever its score, it cannot support the claim that
+    time helps.
     """
     delta = study_accuracy - probe_accuracy
-    kind = "nested-CV estimate (honest)" if honest else "best trial, selected on the test folds"
+    kind = "nested-CV estimate (honest)" if honest else f"best trial, {selected_on}"
+    optimistic = not honest and selected_on == SELECTED_ON
     beats = "beats" if delta > 0 else "does not beat"
     versus = f"{beats} the spatial-only baseline's {probe_accuracy:.3f} ({delta:+.3f} accuracy)"
     claim = "the paper's claim that the temporal model outperforms spatial-only approaches is"
@@ -131,5 +139,5 @@ def temporal_claim(
         f"On this data and split, the searched {head.upper()} model's {kind}, "
         f"{study_accuracy:.3f}, {versus}, so {claim} "
         f"{'supported' if supported else 'not supported'} here"
-        f"{', on an optimistic figure' if supported and not honest else ''}."
+        f"{', on an optimistic figure' if supported and optimistic else ''}."
     )

@@ -116,6 +116,30 @@ class SearcherConfig(_Section):
     )
 
 
+class ObjectiveConfig(_Section):
+    on: Literal["test_folds", "validation"] = Field(
+        "test_folds",
+        description="the folds the search maximises accuracy on: test_folds (the paper's "
+        "protocol) or validation (each fold's inner split; the test folds stay unseen)",
+    )
+    constraints: list[Text] = Field(
+        [],
+        description="bounds on the same folds, e.g. 'covid_recall >= 0.9': the best trial is "
+        "the best feasible one",
+    )
+    directions: dict[Text, Literal["maximize", "minimize"]] = Field(
+        {},
+        description="two metrics or more, e.g. {accuracy: maximize, covid_recall: maximize}: a "
+        "Pareto front, one point of which export picks (--pick)",
+    )
+
+    def objective(self) -> Any:
+        """This section as `hpo.selection.Objective` (already checked by `_check`)."""
+        from hpo.selection import Objective
+
+        return Objective.from_dict(self.model_dump())
+
+
 class ResourcesConfig(_Section):
     cpu: Positive = 1.0
     gpu: NonNegative = Field(0.0, description="fractions such as 0.25 share one GPU")
@@ -159,6 +183,7 @@ class StudyConfig(_Section):
     budget: BudgetConfig = BudgetConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     searcher: SearcherConfig = SearcherConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
     resources: ResourcesConfig = ResourcesConfig()
     training: TrainingConfig = TrainingConfig()
     rescore: RescoreConfig = RescoreConfig()
@@ -259,6 +284,22 @@ def _check(cfg: StudyConfig, source: str) -> None:
             f"dimensions {', '.join(categorical)} (or use sampler tpe)",
             None, source,
         )  # fmt: skip
+    from hpo.selection import Constraint, Objective
+
+    for text in cfg.objective.constraints:
+        try:
+            Constraint.parse(text)
+        except ValueError as exc:
+            raise InvalidConfigError("objective.constraints", str(exc), text, source) from None
+    try:
+        Objective.from_dict({"directions": cfg.objective.directions})
+    except ValueError as exc:
+        directions = cfg.objective.directions
+        raise InvalidConfigError("objective.directions", str(exc), directions, source) from None
+    for key in ("constraints", "directions"):  # CmaEsSampler: one objective, no constraints
+        if getattr(cfg.objective, key) and search.sampler == "cmaes":
+            allowed = f"tpe or random with objective.{key}"
+            raise InvalidConfigError("searcher.sampler", allowed, "cmaes", source)
     try:
         if cfg.searcher.start_from_paper_best:
             paper_best(space)

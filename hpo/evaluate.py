@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from hpo.paper import (
     read_paper_layout,
 )
 from hpo.run_lock import locked
-from hpo.selection import SELECTED_ON
+from hpo.selection import selected_on
 from pipeline.files import atomic_write_text
 from pipeline.manifest import LABELS, Split
 
@@ -43,6 +44,7 @@ __all__ = ["REPORT_JSON", "REPORT_MD", "evaluate", "load_split_features"]
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
+FRONT = "pareto_front.png"
 
 
 def load_split_features(
@@ -144,7 +146,8 @@ def _deltas(ours: dict, paper: dict | None) -> dict[str, float] | None:
 def _study_plots(
     card: dict, directory: Path, optuna_storage: str | None, notes: list[str]
 ) -> dict[str, str]:
-    """Optimisation history and parameter importances from the Optuna study the card names."""
+    """Optimisation history and parameter importances from the Optuna study the card names; the
+    Pareto front of a multi-objective study."""
     import optuna
 
     from hpo.optuna_storage import connectable, masked
@@ -172,11 +175,17 @@ def _study_plots(
                 f"Optuna study not readable at {masked(storage)}: {exc}; history from the run's "
                 "trials."
             )
+    front = _front_plot(card, directory)
+    if front:
+        plots["Pareto front"] = front
+    # a multi-objective study's history and importances follow its first objective, accuracy
+    target = None if study is None or len(study.directions) == 1 else (lambda t: t.values[0])
     if study is not None:
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        values = [float(t.value) for t in done if t.value is not None]
+        values = [float(t.values[0]) for t in done if t.values]
     else:
-        values = [t["accuracy"] for t in card.get("trials", []) if t.get("accuracy") is not None]
+        rows = card.get("trials", [])  # "objective": the study's; cards before it: "accuracy"
+        values = [v for t in rows if (v := t.get("objective", t.get("accuracy"))) is not None]
     if len(values) < 2:
         notes.append(
             f"Optimisation history and importances skipped: {len(values)} completed trial(s) (< 2)."
@@ -188,7 +197,9 @@ def _study_plots(
         notes.append("Parameter importances skipped: no Optuna study recorded in the model card.")
         return plots
     try:
-        importances = optuna.importance.get_param_importances(study)
+        with warnings.catch_warnings():  # "Some regimes … have less than 2 trials": a note's job
+            warnings.simplefilter("ignore")
+            importances = optuna.importance.get_param_importances(study, target=target)
     except Exception as exc:  # e.g. every trial has the same parameters
         notes.append(f"Parameter importances skipped: {exc}")
         return plots
@@ -198,6 +209,20 @@ def _study_plots(
     render.plot_importances(dict(importances), directory / "importances.png")
     plots["parameter importances"] = "importances.png"
     return plots
+
+
+def _front_plot(card: dict, directory: Path) -> str | None:
+    """The study's trials in its first two objectives, the Pareto front and the exported point
+    marked, from the card (`hpo.export`); None for a single-objective study."""
+    selection = card.get("selection") or {}
+    directions = (selection.get("objective") or {}).get("directions")
+    rows = [t for t in card.get("trials", []) if t.get("values")]
+    if not directions or not rows:
+        return None
+    render.plot_front(
+        rows, list(directions), card["trial_id"], selection.get("pick") or [], directory / FRONT
+    )
+    return FRONT
 
 
 def paper_config_baseline(card: dict, ours: dict) -> dict | None:
@@ -216,6 +241,19 @@ def paper_config_baseline(card: dict, ours: dict) -> dict | None:
         "cov_recall": row.get("cov_recall"),
         "delta_accuracy": ours["accuracy"]["mean"] - row["accuracy"],
     }
+
+
+def _nested_confidence(nested: dict | None) -> dict | None:
+    """Bootstrap intervals of the nested estimate: each outer fold's test predictions pooled, as
+    for the study's best (`hpo.export.confidence`); None without nested CV."""
+    pooled = {}
+    for fold in (nested or {}).get("outer_folds", []):
+        test = fold.get("test") or {}
+        for clip, true, pred in zip(
+            test.get("test_ids", []), test.get("y_true", []), test.get("y_pred", []), strict=True
+        ):
+            pooled[clip] = (true, pred)
+    return confidence(pooled) if pooled else None
 
 
 def _nested_notes(card: dict) -> list[str]:
@@ -358,7 +396,8 @@ def _evaluate(
             )
         }
         | {"split": {"name": card["split"]["name"]}},
-        "selected_on": SELECTED_ON,
+        "selected_on": selected_on(card),
+        "selection": card.get("selection"),
         "folds": folds,
         "summary": summary,
         "ours": ours,
@@ -372,6 +411,7 @@ def _evaluate(
         "support_aware": _support_aware(summary),
         "matches_model_card": matches,
         "nested": card.get("nested"),
+        "nested_confidence": _nested_confidence(card.get("nested")),
         "rescore": card.get("rescore"),
         "plots": plots,
         "notes": notes,

@@ -13,9 +13,11 @@ What a clinician-researcher takes away is one folder:
 Every ``.h5`` holds only built-in Keras layers, so plain ``tf.keras.models.load_model(path)``
 loads it with no custom objects.
 
-Best trial (``select_best``): highest mean CV accuracy; ties broken by higher mean COVID recall,
-then lower accuracy std, then the earlier trial (its position in the run). Only trials whose
-final checkpoint holds a complete ``trial.json`` (one metrics entry per fold) are candidates.
+Best trial (``select_best``, on the folds of the study's ``objective.on``, from its
+``lushpo-settings.json``): feasible first (``objective.constraints``), then highest mean CV
+accuracy; ties broken by higher mean COVID recall, then lower accuracy std, then the earlier trial
+(its position in the run). Only trials whose final checkpoint holds a complete ``trial.json`` (one
+metrics entry per fold) are candidates. The card's figures are the test folds' either way.
 """
 
 from __future__ import annotations
@@ -41,8 +43,15 @@ from hpo.export_folder import replacing
 from hpo.metrics import bootstrap_ci, fold_metrics, summarize
 from hpo.model import predict_proba
 from hpo.optuna_storage import masked
-from hpo.run_files import RESCORE_FILE, experiment_paths, read_run_file
-from hpo.selection import SELECTED_ON, TIE_BREAK, Candidate, final_epochs, select_best
+from hpo.run_files import RESCORE_FILE, SETTINGS_FILE, experiment_paths, read_run_file
+from hpo.selection import (
+    TIE_BREAK,
+    Candidate,
+    Objective,
+    final_epochs,
+    select_best,
+    selected_on,
+)
 from hpo.trial_settings import STUDY_KEY
 from pipeline.files import atomic_write_text, s3_filesystem, sha256_file
 
@@ -120,13 +129,6 @@ class _TrialRef:
     config: dict
 
 
-def _float(result: dict, key: str) -> float:
-    try:
-        return float(result[key])
-    except (KeyError, TypeError, ValueError):
-        return math.nan
-
-
 def _run_filesystem(run: str, endpoint_url: str | None) -> tuple[str, Any]:
     """(path, pyarrow filesystem) for reading the run; s3:// through `endpoint_url` if given
     (MinIO, moto), as `hpo.study` writes it."""
@@ -136,10 +138,15 @@ def _run_filesystem(run: str, endpoint_url: str | None) -> tuple[str, Any]:
 
 
 def _read_run(
-    run: str, endpoint_url: str | None = None, study_key: str | None = None
+    run: str,
+    endpoint_url: str | None = None,
+    study_key: str | None = None,
+    objective: Objective | None = None,
 ) -> list[_TrialRef]:
-    """Every trial of the run with a checkpoint and a final accuracy, in run order; with
-    `study_key`, those of that study only (an experiment of several: a grid's cells)."""
+    """Every trial of the run with a checkpoint and a final accuracy, in run order, ranked by
+    `objective` (default: the test folds); with `study_key`, those of that study only (an
+    experiment of several: a grid's cells)."""
+    objective = objective or Objective()
     from ray.tune import ExperimentAnalysis
 
     path, filesystem = _run_filesystem(run, endpoint_url)
@@ -171,13 +178,7 @@ def _read_run(
             continue
         refs.append(
             _TrialRef(
-                Candidate(
-                    trial_id=str(trial.trial_id),
-                    order=order,
-                    accuracy=_float(result, "accuracy"),
-                    cov_recall=_float(result, "cov_recall_mean"),
-                    accuracy_std=_float(result, "accuracy_std"),
-                ),
+                objective.candidate(str(trial.trial_id), order, result),
                 trial,
                 {k: v for k, v in (trial.config or {}).items() if k != STUDY_KEY},
             )
@@ -286,21 +287,34 @@ def _nested_mismatch(nested: dict | None, feature_set: str, split: dict) -> str 
     )
 
 
-def _trials_table(refs: list[_TrialRef]) -> list[dict]:
-    """Every candidate trial's objective, for the optimisation-history plot; ``paper_best``
-    marks the paper's own head and recipe (`hpo.space.PAPER_BEST`), the report's baseline."""
+def _trials_table(refs: list[_TrialRef], objective: Objective, front: set[str]) -> list[dict]:
+    """Every candidate trial's test-fold figures (``accuracy``, ``accuracy_std``,
+    ``cov_recall``: what the report compares), its ``objective`` (the accuracy on the objective's
+    folds, for the optimisation-history plot) and, for a multi-objective study, its ``values``;
+    ``paper_best`` marks the paper's own head and recipe (`hpo.space.PAPER_BEST`), the report's
+    baseline."""
     from hpo.space import is_paper_best
+
+    def finite(value: Any) -> float | None:
+        try:
+            return float(value) if math.isfinite(float(value)) else None
+        except (TypeError, ValueError):
+            return None
 
     rows = []
     for ref in refs:
-        c = ref.candidate
+        c, result = ref.candidate, ref.trial.last_result or {}
         rows.append(
             {
                 "trial_id": c.trial_id,
                 "order": c.order,
-                "accuracy": c.accuracy if math.isfinite(c.accuracy) else None,
-                "accuracy_std": c.accuracy_std if math.isfinite(c.accuracy_std) else None,
-                "cov_recall": c.cov_recall if math.isfinite(c.cov_recall) else None,
+                "accuracy": finite(result.get("accuracy")),
+                "accuracy_std": finite(result.get("accuracy_std")),
+                "cov_recall": finite(result.get("cov_recall_mean")),
+                "objective": finite(c.accuracy),
+                "feasible": c.feasible,
+                "values": objective.values(result),
+                "on_front": c.trial_id in front,
                 "paper_best": is_paper_best(ref.config),
             }
         )
@@ -378,6 +392,7 @@ def claim(card: dict) -> str:
         float(card["baseline"]["summary"]["accuracy"]["mean"]),
         honest=honest is not None,
         head=str(card["params"].get("head", "lstm")),
+        selected_on=selected_on(card),
     )
 
 
@@ -577,6 +592,7 @@ def export_best(
     log: Callable[[str], None] = lambda _msg: None,
     experiment: str | None = None,
     study_key: str | None = None,
+    pick: Sequence[str] = (),
 ) -> ExportResult:
     """Export the best trial (see `TIE_BREAK`) of the Ray Tune run at `run` into `out`.
 
@@ -595,17 +611,28 @@ def export_best(
         experiment, study_key: the Ray Tune experiment that holds the run's trials when it is
             not `run` itself, and the study whose trials to take from it (a grid's cell:
             `hpo.grid`); `run` still holds the study's own files (rescore.json).
+        pick: rules such as ``covid_recall >= 0.9`` (`hpo.selection.Constraint`) the exported
+            trial must meet, on the objective's folds: the highest accuracy that meets them (on
+            the Pareto front of a study with ``objective.directions``).
 
     Raises:
         ExportError: the run cannot be read or holds no complete trial; see `export_checkpoint`.
     """
     out = Path(out)
     # before touching `out`: a failed read leaves nothing
-    refs = _read_run(experiment or run, endpoint_url, study_key)
+    settings = read_run_file(run, SETTINGS_FILE, endpoint_url) or {}  # none: an older run
+    study_objective = Objective.from_dict(settings.get("objective"))
+    try:
+        objective = study_objective.with_pick(pick)
+    except ValueError as exc:
+        raise ExportError(f"--pick: {exc}") from None
+    refs = _read_run(experiment or run, endpoint_url, study_key, objective)
     if not refs:
         raise ExportError(f"the run at {run} has no finished trial with a checkpoint")
     with replacing(out, overwrite, last=CARD, log=log) as stage:
-        card = _export_best(run, stage, refs, store, cache_dir, study, endpoint_url, log)
+        card = _export_best(
+            run, stage, refs, (study_objective, pick), store, cache_dir, study, endpoint_url, log
+        )
     log(f"wrote {out / CARD}")
     return ExportResult(out, card)
 
@@ -614,13 +641,18 @@ def _export_best(
     run: str,
     stage: Path,
     refs: list[_TrialRef],
+    objectives: tuple[Objective, Sequence[str]],
     store: str | None,
     cache_dir: str | None,
     study: dict | None,
     endpoint_url: str | None,
     log: Callable[[str], None],
 ) -> dict:
-    """Download the best trial's checkpoint into `stage`, write its export beside it; the card."""
+    """Download the best trial's checkpoint into `stage`, write its export beside it; the card.
+    `objectives`: the study's objective, and the export's --pick rules."""
+    study_objective, pick = objectives
+    objective = study_objective.with_pick(pick)
+    front = objective.front({r.candidate.trial_id: r.trial.last_result or {} for r in refs})
     rescore = read_run_file(run, RESCORE_FILE, endpoint_url)
     ref = None
     if rescore is not None:
@@ -628,21 +660,32 @@ def _export_best(
         if ref is None:
             rescore = None
     if ref is None:
-        ref, _record = _download_best(refs, stage / "checkpoint")
+        ref, _record = _download_best(
+            [r for r in refs if r.candidate.trial_id in front], stage / "checkpoint"
+        )
     c = ref.candidate
+    feasible = sum(r.candidate.feasible for r in refs)
     log(
-        f"best trial {c.trial_id}: accuracy {c.accuracy:.4f} (of {len(refs)} finished trials; "
-        f"{SELECTED_ON}{'; the re-scored winner' if rescore else ''})"
+        f"best trial {c.trial_id}: {objective.shown} {c.accuracy:.4f} (of {len(refs)} finished "
+        f"trials{f', {feasible} feasible' if objective.constraints else ''}"
+        f"{f', {len(front)} on the Pareto front' if objective.directions else ''}; "
+        f"{objective.selected_on}{'; the re-scored winner' if rescore else ''})"
     )
+    if objective.constraints and not c.feasible:
+        log(f"warning: no finished trial meets {', '.join(objective.to_dict()['constraints'])}")
     provenance = {
         "run": run,
         "trial_id": c.trial_id,
         "selection": {
-            "selected_on": SELECTED_ON,
-            "metric": "accuracy",
+            "selected_on": objective.selected_on,
+            "objective": study_objective.to_dict(),
+            "pick": list(pick),
+            "front": sorted(front) if objective.directions else None,
+            "metric": objective.shown,
             "mode": "max",
             "tie_break": list(TIE_BREAK),
             "candidates": len(refs),
+            "feasible": feasible if objective.constraints else None,
             "best": dataclasses.asdict(c),
             "rescored": rescore is not None,
         },
@@ -652,7 +695,7 @@ def _export_best(
             if study
             else _study_location(run)
         ),
-        "trials": _trials_table(refs),
+        "trials": _trials_table(refs, objective, front),
         "nested": _nested_entry(run, endpoint_url, log),
     }
     checkpoint = stage / "checkpoint"

@@ -39,7 +39,7 @@ from hpo.config import StudyConfig
 from hpo.metrics import fold_metrics, summarize
 from hpo.optuna_storage import masked
 from hpo.run_files import read_run_file, remove_run_file, write_run_file
-from hpo.selection import TIE_BREAK, Candidate, final_epochs, select_best
+from hpo.selection import TIE_BREAK, final_epochs, select_best
 from hpo.study import (
     StudyResult,
     TrialRecord,
@@ -254,16 +254,7 @@ def _best(result: StudyResult) -> TrialRecord:
             f"inner study {result.name!r} has no trial that finished its cross-validation "
             f"(run {result.run_path})"
         )
-    candidates = [
-        Candidate(
-            trial_id=t.trial_id,
-            order=i,
-            accuracy=_finite(t.metrics.get("accuracy")),
-            cov_recall=_finite(t.metrics.get("cov_recall_mean")),
-            accuracy_std=_finite(t.metrics.get("accuracy_std")),
-        )
-        for i, t in enumerate(finished)
-    ]
+    candidates = [t.objective.candidate(t.trial_id, i, t.metrics) for i, t in enumerate(finished)]
     return finished[select_best(candidates).order]
 
 
@@ -509,7 +500,9 @@ def nested_table(record: Mapping[str, Any]) -> str:
     lines.append(
         f"honest estimate: accuracy {_short(acc['mean'])} ± {_short(acc['std'])}, "
         f"COVID recall {_short(cov['mean'])} ± {_short(cov['std'])} "
-        f"({record['inner_folds']} inner folds, {record['budget']['trials']} trials each)"
+        f"({record['inner_folds']} inner folds; "
+        f"{', '.join(str(f['trials_finished']) for f in record['outer_folds'])} finished trials "
+        f"of a budget of {record['budget']['trials']} per outer fold)"
     )
     return "\n".join(lines)
 

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 from ray.tune import Callback
 from tqdm import tqdm
 
-from hpo.selection import SELECTED_ON
+from hpo.selection import Objective
 
 if TYPE_CHECKING:
     from hpo.study import StudyResult
 
 __all__ = ["StudyProgress", "results_table", "storage_banner"]
 
-OBJECTIVE = "accuracy"  # in a final result: the mean test accuracy (= test_accuracy)
+TEST = "accuracy"  # in a final result: the mean test-fold accuracy (= test_accuracy)
 _HIDDEN = {"backbone", "frames"}
 
 
@@ -61,8 +61,10 @@ class StudyProgress(Callback):
         optuna_storage: str,
         write: Callable[[str], None] | None = None,
         time_budget_s: float | None = None,
+        objective: Objective | None = None,
     ) -> None:
         self.total = total
+        self.objective = objective or Objective()
         self.banner = storage_banner(run_path, optuna_storage)
         self.budget = time_budget_s
         self.running: set[str] = set()
@@ -106,7 +108,7 @@ class StudyProgress(Callback):
         best = ""
         if self.best is not None:
             value, trial_id, _config = self.best
-            best = f" | best {OBJECTIVE}={value:.4f} ({trial_id})"
+            best = f" | best {self.objective.shown}={value:.4f} ({trial_id})"
         return (
             f"[{elapsed:6.0f}s] running {len(self.running)}, done {len(self.done)}, "
             f"failed {len(self.failed)} of {self.total}{self._eta()}{best}"
@@ -129,7 +131,7 @@ class StudyProgress(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.discard(trial.trial_id)
         result = trial.last_result or {}
-        value = result.get(OBJECTIVE)
+        value = self.objective.value(result)
         if result.get("final") is False:  # ASHA or the time budget stopped it mid-training
             val = result.get("val_accuracy")
             val_text = f"validation accuracy {val:.4f}; " if isinstance(val, float) else ""
@@ -138,13 +140,19 @@ class StudyProgress(Callback):
                 f"({val_text}no test score)"
             )
         elif value is None:
-            event = f"trial {trial.trial_id} ended without {OBJECTIVE}"
+            event = f"trial {trial.trial_id} ended without {self.objective.shown}"
         else:
             self.done[trial.trial_id] = float(value)
-            std = result.get(f"{OBJECTIVE}_std")
+            p = self.objective.prefix
+            std = result.get(f"{p}accuracy_std")
             extra = f" ± {std:.4f}" if isinstance(std, float) else ""
-            event = f"trial {trial.trial_id} done: {OBJECTIVE}={value:.4f}{extra}"
-            if self.best is None or value > self.best[0]:
+            event = f"trial {trial.trial_id} done: {p}accuracy={value:.4f}{extra}"
+            if p:  # the test folds' figure, shown to the user, never told to the search
+                event += f" (test folds {result.get(TEST, float('nan')):.4f}, unseen by the search)"
+            feasible = self.objective.feasible(result)
+            if not feasible:
+                event += " [infeasible]"
+            if feasible and (self.best is None or value > self.best[0]):
                 self.best = (float(value), trial.trial_id, dict(trial.config))
             self._log(f"trial {trial.trial_id} result: {_params(_shown_metrics(result))}")
         self._show(event)
@@ -174,8 +182,8 @@ def results_table(result: StudyResult) -> str:
     lines += ["", header, "-" * len(header)]
     for t in result.trials:
         mark = "*" if best is not None and t.trial_id == best.trial_id else " "
-        mean = t.metrics.get(OBJECTIVE)
-        std = t.metrics.get(f"{OBJECTIVE}_std")
+        mean = t.metrics.get(TEST)
+        std = t.metrics.get(f"{TEST}_std")
         folds = " ".join(f"{f.get('accuracy', float('nan')):.3f}" for f in t.folds)
         if t.error:
             mean_s, std_s, folds = "-", "-", t.error.strip().splitlines()[-1][:60]
@@ -190,8 +198,8 @@ def results_table(result: StudyResult) -> str:
     if best is not None:
         lines += [
             "",
-            f"best: {best.trial_id} {OBJECTIVE}={best.value:.4f} ({SELECTED_ON}; "
-            "`lushpo tune --nested` gives the honest estimate)",
+            f"best: {best.trial_id} {best.objective.shown}={best.value:.4f} "
+            f"({best.objective.selected_on}; `lushpo tune --nested` gives the honest estimate)",
         ]
         lines.append("  " + _params({k: v for k, v in best.params.items()}))
         per_class = {k: v for k, v in best.metrics.items() if k.endswith("_mean")}

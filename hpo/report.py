@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from hpo.metrics import CLASS_METRICS
+from hpo.selection import SELECTED_ON
 from hpo.space import RECURRENT_KEYS
 from pipeline.manifest import LABELS
 
@@ -79,7 +80,7 @@ def comparison_table(report: dict) -> str:
     """Ours vs the paper's evaluation.csv row for the same backbone and N, and the headline."""
     label = report["model_label"]
     paper_name = f"paper {label}" if report.get("paper") else f"paper {label} (no row)"
-    ours = f"ours {label} (selected on test folds)"
+    ours = f"ours {label} ({_selected(report)})"
     main = _table(("metric", ours, paper_name, "Δ ours−paper"), comparison_rows(report))
     head = report["headline"]
     headline = _table(
@@ -175,7 +176,7 @@ def rescore_table(record: dict) -> str:
     """Markdown: each re-scored trial's study score beside its re-scored mean ± std."""
     seeds = len(record["seeds"])
     lines = [
-        f"| trial | study score (selected on test folds) | re-scored mean ± std over {seeds} "
+        f"| trial | study score | re-scored mean ± std over {seeds} "
         "seeds | cov recall (re-scored) | |",
         "|---|---|---|---|---|",
     ]
@@ -202,9 +203,7 @@ def confidence_section(report: dict) -> str:
         rows.append((f"{cls} recall", _num(entry["estimate"]), _ci(entry)))
     return "\n\n".join(
         [
-            _table(
-                ("pooled metric (study best, selected on the test folds)", "value", "95% CI"), rows
-            ),
+            _table((f"pooled metric (study best, {_selected(report)})", "value", "95% CI"), rows),
             f"{int(conf['level'] * 100)}% {conf['method']}: {conf['resamples']} resamples of "
             f"the {conf['clips']} clips (seed {conf['seed']}). The interval shows how much the "
             "figure moves with the clips drawn; it does not remove the selection optimism.",
@@ -222,6 +221,52 @@ def _estimate_row(label: str, summary: dict, interval: dict | None) -> tuple[str
         _pm(summary["per_class"]["cov"]["recall"]),
         _ci(interval.get("recall", {}).get("cov")),
     )
+
+
+def _selected(report: dict) -> str:
+    """How the study's best was chosen, in a table header's words."""
+    on_test = report.get("selected_on", SELECTED_ON) == SELECTED_ON
+    return "selected on test folds" if on_test else "selected without test folds"
+
+
+def _selection_note(report: dict) -> str:
+    """How the best trial was chosen, in bold, and what that makes its figures; the feasibility
+    count when ``objective.constraints`` were set."""
+    label = report.get("selected_on", SELECTED_ON)
+    selection = report.get("selection") or {}
+    if label == SELECTED_ON:
+        note = (
+            f'**Every "ours" figure is {label}**: the study chose this trial by its mean accuracy '
+            "over these same folds. The honest figures are the nested CV and the spatial-only "
+            "baseline below."
+        )
+    else:
+        note = (
+            f'**Every "ours" figure is {label}**: the search and the choice of this trial saw only '
+            "each fold's inner-validation split, so its test-fold figures are estimates, with the "
+            "bootstrap intervals below; nested CV is still the estimate of the whole recipe."
+        )
+    front = selection.get("front")
+    if front:
+        directions = ", ".join((selection.get("objective") or {}).get("directions") or ())
+        rule = " and ".join(selection.get("pick") or ())
+        note += (
+            f" The study searched {directions} at once: {len(front)} of "
+            f"{selection.get('candidates')} finished trials are on its Pareto front (plot below); "
+            f"this one has the highest accuracy on it{f' that meets {rule}' if rule else ''}."
+        )
+    constraints = [
+        *((selection.get("objective") or {}).get("constraints") or ()),
+        *(selection.get("pick") or ()),
+    ]
+    if constraints:
+        feasible = selection.get("feasible")
+        chosen = "the best feasible one was chosen." if feasible else "none was: it breaks them."
+        note += (
+            f" Constraints ({', '.join(constraints)}, on the same folds as the objective): "
+            f"{feasible} of {selection.get('candidates')} finished trials were feasible; {chosen}"
+        )
+    return note
 
 
 def estimates_section(report: dict) -> str:
@@ -251,13 +296,14 @@ def estimates_section(report: dict) -> str:
         )
     nested = report.get("nested")
     if nested and nested.get("accuracy"):
+        interval = report.get("nested_confidence") or {}
         rows.append(
             (
                 "nested CV of the whole search (honest)",
                 _pm(nested["accuracy"]),
-                "–",
+                _ci(interval.get("accuracy")),
                 _pm(nested.get("cov_recall")),
-                "–",
+                _ci(interval.get("recall", {}).get("cov")),
             )
         )
     table = _table(
@@ -289,9 +335,7 @@ def render_markdown(report: dict) -> str:
         f"folds "
         f"(the paper's protocol).",
         "",
-        f'**Every "ours" figure is {report.get("selected_on", "selected on the test folds")}**: '
-        "the study chose this trial by its mean accuracy over these same folds. The honest "
-        "figures are the nested CV and the spatial-only baseline below.",
+        _selection_note(report),
         "",
         "## Ours vs the paper",
         "",
@@ -330,8 +374,8 @@ def render_markdown(report: dict) -> str:
     else:
         parts += [
             "NOT AVAILABLE: this export holds no nested cross-validation result, so only the "
-            "paper-style figure (hyperparameters selected on the test folds, optimistic) is shown. "
-            "Run `lushpo tune --nested` to get the honest estimate.",
+            f"study's figure (hyperparameters {_selected(report)}) is shown. Run `lushpo tune "
+            "--nested` to get the estimate of the whole recipe.",
         ]
     parts += ["", "## The winner's curse (re-scored top trials)", ""]
     if report.get("rescore"):
@@ -381,7 +425,7 @@ def _nested_section(report: dict, nested: dict) -> list[str]:
             ("estimate", "accuracy", "cov recall", "folds"),
             [
                 (
-                    "paper-style (selected on test folds)",
+                    f"study best ({_selected(report)})",
                     _pm(paper_acc),
                     _pm(paper_cov),
                     str(len(report.get("folds", []))),
@@ -535,6 +579,29 @@ def plot_history(values: Sequence[float], path: Path) -> None:
     ax.set_ylabel("mean CV accuracy")
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title("optimisation history")
+    _save(fig, path)
+
+
+def plot_front(
+    trials: Sequence[dict], metrics: Sequence[str], chosen: str, pick: Sequence[str], path: Path
+) -> None:
+    """Every finished trial in the study's first two objectives (export's card rows: ``values``,
+    ``on_front``, ``trial_id``), the Pareto front joined, the exported trial starred."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    rest = [t for t in trials if not t.get("on_front")]
+    front = sorted((t for t in trials if t.get("on_front")), key=lambda t: t["values"][0])
+    ax.plot([t["values"][0] for t in rest], [t["values"][1] for t in rest], "o", color="0.7",
+            label="trial")  # fmt: skip
+    ax.plot([t["values"][0] for t in front], [t["values"][1] for t in front], "o-",
+            color="tab:blue", label="Pareto front")  # fmt: skip
+    for t in trials:
+        if t["trial_id"] == chosen:
+            label = f"exported ({', '.join(pick)})" if pick else "exported"
+            ax.plot(*t["values"][:2], "*", color="tab:red", markersize=14, label=label)
+    ax.set_xlabel(f"mean CV {metrics[0]}")
+    ax.set_ylabel(f"mean CV {metrics[1]}")
+    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title("Pareto front")
     _save(fig, path)
 
 

@@ -64,8 +64,11 @@ def top_trials(result: StudyResult, k: int) -> list[TrialRecord]:
     return [t for _, t in finished[:k]]
 
 
-def _rescore_remote(settings: TrialSettings, params: dict[str, Any], seed: int) -> dict[str, Any]:
-    """Ray task body: one k-fold CV of `params` with training seed `seed` (`cross_validate`)."""
+def _rescore_remote(
+    settings: TrialSettings, params: dict[str, Any], seed: int, prefix: str = ""
+) -> dict[str, Any]:
+    """Ray task body: one k-fold CV of `params` with training seed `seed` (`cross_validate`),
+    scored on the objective's folds (`prefix`: `hpo.selection.Objective.prefix`)."""
     import dataclasses
 
     from hpo.trainable import configure_tensorflow, cross_validate_with
@@ -77,9 +80,11 @@ def _rescore_remote(settings: TrialSettings, params: dict[str, Any], seed: int) 
     result = cross_validate_with(fs, settings, params)  # settings.seed is the fresh seed
     return {
         "seed": seed,
-        "accuracy": float(result.metrics["accuracy"]),
-        "cov_recall": float(result.metrics["cov_recall_mean"]),
-        "fold_accuracy": [float(f["accuracy"]) for f in result.folds],
+        "accuracy": float(result.metrics[f"{prefix}accuracy"]),
+        "cov_recall": float(result.metrics[f"{prefix}cov_recall_mean"]),
+        "fold_accuracy": [
+            float((f["validation"] if prefix else f)["accuracy"]) for f in result.folds
+        ],
     }
 
 
@@ -131,8 +136,11 @@ def run_rescore(
         task = ray.remote(_rescore_remote).options(
             num_cpus=cfg.resources.cpu, num_gpus=cfg.resources.gpu, max_retries=0
         )
+        prefix = cfg.objective.objective().prefix
         pending = {
-            task.remote(settings, t.params, seed): t.trial_id for t in trials for seed in seeds
+            task.remote(settings, t.params, seed, prefix): t.trial_id
+            for t in trials
+            for seed in seeds
         }
         log(f"rescore: {len(trials)} trials × {len(seeds)} seeds = {len(pending)} CV runs")
         runs: dict[str, list[dict[str, Any]]] = {t.trial_id: [] for t in trials}
@@ -171,8 +179,12 @@ def run_rescore(
         "inner validation split",
         "selection": "highest re-scored mean CV accuracy; ties: higher mean COVID recall, then "
         "higher study score (study ranking: " + ", ".join(TIE_BREAK) + ")",
-        "label": "re-scored on the same test folds that chose the top k: less seed luck, still "
-        "optimistic",
+        "label": (
+            "re-scored on the same test folds that chose the top k: less seed luck, still "
+            "optimistic"
+            if cfg.objective.on == "test_folds"
+            else "re-scored on each fold's inner validation split: the test folds unseen"
+        ),
         "trials": rows,
         "winner": winner["trial_id"],
         "elapsed_s": round(time.monotonic() - start, 1),

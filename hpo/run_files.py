@@ -17,12 +17,17 @@ __all__ = [
     "CONTINUED",
     "GRID_FILE",
     "RESCORE_FILE",
+    "SETTINGS_FILE",
     "experiment_paths",
     "read_run_file",
     "remove_run_file",
     "write_run_file",
 ]
 
+SETTINGS_FILE = "lushpo-settings.json"
+"""What shaped a study's trials, and its objective (`hpo.study.study_settings`), written when it
+starts; ``--resume`` refuses to continue with different values (a changed validation fraction
+would change the inner split mid-trial), and export ranks trials by its objective."""
 GRID_FILE = "grid.json"  # a grid run's cells (hpo.grid), in its run folder and its export
 RESCORE_FILE = "rescore.json"
 """`hpo.rescore`'s record; `hpo.export` exports its winner."""

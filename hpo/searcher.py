@@ -14,11 +14,14 @@ name and seed — and reads everything else from the storage each time a driver 
   and CMA-ES keep no state of their own beyond their RNG and what the storage holds, so a study
   resumed after a kill draws what the uninterrupted one would have.
 
-Trial states say what happened. COMPLETE only with the trial's final test score. FAIL for a
-trial that raised or that Tune lost, with the reason (`REASON_ATTR`); TPE leaves FAIL trials out
-of its model. PRUNED only for a stop by the scheduler (ASHA) or the time budget, with the reason
-taken from how Tune ended the trial: a scheduler stop reaches `on_trial_complete`, while the
-experiment's own stop (the time budget) ends trials without telling the searcher, and
+Trial states say what happened. COMPLETE only with the trial's final score on the objective's
+folds (`hpo.selection.Objective`: the test folds, or each fold's inner validation split, which
+keeps every test-fold number out of the storage), with its constraints set through Optuna's
+``Trial.set_constraint`` so that TPE models feasibility and `FrozenTrial.constraints` says it.
+FAIL for a trial that raised or that Tune lost, with the reason (`REASON_ATTR`); TPE leaves FAIL
+trials out of its model. PRUNED only for a stop by the scheduler (ASHA) or the time budget, with
+the reason taken from how Tune ended the trial: a scheduler stop reaches `on_trial_complete`,
+while the experiment's own stop (the time budget) ends trials without telling the searcher, and
 `reconcile` marks those from Tune's record once the experiment has ended.
 """
 
@@ -36,6 +39,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from hpo.optuna_storage import masked, open_storage
+from hpo.selection import Objective
 from hpo.space import active, draw_order
 from hpo.trial_settings import HISTORY, STUDY_KEY
 
@@ -62,8 +66,6 @@ __all__ = [
     "sampler_seed",
     "startup_trials",
 ]
-
-OBJECTIVE = "test_accuracy"  # in a trial's final result only: the mean k-fold CV test accuracy
 
 SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
     "tpe": lambda seed, startup, _independent: optuna.samplers.TPESampler(
@@ -100,7 +102,7 @@ LOST_ATTR = "lushpo_asked_for"  # the Tune id that asked a trial Tune never save
 # Optuna study user attributes, written by the driver (`prepare_study`)
 BUDGET_ATTR = "lushpo_budget"
 CONCURRENCY_ATTR = "lushpo_max_concurrent"
-SEARCH_ATTR = "lushpo_search"  # sampler, seed, …: what a resume may not change
+SEARCH_ATTR = "lushpo_search"  # sampler, seed, objective, …: what a resume may not change
 # the Ray Tune experiment (`StudySearcher`'s `experiment`) whose search ended the study's budget
 ENDED_ATTR = "lushpo_search_ended_in"
 
@@ -119,8 +121,8 @@ CHECKPOINT_LOST = (
 
 
 class SearchSettingsChangedError(ValueError):
-    """--resume with search settings (sampler, seed, start-up trials, independent sampler)
-    other than the study's own."""
+    """--resume with search settings (sampler, seed, start-up trials, independent sampler, the
+    objective) other than the study's own."""
 
 
 def make_sampler(
@@ -162,25 +164,33 @@ def prepare_study(
     seed: int,
     n_startup_trials: int | None = None,
     independent_sampler: str | None = None,
+    objective: Objective | None = None,
     points: list[dict[str, Any]] | None = None,
     log: Callable[[str], None] = print,
 ) -> None:
-    """Create the study `name` (maximising), or check a resumed one's search settings and apply
-    its new budget and concurrency, saying so. `points` are enqueued in a new study only.
+    """Create the study `name` (maximising, or in `objective`'s directions), or check a resumed
+    one's search settings and apply its new budget and concurrency, saying so. `points` are
+    enqueued in a new study only.
 
     The search settings (`SEARCH_ATTR`) are the study's: the sampler, its seed, TPE's start-up
     trials (`n_startup_trials`, default `startup_trials(budget)`, fixed when the study is made so
-    that a raised budget draws as before) and CMA-ES's independent sampler."""
+    that a raised budget draws as before), CMA-ES's independent sampler, and the objective (which
+    folds Optuna is told about, and the constraints; default the test folds)."""
     make_sampler(sampler, seed, independent=independent_sampler)  # an unknown name fails here
     storage = _opened(storage)
+    objective = objective or Objective()
     study = optuna.create_study(
-        study_name=name, storage=storage, direction="maximize", load_if_exists=True
+        study_name=name,
+        storage=storage,
+        directions=objective.optuna_directions,
+        load_if_exists=True,
     )
     search = {
         "sampler": sampler,
         "seed": seed,
         "independent_sampler": independent_sampler,
         "n_startup_trials": n_startup_trials or startup_trials(budget),
+        "objective": objective.to_dict(),
     }
     was = study.user_attrs.get(SEARCH_ATTR)
     if was is None:
@@ -188,11 +198,16 @@ def prepare_study(
         for point in points or ():
             study.enqueue_trial(point)
     else:
-        was = {"independent_sampler": None, "n_startup_trials": STARTUP_BEFORE, **was}
+        was = {
+            "independent_sampler": None,
+            "n_startup_trials": STARTUP_BEFORE,
+            "objective": Objective().to_dict(),  # a study made before objective.on
+            **was,
+        }
         if n_startup_trials is None:  # the default: the study's own, whatever the budget now
             search["n_startup_trials"] = was["n_startup_trials"]
         changed = [
-            f"searcher.{k} was {was.get(k)!r}, now {v!r}"
+            f"{k if k == 'objective' else f'searcher.{k}'} was {was.get(k)!r}, now {v!r}"
             for k, v in search.items()
             if was.get(k) != v
         ]
@@ -246,11 +261,10 @@ def ask_active(study: optuna.Study, space: Mapping[str, BaseDistribution]) -> op
 
 @dataclass(frozen=True)
 class TuneTrialEnd:
-    """What Ray Tune's record says of one trial: its status and, after its final result, the
-    test score."""
+    """What Ray Tune's record says of one trial: its status and its last result."""
 
     status: str  # Tune's: PENDING | RUNNING | PAUSED | TERMINATED | ERROR
-    value: float | None = None
+    result: Mapping[str, Any] | None = None
     # False: a trial Tune would continue from a checkpoint its saved record names but storage no
     # longer holds, so its restore fails ("does not exist on storage anymore")
     restorable: bool = True
@@ -267,8 +281,9 @@ def reconcile(
     """Make the study's RUNNING Optuna trials agree with Ray Tune's record `tune_trials`.
 
     Before a resume (`experiment_ended` False) and after a study that ran to its end (True):
-    a trial Tune finished is told its end (COMPLETE with the final score, FAIL when it errored,
-    else PRUNED: the experiment stopped it, which is the time budget when there is one). A trial
+    a trial Tune finished is told its end (COMPLETE with the final score on the study's objective,
+    FAIL when it errored, else PRUNED: the experiment stopped it, which is the time budget when
+    there is one). A trial
     Tune never saved is released (its Tune id cleared, the asking id kept in ``lushpo_asked_for``)
     so that the resumed searcher gives its params to the next Tune trial; after the experiment's
     end it is FAIL (driver lost). Trials Tune will continue are left alone, unless Tune cannot
@@ -304,8 +319,7 @@ def reconcile(
             storage.set_trial_user_attr(trial_id, REASON_ATTR, FAILURE)
             study.tell(trial.number, state=TrialState.FAIL)
             what = "FAIL"
-        elif end.status == "TERMINATED" and end.value is not None:
-            study.tell(trial.number, end.value)
+        elif end.status == "TERMINATED" and _tell_final(study, trial_id, trial.number, end.result):
             what = "COMPLETE"
         elif end.status == "TERMINATED" or experiment_ended:
             storage.set_trial_user_attr(trial_id, REASON_ATTR, stopped)
@@ -317,6 +331,33 @@ def reconcile(
     if not experiment_ended:
         _run_again_what_tune_lost(study, storage, study_id, tune_trials, done)
     return done
+
+
+def _study_objective(study: optuna.Study) -> Objective:
+    return Objective.from_dict((study.user_attrs.get(SEARCH_ATTR) or {}).get("objective"))
+
+
+def _tell_final(
+    study: optuna.Study, trial_id: int, number: int, result: Mapping[str, Any] | None
+) -> bool:
+    """Tell Optuna trial `number` COMPLETE with its final `result`'s score on the study's
+    objective (its values, for a multi-objective study), its constraints set first; False
+    (nothing told) when `result` is not final."""
+    objective = _study_objective(study)
+    values = objective.values(result or {})
+    if values is None:
+        return False
+    if objective.constraints:
+        # A metric a split cannot measure (NaN: the class absent from it) is not a pass.
+        found = objective.violations(result) or {str(c): 1.0 for c in objective.constraints}
+        # Optuna's public constructor of a live trial: the ask that made it may have been a
+        # driver ago, and `Trial.set_constraint` is how ask/tell records constraints (5.0's
+        # replacement of the samplers' constraints_func).
+        asked = optuna.trial.Trial(study, trial_id)
+        for name, violation in found.items():
+            asked.set_constraint(name, violation)
+    study.tell(number, values)
+    return True
 
 
 def _run_again_what_tune_lost(
@@ -443,7 +484,7 @@ class StudySearcher(Searcher):
         *,
         scheduler: bool = False,
         max_concurrent: int | None = None,
-        metric: str = OBJECTIVE,
+        metric: str = Objective().metric,
         mode: str = "max",
         experiment: str = "",
     ) -> None:
@@ -602,9 +643,7 @@ class StudySearcher(Searcher):
             return
         live, number = current
         live.running.discard(number)
-        final = bool(result) and result.get("final") is True and result.get(OBJECTIVE) is not None
-        if final and not error:
-            live.study.tell(number, float(result[OBJECTIVE]))
+        if not error and _tell_final(live.study, live.trial_id(number), number, result):
             return
         if error:
             reason, state = FAILURE, TrialState.FAIL

@@ -36,7 +36,13 @@ from hpo import space as hspace
 from hpo.config import StudyConfig
 from hpo.optuna_storage import connectable, has_study, open_storage, remember
 from hpo.quiet import quieted
-from hpo.run_files import CONTINUED, experiment_paths, read_run_file, write_run_file
+from hpo.run_files import (
+    CONTINUED,
+    SETTINGS_FILE,
+    experiment_paths,
+    read_run_file,
+    write_run_file,
+)
 from hpo.run_lock import RunLockedError, locked
 from hpo.searcher import (
     SAMPLERS,
@@ -48,6 +54,7 @@ from hpo.searcher import (
     prepare_study,
     reconcile,
 )
+from hpo.selection import Objective, select_best
 from hpo.trial_settings import STUDY_KEY, TrialSettings
 from pipeline.cluster import connect
 from pipeline.files import few, on_node, s3_filesystem
@@ -80,10 +87,11 @@ __all__ = [
     "train_on_node",
 ]
 
-# The study's objective, what Optuna records: the mean k-fold CV *test* accuracy, in a trial's
-# final result only (every earlier result carries it as None, since Ray Tune wants the searcher's
-# metric in every result). ASHA and Optuna's intermediate values use the validation curve.
-OBJECTIVE = "test_accuracy"
+# The study's objective, what Optuna records (`hpo.selection.Objective`, ``objective.on``): the
+# mean k-fold CV accuracy on the test folds or on each fold's inner-validation split, in a
+# trial's final result only (every earlier result carries it as None, since Ray Tune wants the
+# searcher's metric in every result). ASHA and Optuna's intermediate values use the validation
+# curve, whatever the objective.
 VALIDATION = "val_accuracy"  # per epoch: the folds' mean inner-validation accuracy
 MODE = "max"
 
@@ -118,14 +126,13 @@ class TrialRecord:
     folds: list[dict[str, Any]] = field(default_factory=list)  # per-fold metrics (trial.json)
     error: str | None = None
     path: str | None = None  # the trial's directory in the run's storage
+    objective: Objective = field(default_factory=Objective)  # the study's
 
     @property
     def value(self) -> float | None:
-        """Mean CV test accuracy; None for a failed trial or one stopped before its final
-        result (it has only validation scores, not comparable)."""
-        v = self.metrics.get(OBJECTIVE, self.metrics.get("accuracy"))  # runs before test_accuracy
-        finished = self.metrics.get("final") is True
-        return None if self.error or not finished or v is None else float(v)
+        """Mean CV accuracy on the objective's folds; None for a failed trial or one stopped
+        before its final result (it has only epoch scores, not comparable)."""
+        return None if self.error else self.objective.value(self.metrics)
 
 
 @dataclass(frozen=True)
@@ -138,8 +145,12 @@ class StudyResult:
 
     @property
     def best(self) -> TrialRecord | None:
+        """The best finished trial by `hpo.selection.select_best` (feasible first)."""
         done = [t for t in self.trials if t.value is not None]
-        return max(done, key=lambda t: t.value) if done else None
+        if not done:
+            return None
+        ranked = [t.objective.candidate(t.trial_id, i, t.metrics) for i, t in enumerate(done)]
+        return done[select_best(ranked).order]
 
 
 # --- storage -------------------------------------------------------------------------------------
@@ -365,7 +376,7 @@ def _searcher(
         cfg.searcher.seed,
         scheduler=cfg.scheduler.name != "none",
         max_concurrent=max_concurrent,
-        metric=OBJECTIVE,
+        metric=cfg.objective.objective().metric,
         mode=MODE,
         experiment=experiment,
     )
@@ -385,6 +396,7 @@ def _prepare_study(
         seed=cfg.searcher.seed,
         n_startup_trials=cfg.searcher.n_startup_trials,
         independent_sampler=cfg.searcher.independent_sampler,
+        objective=cfg.objective.objective(),
         points=[hspace.paper_best(space)] if cfg.searcher.start_from_paper_best else None,
         log=log,
     )
@@ -458,10 +470,6 @@ def _threads(configured: int | None, cpus: float) -> int | None:
     return configured or None
 
 
-SETTINGS_FILE = "lushpo-settings.json"
-"""What shaped a study's trials, written when it starts; ``--resume`` refuses to continue with
-different values (a changed validation fraction would change the inner split mid-trial)."""
-
 _SETTING_KEYS = {
     "feature_sets": "feature_set",
     "split": "split",
@@ -474,9 +482,13 @@ _SETTING_KEYS = {
 }
 
 
-def study_settings(settings: TrialSettings, space: Mapping[str, Any]) -> dict[str, Any]:
-    """The training settings a resumed study must share with the one it continues."""
+def study_settings(
+    settings: TrialSettings, space: Mapping[str, Any], objective: Objective
+) -> dict[str, Any]:
+    """The training settings a resumed study must share with the one it continues, and the
+    objective its trials are ranked by (export reads it: `hpo.selection.Objective`)."""
     return {
+        "objective": objective.to_dict(),
         "feature_sets": settings.feature_sets,
         "split": settings.split.name,
         "split_digest": settings.split.digest(),
@@ -494,6 +506,7 @@ def _check_settings(cfg: StudyConfig, now: dict[str, Any], log: Callable[[str], 
     if was is None:
         log(f"{cfg.run_path} predates {SETTINGS_FILE}: resuming without comparing settings")
         return
+    was = {"objective": Objective().to_dict(), **was}  # a study made before objective.on
     changed = [
         f"{_SETTING_KEYS.get(k, k)} was {was.get(k)!r}, now {now.get(k)!r}"
         for k in sorted(set(was) | set(now))
@@ -616,7 +629,7 @@ def _read_trial_json(result: Any) -> dict[str, Any]:
         return {}
 
 
-def _records(grid: Any) -> tuple[TrialRecord, ...]:
+def _records(grid: Any, objective: Objective) -> tuple[TrialRecord, ...]:
     records = []
     for result in grid:
         metrics = dict(result.metrics or {})
@@ -636,6 +649,7 @@ def _records(grid: Any) -> tuple[TrialRecord, ...]:
                 folds=list(trial.get("folds", [])),
                 error=None if result.error is None else str(result.error),
                 path=str(result.path),
+                objective=objective,
             )
         )
     return tuple(sorted(records, key=lambda r: r.trial_id))
@@ -740,6 +754,7 @@ def _run_studies(
 ) -> dict[str, StudyResult]:
     cfg = experiment
     names = [study.name for study in studies]
+    objective = cfg.objective.objective()  # the experiment's studies share it
     shown_storage = remember(cfg.storage.optuna_storage)
     fs, storage_path = storage_filesystem(cfg)
     run_path = f"{storage_path}/{cfg.name}"
@@ -761,6 +776,8 @@ def _run_studies(
             f"{shown_storage}); pass --resume to continue it or --overwrite to "
             "delete it and start again"
         )
+    if resume and not restorable and not earlier and len(studies) > 1:
+        _refuse_cell_by_cell(fs, run_path, cfg, studies)
     replacing = overwrite and exists  # only once everything below has been checked
     if replacing:
         foreign = _foreign_run(fs, run_path)
@@ -803,7 +820,9 @@ def _run_studies(
                 for warning in getattr(split, "warnings", ()):
                     log(f"split: {warning}")
                 settings[study.name] = trial_settings(study, keys[study.name], split)
-                shapings[study.name] = study_settings(settings[study.name], _search_space(study))
+                shapings[study.name] = study_settings(
+                    settings[study.name], _search_space(study), objective
+                )
             if replacing:  # the config, feature sets, splits, cluster and storage all answered
                 log(f"overwriting study {cfg.name!r} at {cfg.run_path}")
                 aside = _SetAside(fs, run_path, cfg.storage.optuna_storage, names)
@@ -838,7 +857,9 @@ def _run_studies(
                         _reconcile(study, storage, saved_all, experiment_ended=True, log=log)
                     tuner = tune.Tuner.restore(current, trainable=trainable, storage_filesystem=fs)
                     log(f"study {cfg.name!r} has already finished; nothing to resume")
-                    every = _records_of(earlier_runs) + _records(tuner.get_results())
+                    every = _records_of(earlier_runs, objective) + _records(
+                        tuner.get_results(), objective
+                    )
                     records = _by_study(names, tuple(sorted(every, key=lambda r: r.trial_id)))
                     return {
                         study.name: StudyResult(
@@ -895,8 +916,11 @@ def _run_studies(
         aside.drop()
     if interrupted():
         raise StudyInterruptedError(cfg.name, cfg.run_path)
-    every = tuple(sorted(_records_of(earlier_runs) + _records(grid), key=lambda r: r.trial_id))
-    ends = {r.trial_id: TuneTrialEnd("ERROR" if r.error else "TERMINATED", r.value) for r in every}
+    every = _records_of(earlier_runs, objective) + _records(grid, objective)
+    every = tuple(sorted(every, key=lambda r: r.trial_id))
+    ends = {
+        r.trial_id: TuneTrialEnd("ERROR" if r.error else "TERMINATED", r.metrics) for r in every
+    }
     for study in studies:
         _reconcile(study, storage, ends, experiment_ended=True, log=log)
     _check_not_all_failed(cfg, every)
@@ -907,14 +931,35 @@ def _run_studies(
     }
 
 
+def _refuse_cell_by_cell(
+    fs: pafs.FileSystem | None, run_path: str, cfg: StudyConfig, studies: Sequence[StudyConfig]
+) -> None:
+    """A grid or nested run made by lushpo before its studies ran as one experiment has a Ray
+    Tune experiment per study folder and none of its own: this layout cannot continue it (it
+    would start the unfinished studies afresh and leave their trials out of the export)."""
+    older = [
+        s.name
+        for s in studies
+        if tune.Tuner.can_restore(f"{run_path}/{s.name}", storage_filesystem=fs)
+    ]
+    if older:
+        raise StudyExistsError(
+            f"{cfg.run_path} was run study by study by an older lushpo (Ray Tune experiments "
+            f"in the folders of {few(older)}), so --resume cannot continue it as one experiment: "
+            f"`lushpo export {cfg.run_path}` exports it as it is, or --overwrite starts it again"
+        )
+
+
 def _experiment_name(run_path: str, experiment_path: str) -> str:
     """The empty name for the run folder's own Tune experiment, else the continuation's."""
     return "" if experiment_path == run_path else experiment_path.rsplit("/", 1)[1]
 
 
-def _records_of(runs: Sequence[tune.ExperimentAnalysis]) -> tuple[TrialRecord, ...]:
+def _records_of(
+    runs: Sequence[tune.ExperimentAnalysis], objective: Objective
+) -> tuple[TrialRecord, ...]:
     """The trials of the run's earlier Tune experiments (its continuations' predecessors)."""
-    return tuple(record for run in runs for record in _records(tune.ResultGrid(run)))
+    return tuple(record for run in runs for record in _records(tune.ResultGrid(run), objective))
 
 
 def _pending(studies: Sequence[StudyConfig], max_concurrent: int | None) -> int:
@@ -953,11 +998,9 @@ def _saved_trials(analysis: tune.ExperimentAnalysis) -> dict[str, TuneTrialEnd]:
     """Each trial's end in Ray Tune's saved record, as a resume will restore it."""
     ends = {}
     for trial in analysis.trials:
-        last = trial.last_result or {}
-        value = last.get(OBJECTIVE) if last.get("final") is True else None
         ends[trial.trial_id] = TuneTrialEnd(
             trial.status,
-            None if value is None else float(value),
+            trial.last_result or {},
             restorable=trial.status == "TERMINATED" or _checkpoint_exists(trial.checkpoint),
         )
     return ends

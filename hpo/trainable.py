@@ -8,10 +8,13 @@ maths lives in `cross_validate` (no Ray), and `_report` is the only caller of Ra
 
 Reported results. Validation and test never share a key. Per epoch (``final`` False):
 ``val_accuracy``, the mean *inner-validation* accuracy over folds (ASHA's metric and Optuna's
-intermediate values), and ``test_accuracy`` None (Ray checks the searcher's metric is in every
-result). The last result (``final`` True): ``test_accuracy``, the mean *test* accuracy — the
-study's objective — plus ``hpo.metrics.flatten`` of the summary (``accuracy`` is the same test
-mean), ``fold_{i}_accuracy``, and the last epoch's ``val_accuracy``.
+intermediate values), and ``test_accuracy`` and ``validation_accuracy`` None (Ray checks the
+searcher's metric is in every result). The last result (``final`` True): ``test_accuracy``, the
+mean *test* accuracy — the objective under ``objective.on: test_folds`` — plus
+``hpo.metrics.flatten`` of the summary (``accuracy`` is the same test mean),
+``fold_{i}_accuracy``, the same flattened metrics of the restored fold models on their
+inner-validation splits as ``validation_*`` (``validation_accuracy`` is the objective under
+``objective.on: validation``), and the last epoch's ``val_accuracy``.
 
 Checkpoints. Every ``checkpoint_every`` epochs, but no sooner than ``checkpoint_interval_s``
 after the trial's previous checkpoint (a save of five fold states costs about a second here, and
@@ -462,7 +465,11 @@ class LockstepCV:
             proba = predict_proba(model, data.x_test)
             y_pred = np.argmax(proba, axis=1)
             metrics = fold_metrics(data.y_test, y_pred)
+            # the restored model on its inner-validation split: what `objective.on: validation`
+            # searches and selects on (hpo.selection.Objective), never the test fold
+            val_pred = np.argmax(predict_proba(model, data.x_val), axis=1)
             metrics.update(
+                validation=fold_metrics(data.y_val, val_pred),
                 fold=k,
                 test_ids=list(data.test_ids),
                 y_true=data.y_test.tolist(),
@@ -594,6 +601,8 @@ def cross_validate(
     summary = summarize(folds)
     metrics = flatten(summary)
     metrics.update({f"fold_{f['fold']}_accuracy": float(f["accuracy"]) for f in folds})
+    validation = flatten(summarize([f["validation"] for f in folds]))
+    metrics.update({f"validation_{k}": v for k, v in validation.items()})
     return CVResult(folds, summary, metrics, epochs=list(cv.records), models=cv.models)
 
 
@@ -634,10 +643,11 @@ def _report(metrics: Mapping[str, Any], checkpoint_dir: Path | None = None) -> N
 
 
 def _epoch_result(record: Mapping[str, Any], history: list[list[float]]) -> dict[str, Any]:
-    """An epoch's report: validation only. `test_accuracy` is None until the final result (Ray
-    Tune wants the searcher's metric in every result)."""
+    """An epoch's report: validation only. The objectives (`hpo.selection.Objective.metric`) are
+    None until the final result (Ray Tune wants the searcher's metric in every result)."""
     result = {k: v for k, v in record.items() if k != "folds"}
-    return {**result, "test_accuracy": None, "final": False, HISTORY: history}
+    objectives = {"test_accuracy": None, "validation_accuracy": None}
+    return {**result, **objectives, "final": False, HISTORY: history}
 
 
 def write_trial(

@@ -129,7 +129,10 @@ def _unique_json_keys(pairs: list[tuple[str, Any]]) -> dict:
 
 def _unique_keys_loader() -> type:
     """PyYAML's SafeLoader, refusing a key given twice in one mapping (a second `budget:`
-    section would otherwise replace the first without a word)."""
+    section would otherwise replace the first without a word), with YAML 1.2's booleans: only
+    true and false. YAML 1.1's on/off/yes/no would turn the key ``objective.on`` into True."""
+    import re
+
     import yaml
 
     class UniqueKeyLoader(yaml.SafeLoader):
@@ -146,6 +149,14 @@ def _unique_keys_loader() -> type:
                 seen.add(key)
             return super().construct_mapping(node, deep=deep)
 
+    bool_tag = "tag:yaml.org,2002:bool"
+    UniqueKeyLoader.yaml_implicit_resolvers = {  # new lists: SafeLoader's stay as they are
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != bool_tag]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    UniqueKeyLoader.add_implicit_resolver(
+        bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+    )
     return UniqueKeyLoader
 
 

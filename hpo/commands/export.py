@@ -11,7 +11,7 @@ import os
 import sys
 
 from hpo import project
-from hpo.selection import SELECTED_ON, TIE_BREAK
+from hpo.selection import TIE_BREAK, selected_on
 
 __all__ = ["add_parser"]
 
@@ -46,6 +46,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the run's Optuna storage (default: RUN/optuna.db when present)",
     )
     parser.add_argument("--study-name", metavar="NAME", help="default: the run's name")
+    parser.add_argument(
+        "--pick",
+        metavar="RULE",
+        action="append",
+        default=[],
+        help="export the highest accuracy that meets RULE, e.g. 'covid_recall >= 0.9', on the "
+        "study's objective folds (on its Pareto front with objective.directions); repeatable",
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -91,6 +99,7 @@ def _run(args: argparse.Namespace) -> int:
             cache_dir=cache_dir,
             overwrite=args.overwrite,
             endpoint_url=endpoint_url,
+            pick=args.pick,
         )
         done = sum(not isinstance(r, str) for r in results.values())
         print(f"exported {done} of {len(results)} grid cells to {out}")
@@ -103,6 +112,7 @@ def _run(args: argparse.Namespace) -> int:
             cache_dir=cache_dir,
             overwrite=args.overwrite,
             study=_study(args),
+            pick=args.pick,
             endpoint_url=os.environ.get("AWS_ENDPOINT_URL"),
             log=lambda msg: print(msg, file=sys.stderr),
         )
@@ -115,7 +125,7 @@ def _run(args: argparse.Namespace) -> int:
     print(
         f"exported trial {card['trial_id']} ({card['backbone']}-{card['frames']}, mean CV accuracy "
         f"{summary['mean']:.3f} ± {summary['std']:.3f}, pooled 95% CI [{ci['low']:.3f}, "
-        f"{ci['high']:.3f}], {SELECTED_ON}) to {result.directory}"
+        f"{ci['high']:.3f}], {selected_on(card)}) to {result.directory}"
     )
     print(card["claim"])
     return 0

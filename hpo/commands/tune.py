@@ -201,6 +201,7 @@ def progress_view(cfg) -> Any:
         cfg.run_path,
         masked(cfg.storage.optuna_storage),
         time_budget_s=cfg.budget.time_budget_s,
+        objective=cfg.objective.objective(),
     )
 
 
@@ -274,13 +275,13 @@ def _handle_grid(args: argparse.Namespace, cfg) -> int:
     )
     if code is not None:
         return code
-    from hpo.selection import SELECTED_ON
-
+    objective = cfg.objective.objective()
     for label, result in results.items():
         best = result.best
         score = f"{best.value:.3f}" if best else "no finished trial"
         print(
-            f"{label}: best mean CV accuracy {score} ({len(result.trials)} trials; {SELECTED_ON})"
+            f"{label}: best mean CV {objective.shown} {score} ({len(result.trials)} trials; "
+            f"{objective.selected_on})"
         )
     print(f"grid run: {cfg.run_path} (lushpo export {cfg.run_path} --out DIR)")
     return 0

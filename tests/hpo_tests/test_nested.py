@@ -245,6 +245,14 @@ def test_nested_run_keeps_outer_tests_out_and_reaches_the_report(tmp_path, capsy
     for outer in again["outer_folds"]:
         assert f"{outer['test']['accuracy']:.3f}" in nested_md
     assert any("same folds" in n for n in report["notes"])
+    # the nested estimate's interval: its outer folds' test predictions pooled and bootstrapped
+    interval = report["nested_confidence"]["accuracy"]
+    right = sum(t == p for o in again["outer_folds"]
+                for t, p in zip(o["test"]["y_true"], o["test"]["y_pred"], strict=True))  # fmt: skip
+    clips = sum(len(o["test"]["y_true"]) for o in again["outer_folds"])
+    assert interval["estimate"] == pytest.approx(right / clips)
+    assert interval["low"] <= interval["estimate"] <= interval["high"]
+    assert f"[{interval['low']:.3f}, {interval['high']:.3f}]" in md
 
 
 def test_nested_table_lists_every_outer_fold():

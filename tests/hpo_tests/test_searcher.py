@@ -21,19 +21,23 @@ from hpo.optuna_storage import (
     masked,
     remember,
 )
+from hpo.selection import Constraint, Objective
 
 SPACE = {"x": FloatDistribution(0, 1), "units": CategoricalDistribution([4, 8, 16])}
-FINAL = {"final": True, hs.OBJECTIVE: 0.5}
+OBJECTIVE = Objective().metric  # test_accuracy: the paper's protocol, the default
+FINAL = {"final": True, OBJECTIVE: 0.5}
 
 
 def _url(tmp_path, name: str = "optuna") -> str:
     return f"sqlite:///{tmp_path}/{name}.db"
 
 
-def _prepared(url: str, *, budget=4, max_concurrent=1, seed=3, log=None, scheduler=False):
+def _prepared(
+    url: str, *, budget=4, max_concurrent=1, seed=3, log=None, scheduler=False, objective=None
+):
     hs.prepare_study(
         url, "s", budget=budget, max_concurrent=max_concurrent, sampler="tpe", seed=seed,
-        log=log or (lambda _line: None),
+        objective=objective, log=log or (lambda _line: None),
     )  # fmt: skip
     return hs.StudySearcher(url, {"s": SPACE}, "tpe", seed, scheduler=scheduler)
 
@@ -114,7 +118,9 @@ def test_a_finished_trial_tunes_saved_record_lacks_runs_again_once(tmp_path):
     first.on_trial_complete("kept", FINAL)
     first.suggest("lost")
     first.on_trial_complete("lost", FINAL)
-    saved = {"kept": hs.TuneTrialEnd("TERMINATED", 0.5)}  # Tune's last upload: before "lost"
+    saved = {
+        "kept": hs.TuneTrialEnd("TERMINATED", {"final": True, OBJECTIVE: 0.5})
+    }  # Tune's last upload: before "lost"
     changed = hs.reconcile(url, "s", saved, experiment_ended=False, time_budget=False)
     assert list(changed.values()) == [[1]]
     assert hs.reconcile(url, "s", saved, experiment_ended=False, time_budget=False) == {}
@@ -199,7 +205,7 @@ def test_error_is_fail_with_its_reason_and_a_rerun_is_a_marked_retry(tmp_path):
     resumed = pickle.loads(pickle.dumps(search))
     assert resumed.suggest("b") == Searcher.FINISHED  # the budget counts Tune trials
     resumed.on_trial_result("a", {hs.HISTORY: [[1, 0.6]]})
-    resumed.on_trial_complete("a", {"final": True, hs.OBJECTIVE: 0.7})
+    resumed.on_trial_complete("a", {"final": True, OBJECTIVE: 0.7})
     failed, retry = _trials(url)
     assert failed.state == TrialState.FAIL and failed.intermediate_values == {1: 0.4}
     assert retry.state == TrialState.COMPLETE and retry.value == 0.7 and retry.params == params
@@ -213,13 +219,13 @@ def test_scheduler_stops_are_pruned_and_the_experiments_end_is_read_from_tunes_r
     for tune_id in "abcd":
         search.suggest(tune_id)
     search.on_trial_result("a", {hs.HISTORY: [[1, 0.3]]})
-    search.on_trial_complete("a", {"final": False, hs.OBJECTIVE: None})  # ASHA's stop
+    search.on_trial_complete("a", {"final": False, OBJECTIVE: None})  # ASHA's stop
     # The time budget ended the experiment: Tune stopped b and c without telling the searcher;
     # c's final result had arrived. d errored.
     ends = {
         "a": hs.TuneTrialEnd("TERMINATED"),
         "b": hs.TuneTrialEnd("TERMINATED"),
-        "c": hs.TuneTrialEnd("TERMINATED", 0.9),
+        "c": hs.TuneTrialEnd("TERMINATED", {"final": True, OBJECTIVE: 0.9}),
         "d": hs.TuneTrialEnd("ERROR"),
     }
     changed = hs.reconcile(url, "s", ends, experiment_ended=True, time_budget=True)
@@ -241,7 +247,7 @@ def test_a_resumed_study_draws_what_the_uninterrupted_one_draws(tmp_path):
                 search = pickle.loads(pickle.dumps(search))  # a new driver, same pickle
             params = search.suggest(f"t{i}")
             drawn.append(params)
-            search.on_trial_complete(f"t{i}", {"final": True, hs.OBJECTIVE: params["x"]})
+            search.on_trial_complete(f"t{i}", {"final": True, OBJECTIVE: params["x"]})
         return drawn
 
     whole = run(_url(tmp_path, "whole"), None)
@@ -359,7 +365,7 @@ def test_only_active_dimensions_are_drawn_and_the_papers_point_still_comes_first
     drawn = []
     for i in range(40):
         drawn.append(search.suggest(f"t{i}"))
-        search.on_trial_complete(f"t{i}", {"final": True, hs.OBJECTIVE: (i % 7) / 10})
+        search.on_trial_complete(f"t{i}", {"final": True, OBJECTIVE: (i % 7) / 10})
     first = drawn[0]
     assert "dense_units_3" not in first and first["dense_units_2"] == 1024
     assert first["lstm_units"] == 512 and first["head"] == "lstm"
@@ -394,3 +400,71 @@ def test_a_draw_that_repeats_a_trial_is_skipped_and_recorded(tmp_path):
         assert repeat.state == TrialState.FAIL and repeat.user_attrs[hs.REASON_ATTR] == hs.REPEAT
         assert trials[repeat.user_attrs[hs.SAME_AS_ATTR]].params == repeat.params
     assert sorted(t.user_attrs[hs.TUNE_ID_ATTR] for t in trials if t not in repeats) == ["a", "b"]
+
+
+def _final(test: float, validation: float, test_recall: float, validation_recall: float) -> dict:
+    """A trial's final result as `hpo.trainable` reports it: both sets of figures."""
+    return {
+        "final": True,
+        "test_accuracy": test,
+        "accuracy": test,
+        "cov_recall_mean": test_recall,
+        "validation_accuracy": validation,
+        "validation_cov_recall_mean": validation_recall,
+    }
+
+
+def test_under_validation_no_test_fold_number_reaches_optunas_storage(tmp_path):
+    """objective.on: validation tells Optuna the inner-validation score; the test folds' figures
+    (distinct numbers here) are nowhere in the storage: values, intermediate values, attrs."""
+    url = _url(tmp_path)
+    search = _prepared(url, budget=3, objective=Objective("validation"))
+    tests = [0.111, 0.222, 0.333]
+    for i, test in enumerate(tests):
+        search.suggest(f"t{i}")
+        search.on_trial_result(f"t{i}", {hs.HISTORY: [[1, 0.5 + i / 100]]})
+        search.on_trial_complete(f"t{i}", _final(test, 0.6 + i / 10, 0.444, 0.7))
+    trials = _trials(url)
+    assert [t.value for t in trials] == pytest.approx([0.6, 0.7, 0.8])
+    stored = repr(
+        [(t.values, t.intermediate_values, t.user_attrs, t.system_attrs) for t in trials]
+    ) + repr(optuna.load_study(study_name="s", storage=url).user_attrs)
+    for number in [*tests, 0.444]:
+        assert str(number) not in stored
+    # the paper's protocol, for contrast: the test folds' mean is the value
+    url = _url(tmp_path, "test-folds")
+    search = _prepared(url, budget=1)
+    search.suggest("t")
+    search.on_trial_complete("t", _final(0.111, 0.6, 0.444, 0.7))
+    assert _trials(url)[0].value == 0.111
+
+
+def test_a_constraint_makes_the_infeasible_best_by_accuracy_lose_to_a_feasible_trial(tmp_path):
+    covid = Objective(constraints=(Constraint.parse("covid_recall >= 0.9"),))
+    url = _url(tmp_path)
+    search = _prepared(url, budget=2, max_concurrent=2, objective=covid)
+    search.suggest("a")
+    search.suggest("b")
+    search.on_trial_complete("a", _final(0.9, 0.5, 0.6, 0.5))  # best accuracy, misses COVID
+    search.on_trial_complete("b", _final(0.8, 0.5, 0.95, 0.5))
+    a, b = _trials(url)
+    assert a.constraints == {"covid_recall >= 0.9": pytest.approx(0.3)}  # Optuna's public view
+    assert b.constraints == {"covid_recall >= 0.9": pytest.approx(-0.05)}
+    assert optuna.load_study(study_name="s", storage=url).best_trial.number == b.number
+    ranked = [covid.candidate(t, i, r) for i, (t, r) in enumerate(
+        [("a", _final(0.9, 0.5, 0.6, 0.5)), ("b", _final(0.8, 0.5, 0.95, 0.5))]
+    )]  # fmt: skip
+    from hpo.selection import select_best
+
+    assert select_best(ranked).trial_id == "b"
+    assert select_best([Objective().candidate(c.trial_id, c.order, r) for c, r in zip(
+        ranked, [_final(0.9, 0.5, 0.6, 0.5), _final(0.8, 0.5, 0.95, 0.5)], strict=True
+    )]).trial_id == "a"  # fmt: skip
+
+
+def test_a_resume_that_changes_the_objective_is_refused(tmp_path):
+    url = _url(tmp_path)
+    _prepared(url)
+    with pytest.raises(hs.SearchSettingsChangedError) as err:
+        _prepared(url, objective=Objective("validation"))
+    assert "objective was {'on': 'test_folds'" in str(err.value)

@@ -352,3 +352,29 @@ def test_overwrite_keeps_the_old_study_until_a_trial_of_the_new_one_starts(
     assert again.trials[0].trial_id != first.trials[0].trial_id
     assert not list(run.parent.glob(".kept.replaced-*")), "the old study was not removed"
     assert len(optuna.get_all_study_names(cfg.storage.optuna_storage)) == 1
+
+
+def test_resume_refuses_a_grid_run_study_by_study_by_an_older_lushpo(tmp_path, store, local_ray):
+    """Before a grid's cells ran as one experiment, each cell folder held its own Ray Tune
+    experiment. Resuming such a run in this layout would start its cells afresh and leave their
+    trials out of the export: it is refused in one line, and nothing in the folder changes."""
+    from hpo.study import run_studies
+    from tests.support.trivial_trial import train_trivial
+
+    uri, _key = store
+    grid = tmp_path / "runs" / "grid"
+    optuna_url = f"sqlite:///{grid}/optuna.db"
+    grid.mkdir(parents=True)
+
+    def cell(name: str):
+        return _cfg(tmp_path, uri, name=name, budget={"trials": 1},
+                    storage={"storage_path": str(grid), "optuna_storage": optuna_url})  # fmt: skip
+
+    run_study(cell("a-4"), log=lambda _line: None, train=train_trivial)  # the older layout
+    experiment = _cfg(tmp_path, uri, name="grid", storage={"optuna_storage": optuna_url})
+    listing = sorted(p.relative_to(grid).as_posix() for p in grid.rglob("*"))
+    with pytest.raises(StudyExistsError, match="run study by study by an older lushpo") as err:
+        run_studies(experiment, [cell("a-4"), cell("a-5")], resume=True, train=train_trivial,
+                    log=lambda _line: None)  # fmt: skip
+    assert "in the folders of a-4)" in str(err.value) and "--overwrite" in str(err.value)
+    assert sorted(p.relative_to(grid).as_posix() for p in grid.rglob("*")) == listing

@@ -129,6 +129,15 @@ def test_cross_validate_learns_and_reports_the_paper_metrics(baseline, split):
         np.mean([f["accuracy"] for f in baseline.folds])
     )
     assert {"cov_specificity_mean", "reg_f1_std", "accuracy_std"} <= set(baseline.metrics)
+    # objective.on: validation's figures: the restored fold models on their inner-validation
+    # splits (the clips early stopping watched), never the test folds
+    assert [f["validation"]["accuracy"] for f in baseline.folds] == [
+        pytest.approx(f["best_val_accuracy"]) for f in baseline.folds
+    ]
+    assert baseline.metrics["validation_accuracy"] == pytest.approx(
+        np.mean([f["validation"]["accuracy"] for f in baseline.folds])
+    )
+    assert {"validation_cov_recall_mean", "validation_accuracy_std"} <= set(baseline.metrics)
 
 
 def test_same_config_and_seed_give_the_same_metrics(fs, split, baseline):
@@ -366,6 +375,7 @@ def test_train_cv_reports_each_epoch_then_the_final_result(trial):
     assert [m["epoch"] for m, _ in epochs] == [1, 2, 3, 4]
     # Validation and test never share a key: epochs carry validation only.
     assert all(m["final"] is False and m["test_accuracy"] is None for m, _ in epochs)
+    assert all(m["validation_accuracy"] is None for m, _ in epochs)  # the final models' only
     assert all("accuracy" not in m and 0 <= m["val_accuracy"] <= 1 for m, _ in epochs)
     assert [d is not None for _, d in epochs] == [False, True, False, False]  # epoch 2; 4 is last
     assert (epochs[1][1] / "lockstep.json").exists()

@@ -30,6 +30,23 @@ def test_malformed_file_is_one_line_naming_file_spot_and_fix(tmp_path, name, tex
     assert "\n" not in message and "line 2" in message
 
 
+def test_yaml_booleans_are_true_and_false_only(tmp_path):
+    """YAML 1.2: ``on:`` (objective.on) stays a key, ``yes`` a string the config then refuses
+    for a boolean, rather than YAML 1.1's silent True."""
+    path = tmp_path / "study.yaml"
+    path.write_text("objective:\n  on: validation\na: yes\nb: off\nc: true\nd: False\n")
+    assert read_document(path, "fix") == {
+        "objective": {"on": "validation"},
+        "a": "yes",
+        "b": "off",
+        "c": True,
+        "d": False,
+    }
+    import yaml
+
+    assert yaml.safe_load("on: 1") == {True: 1}  # PyYAML's own loader is left as it was
+
+
 def test_a_missing_file_is_one_line_naming_it_and_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError) as info:
         read_document(tmp_path / "nope.json", "fetch it again")
