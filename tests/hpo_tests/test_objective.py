@@ -95,6 +95,7 @@ def test_a_validation_pareto_study_tells_optuna_no_test_fold_number_and_exports_
     assert card["trial_id"] == expected.trial_id
     selection = card["selection"]
     assert selection["front"] == sorted(front) and selection["pick"] == [rule]
+    assert selection["feasible"] == sum(picked.feasible(r) for r in finals.values())
     assert selection["selected_on"].startswith("selected without the test folds")
     assert selection["objective"]["directions"] == objective["directions"]
     assert sum(t["on_front"] for t in card["trials"]) == len(front)
@@ -130,3 +131,24 @@ def test_objective_parsing_names_what_is_wrong():
     assert Objective.from_dict(two).to_dict() == two
     with pytest.raises(ValueError, match="two metrics"):
         Objective.from_dict({"directions": {"accuracy": "maximize"}})
+
+
+def test_the_report_says_how_the_best_was_chosen_and_how_many_trials_were_feasible():
+    from hpo.report import _selection_note
+
+    selection = {
+        "objective": {"on": "validation", "constraints": ["covid_recall >= 0.9"],
+                      "directions": {"accuracy": "maximize", "covid_recall": "maximize"}},
+        "pick": ["pneumonia_recall >= 0.8"], "front": ["a", "b", "c"], "candidates": 9,
+        "feasible": 4,
+    }  # fmt: skip
+    note = _selection_note({"selected_on": Objective("validation").selected_on,
+                            "selection": selection})  # fmt: skip
+    assert "selected without the test folds" in note
+    assert "3 of 9 finished trials are on its Pareto front" in note
+    assert "that meets pneumonia_recall >= 0.8" in note
+    assert (
+        "(covid_recall >= 0.9, pneumonia_recall >= 0.8, on the same folds as the objective)" in note
+    )
+    assert "4 of 9 finished trials were feasible; the best feasible one was chosen" in note
+    assert "none was" in _selection_note({"selection": {**selection, "feasible": 0}})
