@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from hpo.metrics import CLASS_METRICS
+
 __all__ = [
     "OBJECTIVE_ON",
     "SELECTED_ON",
@@ -66,7 +68,6 @@ OBJECTIVE_ON = ("test_folds", "validation")
 """What ``objective.on`` accepts: the folds whose accuracy the search maximises."""
 
 CLASSES = {"covid": "cov", "pneumonia": "pne", "healthy": "reg"}  # names users write → LABELS
-CLASS_METRICS = ("recall", "precision", "specificity", "f1")
 _CONSTRAINT = re.compile(r"^\s*([a-z]+)_([a-z0-9]+)\s*(>=|<=)\s*([0-9]*\.?[0-9]+)\s*$")
 DIRECTIONS = ("maximize", "minimize")
 
