@@ -40,7 +40,7 @@ import numpy as np
 
 from hpo import project
 from hpo.export_folder import replacing
-from hpo.metrics import bootstrap_ci, fold_metrics, summarize
+from hpo.metrics import bootstrap_ci, float_or_nan, fold_metrics, summarize
 from hpo.model import predict_proba
 from hpo.optuna_storage import masked
 from hpo.run_files import RESCORE_FILE, SETTINGS_FILE, experiment_paths, read_run_file
@@ -295,11 +295,9 @@ def _trials_table(refs: list[_TrialRef], objective: Objective, front: set[str]) 
     baseline."""
     from hpo.space import is_paper_best
 
-    def finite(value: Any) -> float | None:
-        try:
-            return float(value) if math.isfinite(float(value)) else None
-        except (TypeError, ValueError):
-            return None
+    def finite(value: Any) -> float | None:  # JSON: null, not NaN
+        number = float_or_nan(value)
+        return number if math.isfinite(number) else None
 
     rows = []
     for ref in refs:
@@ -631,8 +629,9 @@ def export_best(
         raise ExportError(f"the run at {run} has no finished trial with a checkpoint")
     with replacing(out, overwrite, last=CARD, log=log) as stage:
         card = _export_best(
-            run, stage, refs, (study_objective, pick), store, cache_dir, study, endpoint_url, log
-        )
+            run, stage, refs, (objective, study_objective, pick), store, cache_dir, study,
+            endpoint_url, log,
+        )  # fmt: skip
     log(f"wrote {out / CARD}")
     return ExportResult(out, card)
 
@@ -641,7 +640,7 @@ def _export_best(
     run: str,
     stage: Path,
     refs: list[_TrialRef],
-    objectives: tuple[Objective, Sequence[str]],
+    objectives: tuple[Objective, Objective, Sequence[str]],
     store: str | None,
     cache_dir: str | None,
     study: dict | None,
@@ -649,9 +648,9 @@ def _export_best(
     log: Callable[[str], None],
 ) -> dict:
     """Download the best trial's checkpoint into `stage`, write its export beside it; the card.
-    `objectives`: the study's objective, and the export's --pick rules."""
-    study_objective, pick = objectives
-    objective = study_objective.with_pick(pick)
+    `objectives`: the one trials are ranked by, the study's own, and the --pick rules that make
+    the first from the second."""
+    objective, study_objective, pick = objectives
     front = objective.front({r.candidate.trial_id: r.trial.last_result or {} for r in refs})
     rescore = read_run_file(run, RESCORE_FILE, endpoint_url)
     ref = None

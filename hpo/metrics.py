@@ -14,12 +14,21 @@ clips of the pooled out-of-fold predictions (every clip is tested exactly once i
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from pipeline.manifest import LABELS
 
-__all__ = ["BOOTSTRAP", "CLASS_METRICS", "bootstrap_ci", "flatten", "fold_metrics", "summarize"]
+__all__ = [
+    "BOOTSTRAP",
+    "CLASS_METRICS",
+    "bootstrap_ci",
+    "flatten",
+    "float_or_nan",
+    "fold_metrics",
+    "summarize",
+]
 
 CLASS_METRICS: tuple[str, ...] = ("precision", "recall", "f1", "specificity")
 """Per-class metrics, in the order they are reported."""
@@ -125,6 +134,15 @@ def fold_metrics(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.
         "confusion_matrix": cm.tolist(),
         "per_class": per_class,
     }
+
+
+def float_or_nan(value: Any) -> float:
+    """`value` as a float; NaN for None or anything else that is not a number (a result that
+    lacks the metric)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def _mean_std(values: Sequence[float]) -> dict[str, float]:

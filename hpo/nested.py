@@ -36,7 +36,7 @@ import ray
 from ray import tune
 
 from hpo.config import StudyConfig
-from hpo.metrics import fold_metrics, summarize
+from hpo.metrics import float_or_nan, fold_metrics, summarize
 from hpo.optuna_storage import masked
 from hpo.run_files import read_run_file, remove_run_file, write_run_file
 from hpo.selection import TIE_BREAK, final_epochs, select_best
@@ -235,13 +235,6 @@ def _refit_remote(
 # --- selection ---------------------------------------------------------------------------------
 
 
-def _finite(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def _best(result: StudyResult) -> TrialRecord:
     """The inner study's best finished trial by `hpo.selection.select_best`'s documented rule."""
     finished = [
@@ -338,10 +331,10 @@ def _outer_record(
         "best_trial_id": best.trial_id,
         "params": dict(best.params),
         "inner_accuracy": {
-            "mean": _finite(best.metrics.get("accuracy")),
-            "std": _finite(best.metrics.get("accuracy_std")),
+            "mean": float_or_nan(best.metrics.get("accuracy")),
+            "std": float_or_nan(best.metrics.get("accuracy_std")),
         },
-        "inner_cov_recall": _finite(best.metrics.get("cov_recall_mean")),
+        "inner_cov_recall": float_or_nan(best.metrics.get("cov_recall_mean")),
         "inner_best_epochs": best_epochs,
         "epochs": epochs,
         "test": test,
@@ -438,7 +431,7 @@ def run_nested(
             test = ray.get(task)
             log(
                 f"outer fold {k}: best inner trial {best.trial_id} (inner accuracy "
-                f"{_finite(best.metrics.get('accuracy')):.3f}), retrained {epochs} epochs on "
+                f"{float_or_nan(best.metrics.get('accuracy')):.3f}), retrained {epochs} epochs on "
                 f"{len(fold.train)} clips, outer test accuracy {test['accuracy']:.3f}"
             )
             folds.append(

@@ -295,6 +295,7 @@ def reconcile(
     study = optuna.load_study(study_name=name, storage=storage)
     study_id = storage.get_study_id_from_name(name)
     stopped = TIME_BUDGET if time_budget else STOPPED
+    objective = _study_objective(study)
     done: dict[str, list[int]] = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
@@ -319,7 +320,9 @@ def reconcile(
             storage.set_trial_user_attr(trial_id, REASON_ATTR, FAILURE)
             study.tell(trial.number, state=TrialState.FAIL)
             what = "FAIL"
-        elif end.status == "TERMINATED" and _tell_final(study, trial_id, trial.number, end.result):
+        elif end.status == "TERMINATED" and _tell_final(
+            study, objective, trial_id, trial.number, end.result
+        ):
             what = "COMPLETE"
         elif end.status == "TERMINATED" or experiment_ended:
             storage.set_trial_user_attr(trial_id, REASON_ATTR, stopped)
@@ -338,12 +341,15 @@ def _study_objective(study: optuna.Study) -> Objective:
 
 
 def _tell_final(
-    study: optuna.Study, trial_id: int, number: int, result: Mapping[str, Any] | None
+    study: optuna.Study,
+    objective: Objective,
+    trial_id: int,
+    number: int,
+    result: Mapping[str, Any] | None,
 ) -> bool:
     """Tell Optuna trial `number` COMPLETE with its final `result`'s score on the study's
-    objective (its values, for a multi-objective study), its constraints set first; False
+    `objective` (its values, for a multi-objective study), its constraints set first; False
     (nothing told) when `result` is not final."""
-    objective = _study_objective(study)
     values = objective.values(result or {})
     if values is None:
         return False
@@ -407,6 +413,7 @@ class _Live:
         search = attrs.get(SEARCH_ATTR) or {}
         self.n_startup_trials = int(search.get("n_startup_trials", STARTUP_BEFORE))
         self.independent_sampler = search.get("independent_sampler")
+        self.objective = Objective.from_dict(search.get("objective"))
         self.released: list[int] = []  # asked for Tune trials the driver lost: to adopt
         self.asked = 0  # trials of the budget: with a Tune id (or released), not retries
         self.newest: dict[str, int] = {}  # Tune id -> its newest Optuna trial number
@@ -643,7 +650,9 @@ class StudySearcher(Searcher):
             return
         live, number = current
         live.running.discard(number)
-        if not error and _tell_final(live.study, live.trial_id(number), number, result):
+        if not error and _tell_final(
+            live.study, live.objective, live.trial_id(number), number, result
+        ):
             return
         if error:
             reason, state = FAILURE, TrialState.FAIL

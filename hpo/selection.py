@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from hpo.metrics import CLASS_METRICS
+from hpo.metrics import CLASS_METRICS, float_or_nan
 
 __all__ = [
     "OBJECTIVE_ON",
@@ -172,11 +172,10 @@ class Objective:
     def values(self, result: Mapping[str, Any]) -> list[float] | None:
         """What Optuna is told of a final result: [accuracy], or the `directions`' metrics in
         their order; None before the final result or when one is missing or NaN."""
-        if self.value(result) is None:
-            return None
-        if not self.directions:
-            return [self.value(result)]
-        found = [_finite(result.get(metric_key(m, self.prefix))) for m, _ in self.directions]
+        value = self.value(result)
+        if value is None or not self.directions:
+            return None if value is None else [value]
+        found = [float_or_nan(result.get(metric_key(m, self.prefix))) for m, _ in self.directions]
         return found if all(math.isfinite(v) for v in found) else None
 
     def violations(self, result: Mapping[str, Any]) -> dict[str, float] | None:
@@ -184,7 +183,7 @@ class Objective:
         metrics is missing or NaN (a class absent from every fold's split)."""
         out = {}
         for c in self.constraints:
-            value = _finite(result.get(c.key(self.prefix)))
+            value = float_or_nan(result.get(c.key(self.prefix)))
             if not math.isfinite(value):
                 return None
             out[str(c)] = c.violation(value)
@@ -200,9 +199,9 @@ class Objective:
         return Candidate(
             trial_id=trial_id,
             order=order,
-            accuracy=_finite(result.get(f"{p}accuracy")),
-            cov_recall=_finite(result.get(f"{p}cov_recall_mean")),
-            accuracy_std=_finite(result.get(f"{p}accuracy_std")),
+            accuracy=float_or_nan(result.get(f"{p}accuracy")),
+            cov_recall=float_or_nan(result.get(f"{p}cov_recall_mean")),
+            accuracy_std=float_or_nan(result.get(f"{p}accuracy_std")),
             feasible=self.feasible(result),
         )
 
@@ -258,13 +257,6 @@ def pareto_front(points: Mapping[str, Sequence[float]]) -> set[str]:
         )
 
     return {k for k, p in points.items() if not any(dominates(q, p) for q in points.values())}
-
-
-def _finite(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 class NoFiniteTrialError(ValueError):
