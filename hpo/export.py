@@ -224,7 +224,7 @@ def _rescored_winner(
         log(
             f"warning: rescore.json refused: its winner {rescore.get('winner')} is not a trial here"
         )
-        return None, None
+        return None
     ref.trial.checkpoint.to_directory(str(dest))
     record = json.loads((dest / "trial.json").read_text())
     ours = (record["feature_set"], Split.from_dict(record["split"]).digest())

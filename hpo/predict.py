@@ -100,6 +100,8 @@ def predict(
             model is built).
         FileNotFoundError: a clip or the model card is missing (checked before any model loads).
         pipeline.frames.BadClipError: a clip cannot be decoded or is too short.
+        ValueError: ``model.h5``'s sha256 differs from the card's (checked first, before the
+            backbone and the weights are resolved).
     """
     from pipeline.backbones import get_backbone, load_backbone, resolve_weights
 
@@ -108,17 +110,18 @@ def predict(
         raise FileNotFoundError(f"clip file(s) not found: {', '.join(missing)}")
     model_dir = Path(model_dir)
     card = read_card(model_dir)
-    get_backbone(card["backbone"])  # an unknown backbone fails before any file is read
-    resolved = resolve_weights(card["backbone"], weights, cache_dir=cache_dir)
-    if resolved.sha256 != card["weights_sha256"]:
-        raise WeightsMismatchError(
-            model_dir / "model_card.json", card["weights_sha256"], resolved.sha256, str(weights)
-        )
+    # the folder's own integrity first: it needs no backbone, weights or network
     recorded = (card.get("final_model") or {}).get("sha256")
     if recorded is not None and sha256_file(model_dir / "model.h5") != recorded:
         raise ValueError(
             f"{model_dir / 'model.h5'}: its sha256 differs from the one {model_dir / CARD} "
             "records: the file was replaced since the export; export the run again"
+        )
+    get_backbone(card["backbone"])  # an unknown backbone fails before any file is read
+    resolved = resolve_weights(card["backbone"], weights, cache_dir=cache_dir)
+    if resolved.sha256 != card["weights_sha256"]:
+        raise WeightsMismatchError(
+            model_dir / "model_card.json", card["weights_sha256"], resolved.sha256, str(weights)
         )
     backbone, _ = load_backbone(card["backbone"], resolved)
     head = load_head(model_dir)

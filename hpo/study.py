@@ -220,24 +220,36 @@ def _delete_run(
             optuna.delete_study(study_name=name, storage=connectable(storage_url))
 
 
+def _copy_objects(fs: pafs.FileSystem, source: str, target: str) -> None:
+    """Every object under `source` to the same relative key under `target` (one filesystem)."""
+    selector = pafs.FileSelector(source, recursive=True, allow_not_found=True)
+    for info in fs.get_file_info(selector):
+        if info.type == pafs.FileType.File:
+            fs.copy_file(info.path, f"{target}/{info.path[len(source) + 1 :]}")
+
+
 class _SetAside:
     """A study `--overwrite` replaces, moved out of the way and kept until the new study's first
     trial starts: a new start that fails before that puts it back as it was.
 
     A local run folder is renamed to ``.<name>.replaced-<id>`` beside it (its default
-    ``optuna.db`` goes with it); a study in another Optuna storage is copied to
-    ``<name>.replaced-<id>`` there and deleted under its name, which the new study takes. An S3
-    run folder has no rename (a copy of every object): it is deleted, as after everything the
-    new study needs has answered."""
+    ``optuna.db`` goes with it). S3 has no rename: each object of an S3 run folder is copied
+    there by the server (`FileSystem.copy_file`, a CopyObject), then the folder is emptied. A
+    study in another Optuna storage is copied to ``<name>.replaced-<id>`` there and deleted under
+    its name, which the new study takes."""
 
     def __init__(self, fs: pafs.FileSystem | None, run_path: str, url: str, names: Sequence[str]):
         self.run_path, self.url, self.tag = run_path, url, f"replaced-{uuid.uuid4().hex[:8]}"
-        self.done = False
+        self.done, self.fs = False, fs
         self.folder: Path | None = None
+        self.objects: str | None = None  # the S3 folder the old run's objects were copied to
         if fs is None and Path(run_path).exists():
             self.folder = Path(run_path).with_name(f".{Path(run_path).name}.{self.tag}")
             os.rename(run_path, self.folder)
         elif fs is not None:
+            parent, _, name = run_path.rpartition("/")
+            self.objects = f"{parent}/.{name}.{self.tag}"
+            _copy_objects(fs, run_path, self.objects)
             fs.delete_dir_contents(run_path, missing_dir_ok=True)
         self.studies = [name for name in names if has_study(url, name)]
         for name in self.studies:
@@ -256,6 +268,8 @@ class _SetAside:
         self.done = True
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
+        if self.fs is not None and self.objects is not None:
+            self.fs.delete_dir(self.objects)
         for name in self.studies:
             optuna.delete_study(study_name=f"{name}.{self.tag}", storage=connectable(self.url))
 
@@ -267,6 +281,9 @@ class _SetAside:
         _delete_run(fs, self.run_path, self.url, names)
         if self.folder is not None:
             os.rename(self.folder, self.run_path)
+        if self.fs is not None and self.objects is not None:
+            _copy_objects(self.fs, self.objects, self.run_path)
+            self.fs.delete_dir(self.objects)
         for name in self.studies:
             self._move(f"{name}.{self.tag}", name)
 

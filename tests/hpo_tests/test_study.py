@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import pyarrow.fs as pafs
 import pytest
 import ray
 from ray.tune import Callback
@@ -321,6 +322,14 @@ def test_rescore_retrains_the_top_trials_and_export_takes_the_rescored_winner(
     ).card
     assert card["trial_id"] == result.best.trial_id and card["selection"]["rescored"] is False
     assert any("rescore.json refused" in line for line in lines)
+    # A winner that is no trial of this run is refused too (issue 26: it raised AttributeError).
+    (Path(cfg.run_path) / RESCORE_FILE).write_text(json.dumps({**forged, "winner": "0a0b0c0d"}))
+    lines = []
+    card = export_best(
+        cfg.run_path, tmp_path / "out", store=uri, overwrite=True, log=lines.append
+    ).card
+    assert card["trial_id"] == result.best.trial_id and card["selection"]["rescored"] is False
+    assert any("its winner 0a0b0c0d is not a trial here" in line for line in lines)
 
 
 class _CannotStart(Callback):
@@ -352,6 +361,56 @@ def test_overwrite_keeps_the_old_study_until_a_trial_of_the_new_one_starts(
     assert again.trials[0].trial_id != first.trials[0].trial_id
     assert not list(run.parent.glob(".kept.replaced-*")), "the old study was not removed"
     assert len(optuna.get_all_study_names(cfg.storage.optuna_storage)) == 1
+
+
+def test_an_s3_run_folder_is_set_aside_not_deleted_until_the_new_study_starts(
+    tmp_path, s3_endpoint
+):
+    """Issue 23: S3 has no rename, so `--overwrite` used to delete an S3 run folder outright.
+    It is copied aside by the server now: put back as it was when the new study fails to
+    start, removed once it starts (a real S3 endpoint: moto on loopback)."""
+    import boto3
+
+    from hpo.study import _SetAside, storage_filesystem
+
+    boto3.client("s3").create_bucket(Bucket="lushpo-aside")
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = {"storage_path": "s3://lushpo-aside/runs", "endpoint_url": s3_endpoint.url,
+               "optuna_storage": url}  # fmt: skip
+    cfg = _cfg(tmp_path, "file:///nowhere", name="old", storage=storage)
+    fs, path = storage_filesystem(cfg)
+    run = f"{path}/old"
+    old = {"tuner.pkl": b"t", "lushpo-settings.json": b"{}", "trial_0/fold-0.h5": b"h" * 4096}
+    for key, data in old.items():
+        with fs.open_output_stream(f"{run}/{key}") as out:
+            out.write(data)
+    optuna.create_study(study_name="old", storage=url).add_trial(
+        optuna.trial.create_trial(params={}, distributions={}, value=0.5)
+    )
+
+    def listing(prefix: str) -> dict[str, bytes]:
+        found = fs.get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True))
+        return {
+            i.path[len(prefix) + 1 :]: fs.open_input_stream(i.path).read()
+            for i in found
+            if i.type == pafs.FileType.File
+        }
+
+    def asides() -> list[str]:
+        return [i.base_name for i in fs.get_file_info(pafs.FileSelector(path))
+                if ".replaced-" in i.base_name]  # fmt: skip
+
+    aside = _SetAside(fs, run, url, ["old"])
+    assert listing(run) == {} and asides(), "the old run was not moved aside"
+    with fs.open_output_stream(f"{run}/tuner.pkl") as out:  # the new study's first file
+        out.write(b"new")
+    aside.restore(fs, ["old"])  # the new study never started
+    assert listing(run) == old and not asides()
+    assert [t.value for t in optuna.load_study(study_name="old", storage=url).trials] == [0.5]
+
+    aside = _SetAside(fs, run, url, ["old"])
+    aside.drop()  # the new study's first trial started
+    assert listing(run) == {} and not asides()
 
 
 def test_resume_refuses_a_grid_run_study_by_study_by_an_older_lushpo(tmp_path, store, local_ray):

@@ -14,6 +14,10 @@ Tune's experiment-state save and its search save, and during a checkpoint's uplo
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import boto3
 import optuna
 import pytest
@@ -172,14 +176,18 @@ def test_a_study_killed_after_trial_k_draws_what_the_uninterrupted_one_draws(tmp
 
 
 def test_a_second_driver_of_a_running_study_is_refused(tmp_path):
-    """Issue 23, item 3: `tune --resume` and a fresh `tune` of a study that is running are both
-    refused in one line naming the holder; the running study ends with an intact record that
-    export's reader reads."""
-    store_uri, _key, _ = put_synthetic(tmp_path / "store", clips=8, frames=3, dim=4)
-    config = write_config(tmp_path / "kill.yaml", _config(
-        tmp_path, store_uri, {"storage_path": str(tmp_path / "runs")}))  # fmt: skip
+    """Issue 23, item 3: `tune --resume` and a fresh `tune` of a study that `lushpo tune` is
+    running are both refused in one line naming the holder; the running study ends with an
+    intact record that `lushpo export` exports (real CNN-LSTM trials on a tiny synthetic set)."""
+    store_uri, _key, _ = put_synthetic(tmp_path / "store", clips=24, frames=4, dim=8)
+    data = _config(tmp_path, store_uri, {"storage_path": str(tmp_path / "runs")})
+    data |= {"feature_set": {"backbone": "synthetic", "frames": 4},
+             "split": {"kind": "stratified", "k": 3, "seed": 0},
+             "budget": {"trials": 4, "max_concurrent": 1, "max_epochs": 3, "patience": 3},
+             "resources": {"cpu": 1, "intra_op_threads": 1}}  # fmt: skip
+    config = write_config(tmp_path / "kill.yaml", data)
     run = tmp_path / "runs" / "kill"
-    first = Driver([str(config)], env={EPOCH_ENV: "1.0"}, module="tests.integration.trivial_driver")
+    first = Driver(["--config", str(config)])
     try:
         first.poll_until(lambda: complete_trials(run / "optuna.db") >= 1, 300, "a trial ended")
         second = [Driver(["--config", str(config), *flags]) for flags in (["--resume"], [])]
@@ -194,9 +202,17 @@ def test_a_second_driver_of_a_running_study_is_refused(tmp_path):
         assert first.wait(300) == 0, first.output[-4000:]
     finally:
         first.kill()
-    _check_record(f"sqlite:///{run}/optuna.db", str(run))
-    # export's reader of the run finds every trial (the trivial trial writes no model to export)
-    assert len({ref.candidate.trial_id for ref in _read_run(str(run))}) == BUDGET
+    trials = optuna.load_study(study_name="kill", storage=f"sqlite:///{run}/optuna.db").trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    tune_ids = {t.trial_id for t in ExperimentAnalysis(str(run)).trials}
+    assert {t.user_attrs[TUNE_ID_ATTR] for t in trials} == tune_ids and len(tune_ids) == 4
+    exported = subprocess.run(
+        [sys.executable, "-m", "hpo.cli", "export", str(run), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert exported.returncode == 0, exported.stdout[-3000:] + exported.stderr[-3000:]
+    card = json.loads((tmp_path / "out" / "model_card.json").read_text())
+    assert card["trial_id"] in tune_ids
 
 
 def test_a_study_whose_experiment_ended_runs_a_raised_budget_in_a_continuation(tmp_path):

@@ -160,6 +160,15 @@ def _clips_and_a_read_only_store(runs: Path, made: Made) -> list[Callable[[], No
     return [stack.close]
 
 
+def _an_export_with_another_model(runs: Path, made: Made) -> list[Callable[[], None]]:
+    """Why 7: an export whose model.h5 was replaced by another model (a swapped file predicted
+    silently), and a clip to predict."""
+    shutil.copytree(made.export, runs / "export")
+    shutil.copyfile(next((runs / "export").glob("fold-*.h5")), runs / "export" / "model.h5")
+    write_clip(runs / "clip.mp4", 6)
+    return []
+
+
 def _nothing(runs: Path, made: Made) -> list[Callable[[], None]]:
     runs.mkdir()
     return []
@@ -236,6 +245,11 @@ CASES = {
         {"KERAS_HOME": "{runs}/keras", "LUSHPO_CACHE_DIR": "{runs}/cache"}, "", 1,
         "offline, give a copy of xception_weights_tf_dim_ordering_tf_kernels_notop.h5 with "
         "--weights PATH or LUSHPO_WEIGHTS"),
+    "predict with a model.h5 replaced since the export": (
+        _an_export_with_another_model,
+        ["predict", "--model", "{runs}/export", "{runs}/clip.mp4"], {}, "", 2,
+        "model.h5: its sha256 differs from the one {runs}/export/model_card.json records: the "
+        "file was replaced since the export; export the run again"),
     "--inner-folds 1": (
         _nothing, [*TUNE, "--nested", "--inner-folds", "1"], {}, "", 2,
         "'1' is not a fold count of 2 or more"),

@@ -136,6 +136,15 @@ def test_local_file_loads_and_reports_its_sha256(weights_file, trained_like):
     assert resolve_weights("mobilenetv2", f"file://{weights_file}").sha256 == digest
 
 
+def test_a_relative_path_is_recorded_absolute(weights_file, monkeypatch):
+    """Issue 23: the source the features and the model card record is absolute, so `predict`
+    run from another folder finds the same file (a relative LUSHPO_WEIGHTS was kept verbatim)."""
+    monkeypatch.chdir(weights_file.parent)
+    resolved = resolve_weights("mobilenetv2", weights_file.name)
+    assert resolved.source == str(weights_file.resolve()) and Path(resolved.source).is_absolute()
+    assert resolved.sha256 == sha256(weights_file)
+
+
 def test_missing_local_file_names_the_path(tmp_path):
     with pytest.raises(WeightsError, match=r"nope\.h5 does not exist.*--weights"):
         resolve_weights("xception", tmp_path / "nope.h5")
