@@ -1,6 +1,6 @@
 """P2: what running a study under lushpo costs against Optuna on its own, side by side in one run.
 
-Four contenders run the same N trials of the same training function (`hpo.trainable.
+Four contenders run the same N trials of the same training function (`hpo.train.
 cross_validate_with`, the maths lushpo's trainable wraps) on the same features and split, each as a
 fresh process timed from its start to its exit, so each pays its own interpreter start and imports
 (TensorFlow included), as a user typing the command does:
@@ -120,10 +120,9 @@ def _trials(
 ) -> None:
     """Ask/tell `n_trials` trials of `study`: cross_validate of each sampled config. `reseed`:
     a TPE sampler seeded from (seed, trial number) before each ask, as lushpo's searcher does
-    (`hpo.searcher.sampler_seed`), so the sequential pair draws the same configs."""
-    from hpo.searcher import ask_active, make_sampler, sampler_seed, startup_trials
-    from hpo.space import search_space
-    from hpo.trainable import TrialSettings, configure_tensorflow, cross_validate_with
+    (`hpo.search.sampler_seed`), so the sequential pair draws the same configs."""
+    from hpo.search import ask_active, make_sampler, sampler_seed, startup_trials
+    from hpo.train import TrialSettings, configure_tensorflow, cross_validate_with, search_space
     from pipeline.manifest import Split
     from pipeline.store import open_store
 
@@ -221,8 +220,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    from hpo.config import load_config
-    from hpo.study import compute_split
+    from hpo.search import load_config
+    from hpo.search._study import compute_split
 
     n = args.concurrency
     with tempfile.TemporaryDirectory(prefix="lushpo-p2-") as tmp:

@@ -1,6 +1,6 @@
 """P6: what the k folds of one trial cost against one fold, same head, same epochs, one run.
 
-P6 = wall time of a 5-fold lockstep trial (`hpo.trainable.LockstepCV`: one graph step trains
+P6 = wall time of a 5-fold lockstep trial (`hpo.train.LockstepCV`: one graph step trains
 every fold's batch) ÷ wall time of the same trial with its first fold only. Both include what a
 trial pays besides its epochs: building the fold models, tracing the graphs, scoring the test
 folds. Early stopping is off (patience = epochs) so both train every epoch. The same run also
@@ -39,7 +39,7 @@ SMALL = {
 
 def _trial_s(folds: list[Any], params: dict[str, Any], epochs: int, seed: int) -> float:
     """Wall time of one lockstep trial over `folds`: build, train `epochs`, score."""
-    from hpo.trainable import LockstepCV
+    from hpo.train import LockstepCV
 
     start = time.perf_counter()
     cv = LockstepCV(folds, params, max_epochs=epochs, patience=epochs, seed=seed)
@@ -74,8 +74,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    from hpo.space import PAPER_BEST
-    from hpo.trainable import TrialSettings, configure_tensorflow, fold_data
+    from hpo.train import PAPER_BEST
+    from hpo.train._trainable import TrialSettings, configure_tensorflow, fold_data
     from tests.support.featuresets import synthetic_feature_set, synthetic_split
 
     fs = synthetic_feature_set(

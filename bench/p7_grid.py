@@ -3,8 +3,8 @@
 On a 2-node cluster started with the ``ray`` CLI (2 CPUs a node, 1 CPU a trial: 4 trial slots),
 a grid of 4 cells x 4 trials at ``max_concurrent: 1`` per cell runs two ways:
 
-- ``one_experiment``: `hpo.grid.run_grid`, every cell's study searched by one experiment;
-- ``cell_by_cell``: `hpo.study.run_study` for each cell in turn (what lushpo did before).
+- ``one_experiment``: `hpo.search.run_grid`, every cell's study searched by one experiment;
+- ``cell_by_cell``: `hpo.search.run_study` for each cell in turn (what lushpo did before).
 
 Trials train nothing (`tests.support.trivial_trial`, ``--epoch-s`` seconds an epoch), so the
 numbers measure scheduling, not TensorFlow. Slot occupancy is busy slot-seconds (each trial from
@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(root: Path, store_uri: str, name: str, address: str, args) -> Any:
-    from hpo.config import from_dict
+    from hpo.search import from_dict
 
     return from_dict(
         {
@@ -104,8 +104,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
     cluster.env[EPOCH_ENV] = str(args.epoch_s)  # the cluster's workers inherit it
 
-    from hpo.grid import cell_configs, run_grid
-    from hpo.study import run_study
+    from hpo.search import cell_configs, run_grid, run_study
     from pipeline.store import open_store
     from tests.support.featuresets import synthetic_feature_set
 

@@ -38,8 +38,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
     import ray
 
-    from hpo.config import from_dict
-    from hpo.study import run_study
+    from hpo.search import from_dict, run_study
     from pipeline.store import open_store
     from tests.support.featuresets import synthetic_feature_set
     from tests.support.trivial_trial import train_trivial

@@ -28,7 +28,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "p9_cli_startup.json"
 GOAL_S = 2.0
 # The start-up before the fix: TensorFlow imported (and its devices set up) before parsing.
 _BEFORE = (
-    "import sys; from hpo.quiet import quiet; quiet(tensorflow=True); "
+    "import sys; from hpo.cli._quiet import quiet; quiet(tensorflow=True); "
     "from hpo.cli import main; sys.exit(main(sys.argv[1:]))"
 )
 

@@ -106,7 +106,7 @@ def test_dockerignore_keeps_the_context_small():
     for path in (".git/HEAD", ".venv/bin/python", "tests/conftest.py", "runs/x", "k8s/README.md"):
         assert _dockerignore_excludes(path), path
     assert _dockerignore_excludes("hpo/__pycache__/cli.cpython-311.pyc")
-    assert not _dockerignore_excludes("hpo/cli.py")
+    assert not _dockerignore_excludes("hpo/cli/_main.py")
 
 
 def test_compose_has_head_two_workers_and_minio():

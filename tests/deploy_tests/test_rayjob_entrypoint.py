@@ -3,8 +3,8 @@
 The entrypoint is parsed the way it is executed: KubeRay's submitter shell sees it first (it must
 be a single `bash -c '<script>'`), then the head's bash runs the script, whose one command,
 `lushpo run`, is expanded with the head container's environment (ConfigMap + Secret references)
-and handed to `hpo.cli.build_parser()`; `hpo.commands.run.pipeline_steps` then gives the verbs it
-calls, each parsed by the real parser; the study config goes through `hpo.config`."""
+and handed to `hpo.cli._main.build_parser()`; `hpo.cli._commands.run.pipeline_steps` then gives
+the verbs it calls, each parsed by the real parser; the study config goes through `hpo.search`."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 import yaml
 
-from hpo.cli import build_parser
-from hpo.commands.run import pipeline_steps
-from hpo.commands.tune import config_from_args
-from hpo.config import load_config
+from hpo.cli._commands.run import pipeline_steps
+from hpo.cli._commands.tune import config_from_args
+from hpo.cli._main import build_parser
+from hpo.search import load_config
 from tests.conftest import REPO
 from tests.deploy_tests.conftest import OVERLAYS, find, lock_versions
 

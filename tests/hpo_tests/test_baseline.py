@@ -1,6 +1,6 @@
 """The paper's second claim, tested on features whose signal we place: in frame order only, or in
 the mean over frames only. The LSTM head must win the first; the pooled head and the linear
-probe must match or beat it on the second (hpo.model heads, hpo.baseline)."""
+probe must match or beat it on the second (hpo.train heads, hpo.results)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpo.baseline import C_GRID, linear_probe, temporal_claim
-from hpo.trainable import cross_validate
+from hpo.results import C_GRID, linear_probe, temporal_claim
+from hpo.train import cross_validate
 from pipeline.manifest import LABELS, Clip, Manifest, stratified_split
 
 FRAMES, DIM, PER_CLASS = 8, 4, 20

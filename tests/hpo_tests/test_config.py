@@ -1,4 +1,4 @@
-"""hpo.config: every key has a constraint; bad values fail once, naming key, form, value, fix."""
+"""hpo.search: every key has a constraint; bad values fail once, naming key, form, value, fix."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hpo.config import InvalidConfigError, StudyConfig, config_keys, from_dict, load_config
+from hpo.search import InvalidConfigError, StudyConfig, config_keys, from_dict, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = {"name": "t", "split": {"kind": "stratified", "k": 3}}
@@ -116,7 +116,7 @@ def test_invalid_values_name_key_form_value_and_fix(data, key, got, allowed):
 
 
 def test_flag_named_for_keys_a_flag_sets(tmp_path):
-    from hpo.commands.tune import config_from_args
+    from hpo.cli._commands.tune import config_from_args
 
     path = tmp_path / "s.yaml"
     flags = dict.fromkeys(("trials", "name", "store", "storage_path", "optuna_storage"))
@@ -194,8 +194,8 @@ def test_shipped_configs_validate(name, tmp_path):
 
 
 def test_paper_grid_is_every_paper_cell(tmp_path):
-    from hpo.grid import cell_configs
-    from hpo.paper import read_evaluation
+    from hpo.results import read_evaluation
+    from hpo.search import cell_configs
 
     cfg = load_config(REPO / "configs" / "paper-grid.yaml", defaults={"split.data_dir": "d"})
     cells = cell_configs(cfg)
@@ -213,7 +213,7 @@ def test_paper_grid_is_every_paper_cell(tmp_path):
 
 
 def test_cli_reads_env_defaults_and_flags(tmp_path):
-    from hpo.commands.tune import config_from_args
+    from hpo.cli._commands.tune import config_from_args
 
     path = tmp_path / "s.yaml"
     path.write_text("name: n\n")

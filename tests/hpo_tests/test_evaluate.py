@@ -1,4 +1,4 @@
-"""hpo.evaluate: metrics recomputed from the exported fold files, set beside the paper's row, with
+"""hpo.results: metrics recomputed from the exported fold files, set beside the paper's row, with
 zero-support folds flagged; report.md / report.json / plots; the `lushpo evaluate` command."""
 
 from __future__ import annotations
@@ -10,9 +10,7 @@ import optuna
 import pytest
 
 from hpo.cli import main
-from hpo.evaluate import evaluate
-from hpo.export import export_checkpoint
-from hpo.paper import paper_row, read_evaluation
+from hpo.results import evaluate, export_checkpoint, paper_row, read_evaluation
 from pipeline.manifest import LABELS, Fold, Split
 from tests.support.featuresets import put_synthetic
 from tests.support.trial_checkpoint import make_checkpoint
@@ -151,8 +149,8 @@ def test_a_missing_sqlite_study_is_noted_not_created(exported, tmp_path):
 
 
 def test_paper_config_trial_is_the_baseline_of_the_report(exported):
-    from hpo.evaluate import paper_config_baseline
-    from hpo.report import estimates_section
+    from hpo.results import estimates_section
+    from hpo.results._evaluate import paper_config_baseline
 
     _, card, _ = exported
     ours = {"accuracy": {"mean": 0.7, "std": 0.1}, "per_class": {"cov": {"recall": {"mean": 0.5}}}}

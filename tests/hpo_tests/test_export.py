@@ -1,4 +1,4 @@
-"""hpo.export: best-trial choice, the exported folder, and .h5 files that reproduce the card's
+"""hpo.results: best-trial choice, the exported folder, and .h5 files that reproduce the card's
 metrics when loaded with plain tf.keras in a fresh process."""
 
 from __future__ import annotations
@@ -12,10 +12,18 @@ import keras
 import numpy as np
 import pytest
 
-from hpo.export import CARD, ExportError, export_best, export_checkpoint, read_card
-from hpo.export_folder import MANIFEST, OwnershipError, owned_files
-from hpo.paper import read_paper_layout
-from hpo.selection import Candidate, NoFiniteTrialError, final_epochs, select_best
+from hpo.results import (
+    CARD,
+    MANIFEST,
+    ExportError,
+    OwnershipError,
+    export_best,
+    export_checkpoint,
+    owned_files,
+    read_card,
+    read_paper_layout,
+)
+from hpo.search import Candidate, NoFiniteTrialError, final_epochs, select_best
 from tests.support.featuresets import put_synthetic, synthetic_split
 from tests.support.trial_checkpoint import TINY_PARAMS, make_checkpoint
 
@@ -123,7 +131,7 @@ _FRESH = """
 import json, sys
 import numpy as np
 import tensorflow as tf
-from hpo.metrics import fold_metrics
+from hpo.train import fold_metrics
 from pipeline.store import open_store
 
 out, uri = sys.argv[1], sys.argv[2]
@@ -182,8 +190,7 @@ def test_export_best_of_a_real_tiny_study(tmp_path, s3_endpoint):
     same run copied to S3 (moto on loopback) exports the same trial from its s3:// URI."""
     import ray
 
-    from hpo.config import from_dict
-    from hpo.study import run_study
+    from hpo.search import from_dict, run_study
 
     uri, _key, _fs = put_synthetic(tmp_path / "store", clips=24, frames=4, dim=8)
     cfg = from_dict(
@@ -208,7 +215,7 @@ def test_export_best_of_a_real_tiny_study(tmp_path, s3_endpoint):
     done = [t for t in result.trials if t.value is not None]
     import optuna
 
-    from hpo.searcher import TUNE_ID_ATTR
+    from hpo.search import TUNE_ID_ATTR
 
     # Ties (same accuracy, recall and spread, likely on 24 random clips) go to the earlier trial:
     # Optuna's trial number is the order in which Tune made them.

@@ -1,4 +1,4 @@
-"""hpo.metrics against hand-computed folds, including a fold with no clip of a class."""
+"""hpo.train against hand-computed folds, including a fold with no clip of a class."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import precision_recall_fscore_support
 
-from hpo.metrics import CLASS_METRICS, flatten, fold_metrics, summarize
+from hpo.train import CLASS_METRICS, flatten, fold_metrics, summarize
 
 # Fold A: every class present. cm rows true, cols predicted = [[1,1,0],[0,1,0],[0,0,1]].
 A_TRUE, A_PRED = [0, 0, 1, 2], [0, 1, 1, 2]

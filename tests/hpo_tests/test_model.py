@@ -1,4 +1,4 @@
-"""hpo.model: the paper's head, its parameter count, and .h5 files plain Keras can load."""
+"""hpo.train: the paper's head, its parameter count, and .h5 files plain Keras can load."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from hpo.model import build_model
-from hpo.space import PAPER_BEST
+from hpo.train import PAPER_BEST, build_model
 
 TINY = {
     "lstm_units": 8,

@@ -1,4 +1,4 @@
-"""hpo.nested: inner splits that never hold an outer test clip, and a real tiny nested run (2 outer
+"""hpo.search: inner splits that never hold an outer test clip, and a real tiny nested run (2 outer
 × 2 inner folds × 2 trials) whose trials' own trial.json splits are checked, exported into the
 model card and shown in the evaluate report beside the paper-style figure."""
 
@@ -13,8 +13,8 @@ import optuna
 import pytest
 import yaml
 
-from hpo.config import from_dict
-from hpo.nested import (
+from hpo.search import from_dict
+from hpo.search._nested import (
     NESTED_FILE,
     NestedLeakError,
     _check_no_leak,
@@ -155,10 +155,8 @@ def test_nested_run_keeps_outer_tests_out_and_reaches_the_report(tmp_path, capsy
     import ray
 
     from hpo.cli import main
-    from hpo.evaluate import evaluate
-    from hpo.export import export_best, read_card
-    from hpo.nested import run_nested
-    from hpo.study import run_study
+    from hpo.results import evaluate, export_best, read_card
+    from hpo.search import run_nested, run_study
 
     uri, _key, fs = put_synthetic(tmp_path / "store", clips=24, frames=4, dim=8, signal=2.0)
     data = _config(tmp_path, uri)
@@ -282,7 +280,7 @@ def test_nested_table_lists_every_outer_fold():
 
 
 def test_read_nested_and_overwrite_removal(tmp_path):
-    from hpo.nested import _remove, read_nested
+    from hpo.search._nested import _remove, read_nested
 
     cfg = from_dict(
         {"name": "s", "split": {"kind": "stratified"}, "storage": {"storage_path": str(tmp_path)}},
@@ -297,7 +295,7 @@ def test_read_nested_and_overwrite_removal(tmp_path):
 
 
 def test_evaluate_warns_when_the_nested_outer_split_is_another_one():
-    from hpo.evaluate import _nested_notes
+    from hpo.results._evaluate import _nested_notes
 
     split = Split("stratified", (Fold(("a",), ("b",)), Fold(("b",), ("a",))))
     card = {"split": split.to_dict(), "nested": {"outer_split": {"name": "paper", "digest": "x"}}}
@@ -311,7 +309,7 @@ def test_nested_json_round_trip_on_s3(tmp_path, s3_endpoint):
     """nested.json on an s3:// run (moto on loopback): written, read back, removed on overwrite."""
     import boto3
 
-    from hpo.nested import _remove, _write, read_nested
+    from hpo.search._nested import _remove, _write, read_nested
 
     boto3.client("s3", endpoint_url=s3_endpoint.url).create_bucket(Bucket="runs")
     cfg = from_dict(

@@ -9,7 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.selection import Constraint, Objective, pareto_front, select_best
+from hpo.search import Constraint, Objective, pareto_front, select_best
 from tests.support.featuresets import put_synthetic
 
 
@@ -39,9 +39,9 @@ def test_a_validation_pareto_study_tells_optuna_no_test_fold_number_and_exports_
     import ray
 
     from hpo.cli import main
-    from hpo.config import from_dict
-    from hpo.export import read_card
-    from hpo.study import _scheduler, run_study
+    from hpo.results import read_card
+    from hpo.search import from_dict
+    from hpo.search._study import _scheduler, run_study
 
     uri, _key, _fs = put_synthetic(tmp_path / "store", clips=45, frames=4, dim=8)
     objective = {
@@ -109,7 +109,7 @@ def test_a_validation_pareto_study_tells_optuna_no_test_fold_number_and_exports_
 
 
 def test_the_front_plot_marks_the_front_and_the_exported_point(tmp_path):
-    from hpo.report import plot_front
+    from hpo.results._report import plot_front
 
     rows = [
         {"trial_id": "a", "values": [0.9, 0.5], "on_front": True},
@@ -134,7 +134,7 @@ def test_objective_parsing_names_what_is_wrong():
 
 
 def test_the_report_says_how_the_best_was_chosen_and_how_many_trials_were_feasible():
-    from hpo.report import _selection_note
+    from hpo.results._report import _selection_note
 
     selection = {
         "objective": {"on": "validation", "constraints": ["covid_recall >= 0.9"],

@@ -1,4 +1,4 @@
-"""hpo.paper: evaluation.csv by position (repeated header name), paper-layout features."""
+"""hpo.results: evaluation.csv by position (repeated header name), paper-layout features."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from hpo.paper import (
+from hpo.results._paper import (
     EXPECTED_HEADER,
     PAPER_HEADLINE,
     PaperFormatError,

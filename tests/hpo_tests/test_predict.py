@@ -1,4 +1,4 @@
-"""hpo.predict end to end on synthetic clips with a tiny `weights="none"` MobileNetV2 export:
+"""hpo.results end to end on synthetic clips with a tiny `weights="none"` MobileNetV2 export:
 probabilities sum to 1 and equal the head's output on the clip's stored features; weights whose
 sha256 differs from the card's are refused with both hashes named."""
 
@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 from hpo.cli import main
-from hpo.export import export_checkpoint
-from hpo.model import predict_proba
-from hpo.predict import WeightsMismatchError, load_head, predict
+from hpo.results import WeightsMismatchError, export_checkpoint, load_head, predict
+from hpo.train import predict_proba
 from pipeline.extract import extract
 from pipeline.frames import count_frames
 from pipeline.manifest import LABELS, Clip, Manifest

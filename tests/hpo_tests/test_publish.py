@@ -10,8 +10,8 @@ import boto3
 import pytest
 
 from hpo.cli import main
-from hpo.commands.run import pipeline_steps
-from hpo.export_folder import MANIFEST, add_files
+from hpo.cli._commands.run import pipeline_steps
+from hpo.results import MANIFEST, add_files
 
 
 def _export(folder: Path, files: dict[str, str]) -> Path:
@@ -63,7 +63,7 @@ def test_publish_replaces_only_the_earlier_export_and_refuses_a_prefix_of_the_us
 def test_a_publish_that_died_midway_is_replaced_by_the_next(s3_endpoint, tmp_path, monkeypatch):
     """The list naming old and new files goes up first, so objects a dead publish left behind
     are lushpo's to replace, not a user's to refuse."""
-    import hpo.export_folder as export_folder
+    import hpo.results._export_folder as export_folder
 
     bucket = f"results-{uuid.uuid4().hex[:8]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
@@ -96,7 +96,7 @@ def test_a_publish_that_died_midway_is_replaced_by_the_next(s3_endpoint, tmp_pat
 def test_run_with_an_s3_results_dir_exports_in_the_cache_then_publishes(tmp_path):
     """The RayJob's `lushpo run` with LUSHPO_RESULTS_DIR=s3://…: export and evaluate write a
     folder of the node cache, and the last step publishes it under <prefix>/<name>."""
-    from hpo.cli import build_parser
+    from hpo.cli._main import build_parser
 
     config = tmp_path / "study.yaml"
     config.write_text(

@@ -1,4 +1,4 @@
-"""hpo.run_lock: one writer per folder, locally (flock, held by another process) and on S3 (a
+"""hpo.search: one writer per folder, locally (flock, held by another process) and on S3 (a
 lease with conditional writes, on moto's real HTTP endpoint); a dead holder is taken over."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import uuid
 import boto3
 import pytest
 
-from hpo import run_lock
-from hpo.run_lock import RunLockedError, lock_path, locked
+from hpo.search import RunLockedError, lock_path, locked
+from hpo.search import _run_lock as run_lock
 
 
 def _hold(folder: str, ready, release) -> None:

@@ -1,4 +1,4 @@
-"""hpo.searcher.StudySearcher driven as Ray Tune drives it (suggest, results, completion), over a
+"""hpo.search.StudySearcher driven as Ray Tune drives it (suggest, results, completion), over a
 real Optuna storage: the storage is the only record, so a fresh searcher — what a resumed
 driver gets — continues exactly where the last one left off."""
 
@@ -12,16 +12,17 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from hpo import searcher as hs
-from hpo.optuna_storage import (
+from hpo.search import (
     PASSWORD_ENV,
     URL_ENV,
+    Constraint,
+    Objective,
     StoragePasswordError,
     connectable,
     masked,
     remember,
 )
-from hpo.selection import Constraint, Objective
+from hpo.search import _searcher as hs
 
 SPACE = {"x": FloatDistribution(0, 1), "units": CategoricalDistribution([4, 8, 16])}
 OBJECTIVE = Objective().metric  # test_accuracy: the paper's protocol, the default
@@ -355,7 +356,7 @@ def test_only_active_dimensions_are_drawn_and_the_papers_point_still_comes_first
     """Issue 25: the third dense block's keys only when dense_layers is 3, the recurrent
     layer's only for a recurrent head; the paper's full point, enqueued, is drawn as its
     active part."""
-    from hpo.space import RECURRENT_KEYS, paper_best, search_space
+    from hpo.train import RECURRENT_KEYS, paper_best, search_space
 
     url = _url(tmp_path)
     space = search_space({"head": ["lstm", "pooled"]})
@@ -403,7 +404,7 @@ def test_a_draw_that_repeats_a_trial_is_skipped_and_recorded(tmp_path):
 
 
 def _final(test: float, validation: float, test_recall: float, validation_recall: float) -> dict:
-    """A trial's final result as `hpo.trainable` reports it: both sets of figures."""
+    """A trial's final result as `hpo.train` reports it: both sets of figures."""
     return {
         "final": True,
         "test_accuracy": test,
@@ -454,7 +455,7 @@ def test_a_constraint_makes_the_infeasible_best_by_accuracy_lose_to_a_feasible_t
     ranked = [covid.candidate(t, i, r) for i, (t, r) in enumerate(
         [("a", _final(0.9, 0.5, 0.6, 0.5)), ("b", _final(0.8, 0.5, 0.95, 0.5))]
     )]  # fmt: skip
-    from hpo.selection import select_best
+    from hpo.search import select_best
 
     assert select_best(ranked).trial_id == "b"
     assert select_best([Objective().candidate(c.trial_id, c.order, r) for c, r in zip(

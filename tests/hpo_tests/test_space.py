@@ -1,4 +1,4 @@
-"""hpo.space: the default space, overrides and their errors, the paper's point, OptunaSearch."""
+"""hpo.train: the default space, overrides and their errors, the paper's point, OptunaSearch."""
 
 from __future__ import annotations
 
@@ -6,8 +6,14 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from hpo.model import build_model
-from hpo.space import PAPER_BEST, InvalidSpaceError, is_paper_best, paper_best, search_space
+from hpo.train import (
+    PAPER_BEST,
+    InvalidSpaceError,
+    build_model,
+    is_paper_best,
+    paper_best,
+    search_space,
+)
 
 KEYS = {
     "head",

@@ -1,4 +1,4 @@
-"""hpo.study on a local Ray instance with tiny synthetic feature sets: determinism, the Optuna
+"""hpo.search on a local Ray instance with tiny synthetic feature sets: determinism, the Optuna
 storage, all-fail and missing-feature-set errors, name clashes and resume of a finished study."""
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ import pytest
 import ray
 from ray.tune import Callback
 
-from hpo.config import from_dict
-from hpo.progress import StudyProgress, results_table
-from hpo.study import (
+from hpo.search import (
     SAMPLERS,
     AllTrialsFailedError,
     StudyExistsError,
+    StudyProgress,
+    from_dict,
     make_sampler,
+    results_table,
     run_study,
 )
 from pipeline.store import FeatureSetNotFoundError
@@ -166,7 +167,7 @@ def test_all_trials_failing_ends_with_a_clear_error(tmp_path, local_ray):
 
 
 def test_a_trial_stopped_before_its_test_scores_is_never_the_best():
-    from hpo.study import StudyResult, TrialRecord
+    from hpo.search import StudyResult, TrialRecord
 
     final = TrialRecord(
         "done", "TERMINATED", {}, {"test_accuracy": 0.7, "accuracy": 0.7, "final": True}
@@ -192,8 +193,8 @@ def test_optuna_record_through_optuna_dashboard(tmp_path, store, local_ray):
     import time
     import urllib.request
 
-    from hpo.searcher import REASON_ATTR, SCHEDULER, TIME_BUDGET, TUNE_ID_ATTR
-    from hpo.trial_settings import HISTORY
+    from hpo.search import REASON_ATTR, SCHEDULER, TIME_BUDGET, TUNE_ID_ATTR
+    from hpo.train import HISTORY
     from tests.support.s3 import free_port
 
     uri, _ = store
@@ -257,7 +258,7 @@ def test_optuna_record_through_optuna_dashboard(tmp_path, store, local_ray):
 
 
 def test_resume_refuses_changed_training_settings_naming_them(tmp_path, store, local_ray):
-    from hpo.study import SETTINGS_FILE, StudySettingsChangedError
+    from hpo.search import SETTINGS_FILE, StudySettingsChangedError
 
     uri, _ = store
     cfg = _cfg(tmp_path, uri, name="strict", budget={"trials": 1})
@@ -278,10 +279,8 @@ def test_resume_refuses_changed_training_settings_naming_them(tmp_path, store, l
 def test_rescore_retrains_the_top_trials_and_export_takes_the_rescored_winner(
     tmp_path, store, local_ray
 ):
-    from hpo.export import export_best
-    from hpo.report import rescore_table
-    from hpo.rescore import run_rescore, top_trials
-    from hpo.run_files import RESCORE_FILE
+    from hpo.results import export_best, rescore_table
+    from hpo.search import RESCORE_FILE, run_rescore, top_trials
 
     uri, _ = store
     cfg = _cfg(tmp_path, uri, name="rescored", rescore={"top_k": 2, "seeds": 2})
@@ -371,7 +370,7 @@ def test_an_s3_run_folder_is_set_aside_not_deleted_until_the_new_study_starts(
     start, removed once it starts (a real S3 endpoint: moto on loopback)."""
     import boto3
 
-    from hpo.study import _SetAside, storage_filesystem
+    from hpo.search._study import _SetAside, storage_filesystem
 
     boto3.client("s3").create_bucket(Bucket="lushpo-aside")
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -417,7 +416,7 @@ def test_resume_refuses_a_grid_run_study_by_study_by_an_older_lushpo(tmp_path, s
     """Before a grid's cells ran as one experiment, each cell folder held its own Ray Tune
     experiment. Resuming such a run in this layout would start its cells afresh and leave their
     trials out of the export: it is refused in one line, and nothing in the folder changes."""
-    from hpo.study import run_studies
+    from hpo.search import run_studies
     from tests.support.trivial_trial import train_trivial
 
     uri, _key = store

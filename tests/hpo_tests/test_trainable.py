@@ -1,4 +1,4 @@
-"""hpo.trainable: lockstep k-fold CV, early stopping, determinism, resume, and the Ray glue."""
+"""hpo.train: lockstep k-fold CV, early stopping, determinism, resume, and the Ray glue."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import keras
 import numpy as np
 import pytest
 
-import hpo.trainable as trainable
-from hpo.space import PAPER_BEST
-from hpo.trainable import (
+import hpo.train._trainable as trainable
+from hpo.train import PAPER_BEST
+from hpo.train._trainable import (
     LockstepCV,
     TrialSettings,
     configure_tensorflow,
@@ -400,7 +400,7 @@ def test_train_cv_reports_each_epoch_then_the_final_result(trial):
 
 def _scores(result: dict) -> dict:
     """A report's numbers, without the validation history it carries for the searcher."""
-    from hpo.trial_settings import HISTORY
+    from hpo.train import HISTORY
 
     return {k: v for k, v in result.items() if k != HISTORY}
 
@@ -409,7 +409,7 @@ def test_train_cv_batches_epochs_between_reports_and_loses_none(trial, tmp_path)
     """With `report_every_s`, epochs between reports travel in the next report's history (a
     report is a driver round trip); checkpoints are still reported when due; every epoch's
     validation accuracy reaches the searcher exactly once, the last ones with the final result."""
-    from hpo.trial_settings import HISTORY
+    from hpo.train import HISTORY
 
     settings, every_epoch = trial
     batched = _run(replace(settings, report_every_s=3600), Reports(tmp_path / "batched"))
@@ -457,7 +457,7 @@ def test_train_cv_fails_clearly_on_a_missing_feature_set(trial, tmp_path):
 
 def _crash_once_after_epoch_3(config, settings, marker):
     """Runs in the Ray worker: the first attempt dies right after reporting epoch 3."""
-    import hpo.trainable as t
+    import hpo.train._trainable as t
 
     real = t._report
     if not Path(marker).exists():
@@ -522,13 +522,13 @@ def test_ray_tune_retries_a_failed_trial_from_its_checkpoint(trial, tmp_path):
 
 _REUSED_WORKER = """
 import logging, sys
-from hpo.config import from_dict
-from hpo.study import trial_settings
-from hpo.trainable import configure_tensorflow, tf
+from hpo.search import from_dict
+from hpo.search._study import trial_settings
+from hpo.train._trainable import configure_tensorflow, tf
 from tests.support.featuresets import synthetic_feature_set, synthetic_split
 
 warnings = []
-logging.getLogger("hpo.trainable").addHandler(
+logging.getLogger("hpo.train").addHandler(
     type("H", (logging.Handler,), {"emit": lambda self, r: warnings.append(r.getMessage())})())
 split = synthetic_split(synthetic_feature_set(clips=12, frames=2, dim=4), k=2)
 cfg = from_dict({"name": "t", "split": {"kind": "stratified"}, "resources": {"cpu": 2}})

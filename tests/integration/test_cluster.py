@@ -9,8 +9,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from hpo.config import from_dict
-from hpo.study import run_study
+from hpo.search import from_dict, run_study
 from pipeline.store import open_store
 from tests.support.featuresets import synthetic_feature_set
 
@@ -73,6 +72,6 @@ def test_study_runs_on_both_nodes_and_each_node_downloads_once(
     assert s3_endpoint.count("GET", "features.npy") == 2
     # trials ran on both nodes (each trial reports the node it ran on)
     missing = [t.trial_id for t in result.trials if "node_id" not in t.metrics]
-    assert not missing, f"trials {missing} did not report node_id (hpo.trainable must)"
+    assert not missing, f"trials {missing} did not report node_id (hpo.train must)"
     ran_on = {t.metrics["node_id"] for t in result.trials}
     assert ran_on == {p.name[len("cache-") :] for p in caches}

@@ -22,9 +22,7 @@ import ray
 from ray.cluster_utils import Cluster
 from ray.tune import Callback, ExperimentAnalysis
 
-from hpo.config import from_dict
-from hpo.searcher import FAILURE, REASON_ATTR, RETRY_ATTR
-from hpo.study import run_study
+from hpo.search import FAILURE, REASON_ATTR, RETRY_ATTR, from_dict, run_study
 from pipeline.store import open_store
 from tests.integration.driver import Driver, write_config
 from tests.integration.test_resume import done_trials, tiny_study, with_sections

@@ -23,11 +23,9 @@ import optuna
 import pytest
 from ray.tune import ExperimentAnalysis
 
-from hpo.config import load_config
-from hpo.export import _read_run
-from hpo.run_files import experiment_paths
-from hpo.searcher import RETRY_ATTR, TUNE_ID_ATTR
-from hpo.study import storage_filesystem
+from hpo.results._export import _read_run
+from hpo.search import RETRY_ATTR, TUNE_ID_ATTR, experiment_paths, load_config
+from hpo.search._study import storage_filesystem
 from tests.integration.driver import Driver, write_config
 from tests.integration.trivial_driver import POINTS
 from tests.support.featuresets import put_synthetic
@@ -173,6 +171,41 @@ def test_a_study_killed_after_trial_k_draws_what_the_uninterrupted_one_draws(tmp
         drawn[name] = [t.params for t in sorted(study.trials, key=lambda t: t.number)]
     assert len(drawn["whole"]) == 13
     assert drawn["cut"] == drawn["whole"]
+
+
+_FLAT_LAYOUT = """
+import sys
+import ray.cloudpickle as pickle
+from hpo.search import _searcher, _study
+path = sys.argv[1]
+with open(path, "rb") as f:
+    state = pickle.loads(f.read())
+sys.modules["hpo.searcher"], sys.modules["hpo.study"] = _searcher, _study
+_searcher.StudySearcher.__module__ = "hpo.searcher"
+_study._DriverCallbacks.__module__ = "hpo.study"
+data = pickle.dumps(state)
+assert b"hpo.searcher" in data and b"hpo.study" in data, "nothing of lushpo's in tuner.pkl"
+assert b"hpo.search." not in data, "tuner.pkl holds other classes of lushpo's"
+with open(path, "wb") as f:
+    f.write(data)
+"""
+
+
+def test_a_study_saved_by_the_flat_layout_resumes(tmp_path):
+    """Issue 26: a run interrupted under the flat `hpo` layout has a tuner.pkl that names the
+    searcher and the callbacks' forwarder by their old modules (`hpo.searcher`, `hpo.study`);
+    Tune unpickles it on `--resume`, and the study resumes to one consistent record."""
+    store_uri, _key, _ = put_synthetic(tmp_path / "store", clips=8, frames=3, dim=4)
+    data = _config(tmp_path, store_uri, {"storage_path": str(tmp_path / "runs")})
+    config = write_config(tmp_path / "kill.yaml", data)
+    module = "tests.integration.trivial_driver"
+    first = Driver([str(config), "--kill", "between_trials", "--after", "2"], module=module)
+    assert first.wait(300) != 0 and "KILLED here" in first.output, first.output[-3000:]
+    run = tmp_path / "runs" / "kill"
+    subprocess.run([sys.executable, "-c", _FLAT_LAYOUT, str(run / "tuner.pkl")], check=True)
+    resumed = Driver([str(config), "--resume"], module=module)
+    assert resumed.wait(300) == 0, resumed.output[-6000:]
+    _check_record(f"sqlite:///{run}/optuna.db", str(run))
 
 
 def test_a_second_driver_of_a_running_study_is_refused(tmp_path):

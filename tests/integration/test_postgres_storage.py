@@ -15,8 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from hpo.optuna_storage import connectable
-from hpo.searcher import TUNE_ID_ATTR
+from hpo.search import TUNE_ID_ATTR, connectable
 from tests.conftest import REQUIRE_SHARED
 from tests.integration.driver import Driver, write_config
 from tests.integration.test_resume import done_trials, tiny_study

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hpo.export import export_checkpoint
+from hpo.results import export_checkpoint
 from pipeline.extract import extract
 from pipeline.frames import count_frames
 from pipeline.manifest import Clip, Manifest

@@ -22,7 +22,7 @@ import optuna
 import pytest
 from ray.tune import ExperimentAnalysis
 
-from hpo.trial_settings import HISTORY
+from hpo.train import HISTORY
 from tests.integration.driver import Driver, write_config
 from tests.support.featuresets import put_synthetic
 
@@ -179,7 +179,7 @@ def test_ctrl_c_saves_state_prints_the_resume_command_and_exits_130(presses, tmp
 
 
 def test_resume_command_drops_overwrite_and_adds_resume():
-    from hpo.commands.tune import resume_command
+    from hpo.cli._commands.tune import resume_command
 
     argv = ["/x/lushpo", "tune", "--config", "a b.yaml", "--overwrite", "--trials", "6"]
     assert resume_command(None, argv) == "lushpo tune --config 'a b.yaml' --trials 6 --resume"
@@ -192,7 +192,7 @@ def test_resume_command_drops_overwrite_and_adds_resume():
 
 
 def test_resume_command_masks_the_optuna_storage_password():
-    from hpo.commands.tune import resume_command
+    from hpo.cli._commands.tune import resume_command
 
     url = "postgresql+psycopg2://lushpo:hunter2@db:5432/optuna"
     shown = "postgresql+psycopg2://lushpo:***@db:5432/optuna"

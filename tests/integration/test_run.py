@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hpo.export_folder import MANIFEST
+from hpo.results import MANIFEST
 from tests.support.clips import write_clip
 from tests.support.ray_cli import budget_states, complete_trials, pids_naming
 from tests.support.read_only import read_only

@@ -90,7 +90,7 @@ def _a_running_study(runs: Path, made: Made) -> list[Callable[[], None]]:
     """Why 3: the finished study, its run folder locked by another live driver."""
     shutil.copytree(made.run, runs / "tiny")
     code = (
-        "import sys, time; from hpo.run_lock import locked\n"
+        "import sys, time; from hpo.search import locked\n"
         "with locked(sys.argv[1], 'tune', log=lambda line: None):\n"
         "    print('held', flush=True); time.sleep(600)"
     )

@@ -20,10 +20,9 @@ from pathlib import Path
 
 from ray import tune
 
-from hpo import searcher as hsearcher
-from hpo import study as hstudy
-from hpo.config import load_config
-from hpo.progress import StudyProgress
+from hpo.search import StudyProgress, load_config
+from hpo.search import _searcher as hsearcher
+from hpo.search import _study as hstudy
 from tests.support.trivial_trial import KILL_FILE_ENV, train_trivial
 
 POINTS = (

@@ -133,7 +133,7 @@ def test_a_truncated_set_is_named_by_verify_and_rebuilt_by_features(env, tmp_pat
 
 
 def test_the_clip_manifest_cache_notices_a_clip_replaced_with_the_same_size_and_mtime(env):
-    from hpo.commands.features import _stamp
+    from hpo.cli._commands.features import _stamp
 
     clip = sorted((env / "pocus" / "convex").iterdir())[0]
     before = _stamp(env, "fail")

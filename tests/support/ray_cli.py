@@ -52,7 +52,7 @@ def budget_states(optuna_db: Path, study: str | None = None) -> list[str]:
     """The state of each trial of the study's budget, as its newest attempt ended.
 
     A trial Tune's saved record lacks runs again as a retry (``lushpo_retry_of``, see
-    `hpo.searcher.reconcile`); the budget counts it once, so a killed study may hold more
+    `hpo.search.reconcile`); the budget counts it once, so a killed study may hold more
     COMPLETE rows than its budget while every trial of the budget ended exactly once."""
     import optuna
 
@@ -65,7 +65,7 @@ def budget_states(optuna_db: Path, study: str | None = None) -> list[str]:
 
 def newest_attempts(trials: list) -> dict:
     """{number of a trial of the budget: the Optuna trial of its newest attempt}."""
-    from hpo.searcher import RETRY_ATTR
+    from hpo.search import RETRY_ATTR
 
     newest = {t.number: t for t in trials if RETRY_ATTR not in t.user_attrs}
     for trial in trials:  # retries come after what they retry

@@ -1,11 +1,11 @@
-"""A real trial checkpoint without Ray: `hpo.trainable.cross_validate` + `write_trial` on a tiny
+"""A real trial checkpoint without Ray: `hpo.train.cross_validate` + `write_trial` on a tiny
 synthetic feature set in a file:// store, for tests of export, evaluate and predict."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from hpo.trainable import cross_validate, write_trial
+from hpo.train import cross_validate, write_trial
 from pipeline.manifest import Split
 from pipeline.store import FeatureSet, open_store
 

@@ -1,4 +1,4 @@
-"""A trial that trains nothing: results shaped as `hpo.trainable.train_cv` reports them, a score
+"""A trial that trains nothing: results shaped as `hpo.train.train_cv` reports them, a score
 computed from the params, a checkpoint every `checkpoint_every` epochs. For tests and benchmarks
 of the study's own machinery (search, resume, records), where TensorFlow is not the point."""
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from ray import tune
 
-from hpo.trial_settings import HISTORY, TrialSettings
+from hpo.train import HISTORY, TrialSettings
 
 __all__ = ["EPOCH_ENV", "FAIL_ENV", "KILL_FILE_ENV", "score", "train_trivial"]
 

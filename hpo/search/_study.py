@@ -1,0 +1,1136 @@
+"""A study: Ray Tune's Tuner driving OptunaSearch (+ optional ASHA) over `hpo.train.train_cv`.
+
+The driver does the cheap, fail-fast work itself — resolve the feature set key(s) in the store,
+compute the split on the feature set's clip ids, check the run name — then hands Ray three
+separate objects built from the config: the search (OptunaSearch behind a ConcurrencyLimiter,
+persisted to an Optuna RDB storage so ``optuna-dashboard`` shows it), the run policy (scheduler,
+budget, storage, failure retries) and the per-trial resources. Trials read features from the
+store through their node's cache; nothing large travels from the driver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pyarrow.fs as pafs
+import ray
+from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.schedulers import ASHAScheduler
+
+from hpo.search import _searcher as _searcher_module
+from hpo.search._config import StudyConfig
+from hpo.search._optuna_storage import connectable, has_study, open_storage, remember
+from hpo.search._run_files import (
+    CONTINUED,
+    SETTINGS_FILE,
+    experiment_paths,
+    read_run_file,
+    write_run_file,
+)
+from hpo.search._run_lock import RunLockedError, locked
+from hpo.search._searcher import (
+    SAMPLERS,
+    SearchSettingsChangedError,
+    StudySearcher,
+    TuneTrialEnd,
+    make_sampler,
+    needs_new_experiment,
+    prepare_study,
+    reconcile,
+)
+from hpo.search._selection import Objective, select_best
+from hpo.train import STUDY_KEY, TrialSettings, paper_best, study_space
+from pipeline.cluster import connect
+from pipeline.files import few, on_node, s3_filesystem
+from pipeline.groups import grouped_split, read_groups
+from pipeline.manifest import (
+    LABELS,
+    METADATA_CSV,
+    Clip,
+    Manifest,
+    Split,
+    paper_split,
+    stratified_split,
+)
+from pipeline.store import FeatureSetNotFoundError, open_store
+
+__all__ = [
+    "SAMPLERS",
+    "AllTrialsFailedError",
+    "RunLockedError",
+    "SearchSettingsChangedError",
+    "StudyExistsError",
+    "StudyInterruptedError",
+    "StudyResult",
+    "StudySettingsChangedError",
+    "TrialRecord",
+    "make_sampler",
+    "run_studies",
+    "run_study",
+    "train_in_study",
+    "train_on_node",
+]
+
+# The study's objective, what Optuna records (`hpo.search.Objective`, ``objective.on``): the
+# mean k-fold CV accuracy on the test folds or on each fold's inner-validation split, in a
+# trial's final result only (every earlier result carries it as None, since Ray Tune wants the
+# searcher's metric in every result). ASHA and Optuna's intermediate values use the validation
+# curve, whatever the objective.
+VALIDATION = "val_accuracy"  # per epoch: the folds' mean inner-validation accuracy
+MODE = "max"
+
+
+class StudyExistsError(RuntimeError):
+    """A study of this name already exists at the storage path and neither --resume nor
+    --overwrite was given."""
+
+
+class StudySettingsChangedError(ValueError):
+    """--resume with training settings that differ from the study's own (named in the message)."""
+
+
+class StudyInterruptedError(RuntimeError):
+    """Ctrl-C (SIGINT) stopped the study; Ray Tune saved its state, so --resume continues it."""
+
+    def __init__(self, name: str, run_path: str) -> None:
+        self.name, self.run_path = name, run_path
+        super().__init__(f"study {name!r} interrupted; its state is saved at {run_path}")
+
+
+class AllTrialsFailedError(RuntimeError):
+    """Every trial of the study failed; the message carries the first error and the logs' place."""
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    trial_id: str
+    status: str  # TERMINATED | STOPPED (before its test scores: ASHA, time budget) | ERROR
+    params: dict[str, Any]
+    metrics: dict[str, Any]  # the trial's last result
+    folds: list[dict[str, Any]] = field(default_factory=list)  # per-fold metrics (trial.json)
+    error: str | None = None
+    path: str | None = None  # the trial's directory in the run's storage
+    objective: Objective = field(default_factory=Objective)  # the study's
+
+    @property
+    def value(self) -> float | None:
+        """Mean CV accuracy on the objective's folds; None for a failed trial or one stopped
+        before its final result (it has only epoch scores, not comparable)."""
+        return None if self.error else self.objective.value(self.metrics)
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    name: str
+    run_path: str  # <storage_path>/<name>: Ray Tune's experiment dir
+    optuna_storage: str  # masked: no password (`hpo.search.masked`)
+    trials: tuple[TrialRecord, ...]
+    already_finished: bool = False  # --resume found nothing left to run
+
+    @property
+    def best(self) -> TrialRecord | None:
+        """The best finished trial by `hpo.search.select_best` (feasible first)."""
+        done = [t for t in self.trials if t.value is not None]
+        if not done:
+            return None
+        ranked = [t.objective.candidate(t.trial_id, i, t.metrics) for i, t in enumerate(done)]
+        return done[select_best(ranked).order]
+
+
+# --- storage -------------------------------------------------------------------------------------
+
+
+def storage_filesystem(cfg: StudyConfig) -> tuple[pafs.FileSystem | None, str]:
+    """(filesystem, path) for RunConfig: local paths as they are; s3:// through pyarrow's
+    S3FileSystem pointed at the configured endpoint (e.g. MinIO or moto) when there is one."""
+    path = cfg.storage.storage_path
+    if not path.startswith("s3://"):
+        return None, path
+    return s3_filesystem(cfg.storage.endpoint_url), path[len("s3://") :].rstrip("/")
+
+
+def _reachable(fs: pafs.FileSystem | None, run_path: str, cfg: StudyConfig) -> None:
+    """pyarrow's S3 errors name neither the path nor a fix ("AWS Error NETWORK_CONNECTION
+    during HeadObject"): one call up front turns them into one line that does."""
+    if fs is None:
+        return
+    try:
+        fs.get_file_info(run_path)
+    except OSError as exc:
+        where = cfg.storage.endpoint_url or "AWS_ENDPOINT_URL, else AWS"
+        raise OSError(
+            f"the storage path {cfg.run_path} cannot be reached at {where} "
+            f"({' '.join(str(exc).split())[:200]}); check the endpoint (storage.endpoint_url or "
+            "AWS_ENDPOINT_URL), the bucket and the AWS credentials"
+        ) from None
+
+
+def _run_exists(fs: pafs.FileSystem | None, run_path: str) -> bool:
+    if fs is None:
+        return Path(run_path).exists() and any(Path(run_path).iterdir())
+    info = fs.get_file_info(pafs.FileSelector(run_path, allow_not_found=True))
+    return len(info) > 0
+
+
+# What a lushpo run folder holds at its top (Tune's experiment files, lushpo's run files, the
+# default Optuna file): `--overwrite` deletes a folder with one of these and nothing else.
+_RUN_MARKERS = ("tuner.pkl", "experiment_state", "lushpo-settings.json", "optuna.db", "grid.json")
+
+
+def _foreign_run(fs: pafs.FileSystem | None, run_path: str) -> list[str]:
+    """The top-level names in `run_path` when none marks a lushpo study ([] when one does)."""
+    if fs is None:
+        folder = Path(run_path)
+        names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    else:
+        info = fs.get_file_info(pafs.FileSelector(run_path, allow_not_found=True))
+        names = sorted(i.base_name for i in info)
+    if any(name.startswith(_RUN_MARKERS) for name in names):
+        return []
+    return names
+
+
+def _delete_run(
+    fs: pafs.FileSystem | None, run_path: str, storage_url: str, names: Sequence[str]
+) -> None:
+    if fs is None:
+        shutil.rmtree(run_path, ignore_errors=True)
+    else:
+        fs.delete_dir_contents(run_path, missing_dir_ok=True)
+    # The default sqlite file lives in the run dir and went with it; opening its URL now would
+    # fail (no directory), so only a storage that still holds the study is asked to delete it.
+    for name in names:
+        if has_study(storage_url, name):
+            optuna.delete_study(study_name=name, storage=connectable(storage_url))
+
+
+def _copy_objects(fs: pafs.FileSystem, source: str, target: str) -> None:
+    """Every object under `source` to the same relative key under `target` (one filesystem)."""
+    selector = pafs.FileSelector(source, recursive=True, allow_not_found=True)
+    for info in fs.get_file_info(selector):
+        if info.type == pafs.FileType.File:
+            fs.copy_file(info.path, f"{target}/{info.path[len(source) + 1 :]}")
+
+
+class _SetAside:
+    """A study `--overwrite` replaces, moved out of the way and kept until the new study's first
+    trial starts: a new start that fails before that puts it back as it was.
+
+    A local run folder is renamed to ``.<name>.replaced-<id>`` beside it (its default
+    ``optuna.db`` goes with it). S3 has no rename: each object of an S3 run folder is copied
+    there by the server (`FileSystem.copy_file`, a CopyObject), then the folder is emptied. A
+    study in another Optuna storage is copied to ``<name>.replaced-<id>`` there and deleted under
+    its name, which the new study takes."""
+
+    def __init__(self, fs: pafs.FileSystem | None, run_path: str, url: str, names: Sequence[str]):
+        self.run_path, self.url, self.tag = run_path, url, f"replaced-{uuid.uuid4().hex[:8]}"
+        self.done, self.fs = False, fs
+        self.folder: Path | None = None
+        self.objects: str | None = None  # the S3 folder the old run's objects were copied to
+        if fs is None and Path(run_path).exists():
+            self.folder = Path(run_path).with_name(f".{Path(run_path).name}.{self.tag}")
+            os.rename(run_path, self.folder)
+        elif fs is not None:
+            parent, _, name = run_path.rpartition("/")
+            self.objects = f"{parent}/.{name}.{self.tag}"
+            _copy_objects(fs, run_path, self.objects)
+            fs.delete_dir_contents(run_path, missing_dir_ok=True)
+        self.studies = [name for name in names if has_study(url, name)]
+        for name in self.studies:
+            self._move(name, f"{name}.{self.tag}")
+
+    def _move(self, name: str, to: str) -> None:
+        storage = connectable(self.url)
+        optuna.copy_study(from_study_name=name, from_storage=storage, to_storage=storage,
+                          to_study_name=to)  # fmt: skip
+        optuna.delete_study(study_name=name, storage=storage)
+
+    def drop(self) -> None:
+        """The new study has started: the old one goes."""
+        if self.done:
+            return
+        self.done = True
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        if self.fs is not None and self.objects is not None:
+            self.fs.delete_dir(self.objects)
+        for name in self.studies:
+            optuna.delete_study(study_name=f"{name}.{self.tag}", storage=connectable(self.url))
+
+    def restore(self, fs: pafs.FileSystem | None, names: Sequence[str]) -> None:
+        """The new study never started: delete what it made, put the old one back."""
+        if self.done:
+            return
+        self.done = True
+        _delete_run(fs, self.run_path, self.url, names)
+        if self.folder is not None:
+            os.rename(self.folder, self.run_path)
+        if self.fs is not None and self.objects is not None:
+            _copy_objects(self.fs, self.objects, self.run_path)
+            self.fs.delete_dir(self.objects)
+        for name in self.studies:
+            self._move(f"{name}.{self.tag}", name)
+
+
+class _DropOnStart(tune.Callback):
+    def __init__(self, aside: _SetAside) -> None:
+        self.aside = aside
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.aside.drop()
+
+
+# --- driver-side preparation -------------------------------------------------------------------
+
+
+def resolve_feature_sets(cfg: StudyConfig) -> dict[tuple[str, int], str]:
+    """{(backbone, frames): store key} for every feature set the study may read, or a clear error
+    naming the store and what it holds. Runs on the driver before any Ray work."""
+    if cfg.store is None:
+        raise ValueError("no feature store given: set `store` in the config or pass --store")
+    store = open_store(cfg.store)
+    fs_cfg = cfg.feature_set
+    if fs_cfg.key is not None:
+        if not store.exists(fs_cfg.key):
+            raise store.not_found(fs_cfg.key)
+        return {(fs_cfg.backbone[0], fs_cfg.frames[0]): fs_cfg.key}
+    keys: dict[tuple[str, int], str] = {}
+    for backbone in fs_cfg.backbone:
+        for frames in fs_cfg.frames:
+            found = store.find(backbone, frames, fs_cfg.sampling)
+            if not found:
+                held = [m["key"] for m in store.list()]
+                raise FeatureSetNotFoundError(
+                    f"{backbone}-f{frames}-{fs_cfg.sampling}", store.uri, held
+                )
+            if len(found) > 1:
+                raise ValueError(
+                    f"store {store.uri} holds {len(found)} feature sets for {backbone}, "
+                    f"{frames} frames, {fs_cfg.sampling} sampling: {found}; "
+                    "pick one with feature_set.key"
+                )
+            keys[(backbone, frames)] = found[0]
+    return keys
+
+
+def cache_dir_for(cfg: StudyConfig, node_id: str) -> str | None:
+    """The node cache for `node_id` (`pipeline.files.on_node`)."""
+    return on_node(cfg.cache_dir, node_id)
+
+
+def compute_split(cfg: StudyConfig, key: str, node_id: str) -> Split:
+    """The CV split restricted to the feature set's clips (read through this node's cache)."""
+    fs = open_store(cfg.store, cache_dir=cache_dir_for(cfg, node_id)).get(key)
+    frames = int(fs.features.shape[1])
+    manifest = Manifest(
+        clips=tuple(
+            sorted(
+                (
+                    Clip(id=cid, label=LABELS[int(lab)], path=Path(cid), frames=frames)
+                    for cid, lab in zip(fs.clip_ids, fs.labels, strict=True)
+                ),
+                key=lambda c: c.id,
+            )
+        )
+    )
+    if cfg.split.kind == "stratified":
+        return stratified_split(manifest, cfg.split.k, cfg.split.seed)
+    if cfg.split.kind == "grouped":
+        metadata = cfg.split.metadata or str(Path(cfg.split.data_dir) / METADATA_CSV)
+        if not Path(metadata).is_file():
+            raise FileNotFoundError(
+                f"grouped split needs {metadata} (split.metadata / split.data_dir / "
+                "LUSHPO_DATA_DIR)"
+            )
+        groups = read_groups(metadata, manifest.ids, cfg.split.group_by)
+        return grouped_split(manifest, groups, cfg.split.k, cfg.split.seed)
+    cross_val = cfg.split.cross_val or str(Path(cfg.split.data_dir) / "paper" / "cross_val.json")
+    if not Path(cross_val).is_file():
+        raise FileNotFoundError(
+            f"paper split needs {cross_val} (split.cross_val / split.data_dir / LUSHPO_DATA_DIR)"
+        )
+    return paper_split(manifest, Path(cross_val))
+
+
+def _search_space(cfg: StudyConfig) -> dict[str, optuna.distributions.BaseDistribution]:
+    fs = cfg.feature_set
+    if fs.grid:
+        raise ValueError("a grid config runs one study per cell: use hpo.search.run_grid")
+    return study_space(cfg.space, fs.backbone, fs.frames)
+
+
+# --- the search -----------------------------------------------------------------------------
+
+
+def _searcher(
+    cfg: StudyConfig,
+    studies: Sequence[StudyConfig],
+    max_concurrent: int | None,
+    experiment: str = "",
+) -> StudySearcher:
+    return StudySearcher(
+        cfg.storage.optuna_storage,
+        {study.name: _search_space(study) for study in studies},
+        cfg.searcher.sampler,
+        cfg.searcher.seed,
+        scheduler=cfg.scheduler.name != "none",
+        max_concurrent=max_concurrent,
+        metric=cfg.objective.objective().metric,
+        mode=MODE,
+        experiment=experiment,
+    )
+
+
+def _prepare_study(
+    cfg: StudyConfig, storage: optuna.storages.BaseStorage, log: Callable[[str], None]
+) -> None:
+    """The study's Optuna record made, or checked and brought to this run's budget."""
+    space = _search_space(cfg)
+    prepare_study(
+        storage,
+        cfg.name,
+        budget=cfg.budget.trials,
+        max_concurrent=cfg.budget.max_concurrent,
+        sampler=cfg.searcher.sampler,
+        seed=cfg.searcher.seed,
+        n_startup_trials=cfg.searcher.n_startup_trials,
+        independent_sampler=cfg.searcher.independent_sampler,
+        objective=cfg.objective.objective(),
+        points=[paper_best(space)] if cfg.searcher.start_from_paper_best else None,
+        log=log,
+    )
+
+
+def _prepare_studies(
+    cfg: StudyConfig, studies: Sequence[StudyConfig], log: Callable[[str], None]
+) -> optuna.storages.BaseStorage:
+    """The experiment's Optuna storage, opened once, with every study's record prepared."""
+    storage = open_storage(cfg.storage.optuna_storage)
+    for study in studies:
+        _prepare_study(study, storage, log)
+    return storage
+
+
+def _scheduler(cfg: StudyConfig) -> ASHAScheduler | None:
+    if cfg.scheduler.name == "none":
+        return None
+    # Every result of train_cv carries `val_accuracy` (the folds' mean validation accuracy; the
+    # final result repeats the last epoch's) and its `epoch`, so ASHA compares trials on
+    # validation only, never on a test score, at epochs: not at Tune reports, which a trial
+    # sends every budget.report_interval_s (several epochs each, when epochs are short).
+    return ASHAScheduler(
+        time_attr="epoch",
+        metric=VALIDATION,
+        mode=MODE,
+        # ASHA stops a trial whose epoch reaches max_t: one past the last epoch, so that the
+        # final result (its epoch is the last one) comes after it
+        max_t=cfg.budget.max_epochs + 1,
+        grace_period=cfg.scheduler.grace_period,
+        reduction_factor=cfg.scheduler.reduction_factor,
+    )
+
+
+def trial_settings(
+    cfg: StudyConfig, keys: Mapping[tuple[str, int], str], split: Split
+) -> TrialSettings:
+    """What every trial of this study shares: where its features are, the split, the budget."""
+    return TrialSettings(
+        store_uri=cfg.store,
+        cache_dir=cfg.cache_dir,
+        feature_sets=(
+            next(iter(keys.values()))
+            if len(keys) == 1
+            else {f"{b}/{n}": k for (b, n), k in keys.items()}
+        ),
+        split=split,
+        max_epochs=cfg.budget.max_epochs,
+        patience=cfg.budget.patience,
+        validation_fraction=cfg.training.validation_fraction,
+        seed=cfg.training.seed,
+        gpu_memory_limit_mb=cfg.resources.gpu_memory_limit_mb,
+        intra_op_threads=_threads(cfg.resources.intra_op_threads, cfg.resources.cpu),
+        inter_op_threads=_threads(cfg.resources.inter_op_threads, cfg.resources.cpu),
+        deterministic=None if cfg.training.deterministic == "auto" else cfg.training.deterministic,
+        mixed_precision=cfg.training.mixed_precision,
+        checkpoint_every=cfg.budget.checkpoint_every,
+        checkpoint_interval_s=cfg.budget.checkpoint_interval_s,
+        # A report every few seconds is enough for the progress view, the time budget and ASHA
+        # (which reads each report's epoch), and spares a driver round trip per epoch.
+        report_every_s=cfg.budget.report_interval_s,
+    )
+
+
+def _threads(configured: int | None, cpus: float) -> int | None:
+    """TensorFlow's thread pool size for a trial: as configured, by default the trial's CPUs
+    (TensorFlow would size it by the node's cores, which trials side by side oversubscribe;
+    Ray's OMP_NUM_THREADS does not govern it); None (0 configured): TensorFlow's default."""
+    if configured is None:
+        return max(1, int(cpus))
+    return configured or None
+
+
+_SETTING_KEYS = {
+    "feature_sets": "feature_set",
+    "split": "split",
+    "split_digest": "split (its folds or groups)",
+    "space": "space",
+    "max_epochs": "budget.max_epochs",
+    "patience": "budget.patience",
+    "validation_fraction": "training.validation_fraction",
+    "seed": "training.seed",
+}
+
+
+def study_settings(
+    settings: TrialSettings, space: Mapping[str, Any], objective: Objective
+) -> dict[str, Any]:
+    """The training settings a resumed study must share with the one it continues, and the
+    objective its trials are ranked by (export reads it: `hpo.search.Objective`)."""
+    return {
+        "objective": objective.to_dict(),
+        "feature_sets": settings.feature_sets,
+        "split": settings.split.name,
+        "split_digest": settings.split.digest(),
+        "space": {k: repr(v) for k, v in sorted(space.items())},
+        "max_epochs": settings.max_epochs,
+        "patience": settings.patience,
+        "validation_fraction": settings.validation_fraction,
+        "seed": settings.seed,
+    }
+
+
+def _check_settings(cfg: StudyConfig, now: dict[str, Any], log: Callable[[str], None]) -> None:
+    """Refuse a resume whose training settings differ from the study's own, naming each."""
+    was = read_run_file(cfg.run_path, SETTINGS_FILE, cfg.storage.endpoint_url)
+    if was is None:
+        log(f"{cfg.run_path} predates {SETTINGS_FILE}: resuming without comparing settings")
+        return
+    was = {"objective": Objective().to_dict(), **was}  # a study made before objective.on
+    changed = [
+        f"{_SETTING_KEYS.get(k, k)} was {was.get(k)!r}, now {now.get(k)!r}"
+        for k in sorted(set(was) | set(now))
+        if was.get(k) != now.get(k) and k != "split_digest"
+    ]
+    if not changed and was.get("split_digest") != now.get("split_digest"):
+        changed.append(
+            f"{_SETTING_KEYS['split_digest']} changed (digest {was.get('split_digest')} → "
+            f"{now.get('split_digest')})"
+        )
+    if changed:
+        raise StudySettingsChangedError(
+            f"--resume refused: {'; '.join(changed)}. Restore those settings to continue the "
+            "study, or pass --overwrite to start it again"
+        )
+
+
+def on_this_node(settings: TrialSettings) -> TrialSettings:
+    """`settings` with this node's cache dir: "{node_id}" in `cache_dir` becomes the id of the
+    node the Ray task or trial runs on, so nodes that share a disk (or a test's loopback
+    cluster) keep separate caches."""
+    node_id = ray.get_runtime_context().get_node_id()
+    return dataclasses.replace(settings, cache_dir=on_node(settings.cache_dir, node_id))
+
+
+def train_on_node(config: dict[str, Any], settings: TrialSettings) -> None:
+    """`train_cv` with this node's cache dir (`on_this_node`). TensorFlow is imported here, in
+    the trial's process, never by the study's driver."""
+    from hpo.train import train_cv
+
+    train_cv(config, on_this_node(settings))
+
+
+Train = Callable[[dict[str, Any], TrialSettings], None]
+"""A trial: its config and the study's settings in, results reported through `ray.tune`."""
+
+
+def train_in_study(
+    config: dict[str, Any], studies: Mapping[str, TrialSettings], train: Train
+) -> None:
+    """`train` with the settings of the study the config names (`STUDY_KEY`): the trial of an
+    experiment that searches several studies."""
+    params = {k: v for k, v in config.items() if k != STUDY_KEY}
+    train(params, studies[config[STUDY_KEY]])
+
+
+def _trainable(cfg: StudyConfig, settings: Mapping[str, TrialSettings], train: Train) -> Any:
+    resources = {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
+    if len(settings) == 1:
+        (only,) = settings.values()
+        trainable = tune.with_parameters(train, settings=only)
+    else:
+        trainable = tune.with_parameters(train_in_study, studies=dict(settings), train=train)
+    return tune.with_resources(trainable, resources)
+
+
+_CALLBACKS: dict[str, Sequence[tune.Callback]] = {}  # run path -> this driver's callbacks
+
+
+class _DriverCallbacks(tune.Callback):
+    """Tune's hooks, passed on to the callbacks this driver registered for the run.
+
+    `Tuner.restore` brings back the RunConfig pickled when the study started, callbacks
+    included, and offers no public way to give it new ones. So what Tune pickles is this
+    forwarder, which holds the run's path only; the progress view of the driver that runs now
+    (not the unpickled one of a driver that died) gets the events, and nothing of the callbacks
+    (a storage URL, open files) is written into the run's storage."""
+
+    def __init__(self, run_path: str) -> None:
+        self.run_path = run_path
+
+
+def _forward(hook: str) -> Callable[..., None]:
+    def forward(self: _DriverCallbacks, *args: Any, **kwargs: Any) -> None:
+        for callback in _CALLBACKS.get(self.run_path, ()):
+            getattr(callback, hook)(*args, **kwargs)
+
+    forward.__name__ = hook
+    return forward
+
+
+for _hook in [name for name in vars(tune.Callback) if name == "setup" or name.startswith("on_")]:
+    setattr(_DriverCallbacks, _hook, _forward(_hook))
+
+
+def _run_config(cfg: StudyConfig, experiment_path: str) -> tune.RunConfig:
+    """The RunConfig of the Tune experiment at `experiment_path`: the run folder, or one of its
+    continuations (`hpo.search.experiment_paths`)."""
+    fs, _path = storage_filesystem(cfg)
+    parent, name = experiment_path.rsplit("/", 1)
+    return tune.RunConfig(
+        name=name,
+        storage_path=parent,
+        storage_filesystem=fs,
+        failure_config=tune.FailureConfig(max_failures=cfg.budget.max_failures),
+        # Two: Tune deletes the older checkpoint once it registers a newer one and saves the
+        # experiment state after that, so the state a killed driver left may name the
+        # second newest; it still exists. On S3 the saved state can lag further: a resume
+        # runs such a trial again (`_checkpoint_exists`).
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        # Tune's result.json and progress.csv loggers but not its TensorBoard one (the curves
+        # are in Optuna): fit runs with TUNE_DISABLE_AUTO_CALLBACK_LOGGERS, which saves the
+        # driver ~0.5 s of importing tensorboardX and an event write per result.
+        callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), _DriverCallbacks(experiment_path)],
+        verbose=0,
+    )
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+def _read_trial_json(result: Any) -> dict[str, Any]:
+    checkpoint = result.checkpoint
+    if checkpoint is None:
+        return {}
+    try:
+        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/trial.json") as f:
+            return json.loads(f.read())
+    except (FileNotFoundError, OSError, ValueError):
+        return {}
+
+
+def _records(grid: Any, objective: Objective) -> tuple[TrialRecord, ...]:
+    records = []
+    for result in grid:
+        metrics = dict(result.metrics or {})
+        trial = _read_trial_json(result)
+        records.append(
+            TrialRecord(
+                trial_id=str(metrics.get("trial_id") or Path(str(result.path)).name),
+                status=(
+                    "ERROR"
+                    if result.error
+                    else "TERMINATED"
+                    if metrics.get("final") is True
+                    else "STOPPED"
+                ),
+                params=dict(result.config or {}),
+                metrics=metrics,
+                folds=list(trial.get("folds", [])),
+                error=None if result.error is None else str(result.error),
+                path=str(result.path),
+                objective=objective,
+            )
+        )
+    return tuple(sorted(records, key=lambda r: r.trial_id))
+
+
+def _check_not_all_failed(cfg: StudyConfig, records: Sequence[TrialRecord]) -> None:
+    if records and all(r.error for r in records):
+        first = records[0].error.strip().splitlines()
+        raise AllTrialsFailedError(
+            f"all {len(records)} trials of study {cfg.name!r} failed; first error: "
+            f"{first[-1] if first else records[0].error} (trial {records[0].trial_id}; full "
+            f"tracebacks under {cfg.run_path})"
+        )
+
+
+# --- the study -----------------------------------------------------------------------------------
+
+
+def start_ray(cfg: StudyConfig) -> bool:
+    """Join cfg.address (token auth as `pipeline.cluster.connect` applies it), or start a local
+    instance; True when this call started Ray."""
+    return connect(cfg.address, num_cpus=cfg.num_cpus)
+
+
+def run_study(
+    cfg: StudyConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    callbacks: Sequence[tune.Callback] = (),
+    log: Callable[[str], None] = print,
+    split: Split | None = None,
+    train: Train = train_on_node,
+) -> StudyResult:
+    """Run (or resume) the study `cfg` and return every trial's result.
+
+    `split` replaces the split computed from ``cfg.split`` (nested CV passes each outer fold's
+    inner split, so the search never sees the outer test clips). `train` is the trial
+    (`train_on_node`: CNN-LSTM k-fold CV; benchmarks and kill tests pass a trivial one).
+
+    Raises:
+        FeatureSetNotFoundError: a feature set is missing from the store (before Ray starts).
+        StudyExistsError: the name is taken at the storage path and neither resume nor overwrite.
+        StudySettingsChangedError, SearchSettingsChangedError: --resume with other settings.
+        AllTrialsFailedError: every trial failed.
+        StudyInterruptedError: the first Ctrl-C stopped the study after saving its state.
+    """
+    results = run_studies(
+        cfg, [cfg], resume=resume, overwrite=overwrite, callbacks=callbacks, log=log,
+        splits=None if split is None else {cfg.name: split}, train=train,
+    )  # fmt: skip
+    return results[cfg.name]
+
+
+def run_studies(
+    experiment: StudyConfig,
+    studies: Sequence[StudyConfig],
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    callbacks: Sequence[tune.Callback] = (),
+    log: Callable[[str], None] = print,
+    splits: Mapping[str, Split] | None = None,
+    train: Train = train_on_node,
+    max_concurrent: int | None = None,
+) -> dict[str, StudyResult]:
+    """Run (or resume) several Optuna studies as one Ray Tune experiment; {name: result}.
+
+    `experiment` names the Tune experiment and gives what its studies share: its run path,
+    Ray address, scheduler, time budget, failure retries, resources, sampler and seed, and the
+    Optuna storage. Each of `studies` (a grid's cells, nested CV's outer folds) keeps its own
+    feature sets, split, space, budget and ``max_concurrent``, its own Optuna study (its name)
+    and its run files under its own run path; free trial slots take trials from any unfinished
+    study (`hpo.search.StudySearcher`), at most `max_concurrent` live in all (None: what the
+    cluster's resources fit). A single study is `experiment` itself (`run_study`).
+
+    Raises: as `run_study`; RunLockedError: another live driver runs the experiment.
+    """
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    # The feature sets first: a study that cannot start is refused before it touches anything.
+    keys = {study.name: resolve_feature_sets(study) for study in studies}
+    with locked(experiment.run_path, "tune", endpoint_url=experiment.storage.endpoint_url, log=log):
+        return _run_studies(
+            experiment, studies, keys, resume=resume, overwrite=overwrite, callbacks=callbacks,
+            log=log, splits=splits, train=train, max_concurrent=max_concurrent,
+        )  # fmt: skip
+
+
+def _run_studies(
+    experiment: StudyConfig,
+    studies: Sequence[StudyConfig],
+    keys: Mapping[str, dict[tuple[str, int], str]],
+    *,
+    resume: bool,
+    overwrite: bool,
+    callbacks: Sequence[tune.Callback],
+    log: Callable[[str], None],
+    splits: Mapping[str, Split] | None,
+    train: Train,
+    max_concurrent: int | None,
+) -> dict[str, StudyResult]:
+    cfg = experiment
+    names = [study.name for study in studies]
+    objective = cfg.objective.objective()  # the experiment's studies share it
+    shown_storage = remember(cfg.storage.optuna_storage)
+    fs, storage_path = storage_filesystem(cfg)
+    run_path = f"{storage_path}/{cfg.name}"
+    _reachable(fs, run_path, cfg)
+    # The run's Tune experiments: its own and the continuations of a raised budget. The newest
+    # is the one a resume restores; Optuna's trials are matched against all of their records.
+    *earlier, current = experiment_paths(fs, run_path)
+    restorable = tune.Tuner.can_restore(current, storage_filesystem=fs)
+    current_run = _saved_run(fs, current) if restorable else None
+    saved = None if current_run is None else _saved_trials(current_run)
+    # read once: the earlier experiments have ended, and their records are reported at the end
+    earlier_runs = [run for run in (_saved_run(fs, path) for path in earlier) if run is not None]
+    saved_all = {k: v for run in earlier_runs for k, v in _saved_trials(run).items()}
+    exists = restorable or _run_exists(fs, run_path)
+    exists = exists or any(has_study(cfg.storage.optuna_storage, name) for name in names)
+    if exists and not (resume or overwrite):
+        raise StudyExistsError(
+            f"study {cfg.name!r} already exists at {cfg.run_path} (Optuna storage "
+            f"{shown_storage}); pass --resume to continue it or --overwrite to "
+            "delete it and start again"
+        )
+    if resume and not restorable and not earlier and len(studies) > 1:
+        _refuse_cell_by_cell(fs, run_path, cfg, studies)
+    replacing = overwrite and exists  # only once everything below has been checked
+    if replacing:
+        foreign = _foreign_run(fs, run_path)
+        if foreign:
+            raise StudyExistsError(
+                f"{cfg.run_path} holds {few(foreign)}, not a lushpo study; --overwrite deletes "
+                "only a study's run folder: choose another --name or --storage-path"
+            )
+        restorable, saved, saved_all, earlier, current = False, None, {}, [], run_path
+        earlier_runs = []
+    saved_all.update(saved or {})
+    # A tuner.pkl without an experiment state: the driver died before Tune's first save. Nothing
+    # of Tune's to restore; the study starts in place and keeps the Optuna trials it asked.
+    restorable = restorable and saved is not None
+    if resume and not restorable:
+        log(f"nothing to resume at {cfg.run_path}; starting study {cfg.name!r}")
+
+    # Nothing of the user's was here: a start that fails before the experiment runs (Ray
+    # unreachable, a refused split) leaves nothing to block the name. A study --overwrite
+    # replaces is set aside instead, and put back on such a failure (`_SetAside`).
+    fresh, fitting, aside = not exists, False, None
+    try:
+        # The Optuna records (SQLAlchemy, the schema and its version check: about a second) are
+        # made or checked in a thread while Ray starts; a study being replaced only opens its
+        # storage (it must answer) and is prepared after the old one is deleted.
+        with ThreadPoolExecutor(1, thread_name_prefix="optuna-storage") as pool:
+            if replacing:
+                prepared = pool.submit(open_storage, cfg.storage.optuna_storage)
+            else:
+                prepared = pool.submit(_prepare_studies, cfg, studies, log)
+            started = start_ray(cfg)
+        try:
+            storage = prepared.result()
+            node_id = ray.get_runtime_context().get_node_id()
+            settings, shapings = {}, {}
+            for study in studies:
+                split = (splits or {}).get(study.name)
+                if split is None:
+                    split = compute_split(study, next(iter(keys[study.name].values())), node_id)
+                for warning in getattr(split, "warnings", ()):
+                    log(f"split: {warning}")
+                settings[study.name] = trial_settings(study, keys[study.name], split)
+                shapings[study.name] = study_settings(
+                    settings[study.name], _search_space(study), objective
+                )
+            if replacing:  # the config, feature sets, splits, cluster and storage all answered
+                log(f"overwriting study {cfg.name!r} at {cfg.run_path}")
+                aside = _SetAside(fs, run_path, cfg.storage.optuna_storage, names)
+                storage = _prepare_studies(cfg, studies, log)
+            for study in studies:
+                if restorable or earlier:
+                    _check_settings(study, shapings[study.name], log)
+                else:
+                    write_run_file(
+                        study.run_path, SETTINGS_FILE, shapings[study.name],
+                        study.storage.endpoint_url,
+                    )  # fmt: skip
+            trainable = _trainable(cfg, settings, train)
+            for study in studies:
+                _reconcile(study, storage, saved_all, experiment_ended=False, log=log)
+            finished = restorable and _finished(studies, saved_all)
+            if (
+                restorable
+                and not finished
+                and needs_new_experiment(storage, names, _experiment_name(run_path, current))
+            ):
+                earlier, current = [*earlier, current], f"{run_path}/{CONTINUED}{len(earlier) + 1}"
+                earlier_runs.append(current_run)
+                restorable = False
+                log(
+                    f"study {cfg.name!r}: its Ray Tune experiment had ended, so the trials of its "
+                    f"raised budget run in a continuation, {current.rsplit('/', 1)[1]}"
+                )
+            if restorable:
+                if finished:
+                    for study in studies:
+                        _reconcile(study, storage, saved_all, experiment_ended=True, log=log)
+                    with _modules_before_the_layers():
+                        tuner = tune.Tuner.restore(
+                            current, trainable=trainable, storage_filesystem=fs
+                        )
+                    log(f"study {cfg.name!r} has already finished; nothing to resume")
+                    every = _records_of(earlier_runs, objective) + _records(
+                        tuner.get_results(), objective
+                    )
+                    records = _by_study(names, tuple(sorted(every, key=lambda r: r.trial_id)))
+                    return {
+                        study.name: StudyResult(
+                            study.name, study.run_path, shown_storage, records[study.name], True
+                        )
+                        for study in studies
+                    }
+                with _modules_before_the_layers():
+                    tuner = tune.Tuner.restore(
+                        current, trainable=trainable, resume_errored=True, storage_filesystem=fs
+                    )
+            else:
+                tuner = tune.Tuner(
+                    trainable,
+                    tune_config=tune.TuneConfig(
+                        search_alg=_searcher(
+                            cfg, studies, max_concurrent, _experiment_name(run_path, current)
+                        ),
+                        scheduler=_scheduler(cfg),
+                        # The searcher ends the study: it counts the budget in Optuna's storage,
+                        # which a resume may raise.
+                        num_samples=-1,
+                        time_budget_s=cfg.budget.time_budget_s,
+                        # One worker process per trial slot: TensorFlow is imported once per
+                        # slot, not once per trial (seconds each on a small machine).
+                        reuse_actors=True,
+                    ),
+                    run_config=_run_config(cfg, current),
+                )
+            start = time.monotonic()
+            fitting = True
+            _CALLBACKS[current] = [*callbacks, *([_DropOnStart(aside)] if aside else [])]
+            try:
+                with (
+                    _graceful_sigint(log) as interrupted,
+                    _environ(
+                        TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1",
+                        TUNE_MAX_PENDING_TRIALS_PG=str(_pending(studies, max_concurrent)),
+                    ),
+                ):
+                    grid = tuner.fit()
+            finally:
+                _CALLBACKS.pop(current, None)
+            log(f"study {cfg.name!r} ran for {time.monotonic() - start:.1f} s")
+        finally:
+            if started:
+                ray.shutdown()
+    except BaseException:
+        if aside is not None:
+            aside.restore(fs, names)  # unless a trial of the new study started
+        elif fresh and not fitting:
+            _delete_run(fs, run_path, cfg.storage.optuna_storage, names)
+        raise
+    if aside is not None:
+        aside.drop()
+    if interrupted():
+        raise StudyInterruptedError(cfg.name, cfg.run_path)
+    every = _records_of(earlier_runs, objective) + _records(grid, objective)
+    every = tuple(sorted(every, key=lambda r: r.trial_id))
+    ends = {
+        r.trial_id: TuneTrialEnd("ERROR" if r.error else "TERMINATED", r.metrics) for r in every
+    }
+    for study in studies:
+        _reconcile(study, storage, ends, experiment_ended=True, log=log)
+    _check_not_all_failed(cfg, every)
+    records = _by_study(names, every)
+    return {
+        study.name: StudyResult(study.name, study.run_path, shown_storage, records[study.name])
+        for study in studies
+    }
+
+
+# Where the classes Tune pickles into tuner.pkl (the searcher, the callbacks' forwarder) lived
+# before hpo was split into layers (issue 26).
+_MODULES_BEFORE_THE_LAYERS = {"hpo.searcher": _searcher_module, "hpo.study": sys.modules[__name__]}
+
+
+@contextlib.contextmanager
+def _modules_before_the_layers():
+    """`Tuner.restore` unpickles tuner.pkl itself, and a run saved by a lushpo with the flat
+    layout names `StudySearcher` and `_DriverCallbacks` by their old modules. Tune offers no hook
+    into its unpickling, so those names resolve to the classes' new homes while it reads, and a
+    study interrupted before an upgrade still resumes (Tune saves it anew with the new names)."""
+    added = [name for name in _MODULES_BEFORE_THE_LAYERS if name not in sys.modules]
+    for name in added:
+        sys.modules[name] = _MODULES_BEFORE_THE_LAYERS[name]
+    try:
+        yield
+    finally:
+        for name in added:
+            sys.modules.pop(name, None)
+
+
+def _refuse_cell_by_cell(
+    fs: pafs.FileSystem | None, run_path: str, cfg: StudyConfig, studies: Sequence[StudyConfig]
+) -> None:
+    """A grid or nested run made by lushpo before its studies ran as one experiment has a Ray
+    Tune experiment per study folder and none of its own: this layout cannot continue it (it
+    would start the unfinished studies afresh and leave their trials out of the export)."""
+    older = [
+        s.name
+        for s in studies
+        if tune.Tuner.can_restore(f"{run_path}/{s.name}", storage_filesystem=fs)
+    ]
+    if older:
+        raise StudyExistsError(
+            f"{cfg.run_path} was run study by study by an older lushpo (Ray Tune experiments "
+            f"in the folders of {few(older)}), so --resume cannot continue it as one experiment: "
+            f"`lushpo export {cfg.run_path}` exports it as it is, or --overwrite starts it again"
+        )
+
+
+def _experiment_name(run_path: str, experiment_path: str) -> str:
+    """The empty name for the run folder's own Tune experiment, else the continuation's."""
+    return "" if experiment_path == run_path else experiment_path.rsplit("/", 1)[1]
+
+
+def _records_of(
+    runs: Sequence[tune.ExperimentAnalysis], objective: Objective
+) -> tuple[TrialRecord, ...]:
+    """The trials of the run's earlier Tune experiments (its continuations' predecessors)."""
+    return tuple(record for run in runs for record in _records(tune.ResultGrid(run), objective))
+
+
+def _pending(studies: Sequence[StudyConfig], max_concurrent: int | None) -> int:
+    """How many trials Tune may start at once (``TUNE_MAX_PENDING_TRIALS_PG``): Tune allows one
+    for a searcher it does not know (it reads `ConcurrencyLimiter` only), which would start
+    trials one by one; ours can use every slot its studies' ``max_concurrent`` allow."""
+    allowed = sum(study.budget.max_concurrent for study in studies)
+    return allowed if max_concurrent is None else min(allowed, max_concurrent)
+
+
+def _by_study(
+    names: Sequence[str], records: Sequence[TrialRecord]
+) -> dict[str, tuple[TrialRecord, ...]]:
+    """Each study's trials; in an experiment of several, the config's `STUDY_KEY` says whose."""
+    if len(names) == 1:
+        return {names[0]: tuple(records)}
+    by_name: dict[str, list[TrialRecord]] = {name: [] for name in names}
+    for record in records:
+        params = dict(record.params)
+        name = params.pop(STUDY_KEY, None)
+        if name in by_name:
+            by_name[name].append(dataclasses.replace(record, params=params))
+    return {name: tuple(found) for name, found in by_name.items()}
+
+
+def _saved_run(fs: pafs.FileSystem | None, experiment_path: str) -> tune.ExperimentAnalysis | None:
+    """Ray Tune's saved record of the experiment at `experiment_path`; None when Tune saved no
+    experiment state there yet (the driver died before the first save)."""
+    try:
+        return tune.ExperimentAnalysis(experiment_path, storage_filesystem=fs)
+    except ValueError:  # "No experiment snapshot file … was found"
+        return None
+
+
+def _saved_trials(analysis: tune.ExperimentAnalysis) -> dict[str, TuneTrialEnd]:
+    """Each trial's end in Ray Tune's saved record, as a resume will restore it."""
+    ends = {}
+    for trial in analysis.trials:
+        ends[trial.trial_id] = TuneTrialEnd(
+            trial.status,
+            trial.last_result or {},
+            restorable=trial.status == "TERMINATED" or _checkpoint_exists(trial.checkpoint),
+        )
+    return ends
+
+
+def _checkpoint_exists(checkpoint: tune.Checkpoint | None) -> bool:
+    """Whether a resume can continue a trial from `checkpoint`, the latest its saved record
+    names (None: the trial starts over). On S3, Tune deletes a trial's older checkpoints
+    (`CheckpointConfig.num_to_keep`) before the experiment state naming the newer ones reaches
+    storage (Ray's own TODO in ``tune.execution.experiment_state``), so a driver killed in
+    between leaves a record naming a checkpoint that is gone."""
+    if checkpoint is None:
+        return True
+    info = checkpoint.filesystem.get_file_info(checkpoint.path)
+    return info.type != pafs.FileType.NotFound
+
+
+def _reconcile(
+    cfg: StudyConfig,
+    storage: optuna.storages.BaseStorage,
+    tune_trials: Mapping[str, TuneTrialEnd],
+    *,
+    experiment_ended: bool,
+    log: Callable[[str], None],
+) -> None:
+    """`hpo.search.reconcile` for this study, saying what it changed."""
+    changed = reconcile(
+        storage,
+        cfg.name,
+        tune_trials,
+        experiment_ended=experiment_ended,
+        time_budget=cfg.budget.time_budget_s is not None,
+    )
+    for what, numbers in changed.items():
+        log(f"Optuna trials {numbers} of study {cfg.name!r}: {what} (from Ray Tune's record)")
+
+
+def _finished(studies: Sequence[StudyConfig], saved: Mapping[str, TuneTrialEnd]) -> bool:
+    """True when the run's saved state holds the whole budget of trials, all completed.
+    Errored trials do not count: a resume (``resume_errored=True``) retries them, e.g. once an
+    unreachable store is back; unless Tune cannot restore them (their params ran again)."""
+    done = [t for t in saved.values() if t.status == "TERMINATED" or not t.restorable]
+    return len(done) == len(saved) and len(done) >= sum(s.budget.trials for s in studies)
+
+
+@contextlib.contextmanager
+def _graceful_sigint(log: Callable[[str], None]):
+    """The first Ctrl-C asks Ray Tune to stop and save its state; the second raises
+    KeyboardInterrupt at once. Yields a callable: did a first Ctrl-C arrive?
+
+    Ray Tune's own SIGINT handler would stop the run as well but leaves no trace the caller can
+    read, so it is switched off (TUNE_DISABLE_SIGINT_HANDLER) and this handler forwards the
+    first SIGINT as SIGUSR1, which Tune always handles by the same graceful stop. A SIGUSR1 that
+    arrives before Tune installs its handler raises KeyboardInterrupt (nothing ran yet)."""
+    hit = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield hit.is_set
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if hit.is_set():
+            raise KeyboardInterrupt
+        hit.set()
+        log("interrupted: stopping trials, saving the study state (Ctrl-C again: quit now)")
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    def before_tune(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGUSR1)
+    signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGUSR1, before_tune)
+    try:
+        with _environ(TUNE_DISABLE_SIGINT_HANDLER="1"):
+            yield hit.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGUSR1, previous[1])
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    """Environment variables Ray Tune reads inside `Tuner.fit`, set for its duration only."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

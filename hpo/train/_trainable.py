@@ -1,0 +1,787 @@
+"""One trial: k-fold cross-validation of one head config, as a Ray Tune function trainable.
+
+``train_cv(config, settings)`` reads its feature set from the store through the node cache (the
+driver never ships features), trains the k fold models in lockstep — epoch e of every fold, then
+one report of the mean validation loss and accuracy, so ASHA can stop a bad trial early — and
+finally scores every fold model on its test fold with the paper's metrics. Ray glue is thin: the
+maths lives in `cross_validate` (no Ray), and `_report` is the only caller of Ray's report API.
+
+Reported results. Validation and test never share a key. Per epoch (``final`` False):
+``val_accuracy``, the mean *inner-validation* accuracy over folds (ASHA's metric and Optuna's
+intermediate values), and ``test_accuracy`` and ``validation_accuracy`` None (Ray checks the
+searcher's metric is in every result). The last result (``final`` True): ``test_accuracy``, the
+mean *test* accuracy — the objective under ``objective.on: test_folds`` — plus
+``hpo.train.flatten`` of the summary (``accuracy`` is the same test mean),
+``fold_{i}_accuracy``, the same flattened metrics of the restored fold models on their
+inner-validation splits as ``validation_*`` (``validation_accuracy`` is the objective under
+``objective.on: validation``), and the last epoch's ``val_accuracy``.
+
+Checkpoints. Every ``checkpoint_every`` epochs, but no sooner than ``checkpoint_interval_s``
+after the trial's previous checkpoint (a save of five fold states costs about a second here, and
+Ray copies it to storage; short trials then write none), the lockstep state (``fold-{i}.npz``:
+weights and Adam moments; ``fold-{i}-best.npz`` best weights; ``lockstep.json`` with the epoch,
+Adam step counts and the early-stopping state) goes with the report, so a retried trial resumes
+from ``tune.get_checkpoint()``. The final checkpoint holds ``fold-{i}.h5`` (plain
+``tf.keras.models.load_model``) and ``trial.json`` (docs/architecture.md, "Trial result").
+A lockstep state of the paper's head is ~110 MB per fold (weights + Adam moments + best
+weights), so studies should keep ``CheckpointConfig(num_to_keep=...)`` small.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from hpo.train._metrics import flatten, fold_metrics, summarize
+from hpo.train._model import build_model, predict_proba
+from hpo.train._settings import HISTORY, STATE_FILE, TRIAL_FILE, TrialSettings
+from pipeline.files import atomic_write_text
+from pipeline.groups import inner_validation
+from pipeline.manifest import LABELS, Split
+
+__all__ = [
+    "CVResult",
+    "LockstepCV",
+    "TrialSettings",
+    "balanced_class_weights",
+    "configure_tensorflow",
+    "cross_validate",
+    "cross_validate_with",
+    "fit_head",
+    "train_cv",
+    "write_trial",
+]
+
+log = logging.getLogger(__name__)
+
+
+def configure_tensorflow(settings: TrialSettings) -> None:
+    """Threads, GPU memory, op determinism and precision; call before any TensorFlow op in the
+    process.
+
+    Op determinism makes a trial's numbers repeat exactly; it costs nothing measurable on CPU,
+    and on a GPU it rules out the fastest non-deterministic kernels, so ``deterministic=None``
+    turns it on only when the process sees no GPU (docs/performance.md). Mixed precision
+    computes in bfloat16, which needs no loss scaling (unlike float16), keeping float32 weights.
+
+    Without ``gpu_memory_limit_mb`` each GPU grows its memory on demand; with it, the first GPU
+    becomes one logical device capped at that many MiB, so trials sharing a GPU (fractional
+    ``num_gpus``) fit side by side. Settings the runtime no longer accepts (it was initialised
+    earlier in this worker) are logged, not fatal; a setting equal to the one in force is not
+    set again, so the later trials of a reused worker (the same study's settings) log nothing.
+    """
+    threading = tf.config.threading
+    for wanted, get, set_ in (
+        (settings.intra_op_threads, threading.get_intra_op_parallelism_threads,
+         threading.set_intra_op_parallelism_threads),
+        (settings.inter_op_threads, threading.get_inter_op_parallelism_threads,
+         threading.set_inter_op_parallelism_threads),
+    ):  # fmt: skip
+        if wanted is None or get() == wanted:
+            continue
+        try:
+            set_(wanted)
+        except RuntimeError as exc:
+            log.warning("TensorFlow threads already fixed in this process; keeping them: %s", exc)
+    for i, gpu in enumerate(tf.config.list_physical_devices("GPU")):
+        try:
+            if settings.gpu_memory_limit_mb is not None and i == 0:
+                config = tf.config.LogicalDeviceConfiguration(
+                    memory_limit=settings.gpu_memory_limit_mb
+                )
+                if tf.config.get_logical_device_configuration(gpu) != [config]:
+                    tf.config.set_logical_device_configuration(gpu, [config])
+            elif not tf.config.experimental.get_memory_growth(gpu):
+                tf.config.experimental.set_memory_growth(gpu, True)
+        except (RuntimeError, ValueError) as exc:
+            log.warning("GPU %s already initialised; memory settings unchanged: %s", gpu, exc)
+    deterministic = settings.deterministic
+    if deterministic is None:
+        deterministic = not tf.config.list_physical_devices("GPU")
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy(
+        "mixed_bfloat16" if settings.mixed_precision else "float32"
+    )
+
+
+# --- pure cross-validation ---------------------------------------------------------------------
+
+
+def _seed(*parts: int) -> int:
+    """A well-mixed 31-bit seed from (trial seed, fold, epoch): independent of run order."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] >> 1)
+
+
+def _inner_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded (train, validation) positions; every class keeps one training clip."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        n_val = min(round(fraction * len(members)), len(members) - 1)
+        val.extend(members[:n_val])
+        train.extend(members[n_val:])
+    if not val:  # tiny folds: take one clip of the largest class
+        c = np.bincount(labels).argmax()
+        pick = next(i for i in train if labels[i] == c)
+        train.remove(pick)
+        val.append(pick)
+    return np.sort(np.asarray(train)), np.sort(np.asarray(val))
+
+
+@dataclass
+class FoldData:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    test_ids: tuple[str, ...]
+
+
+@dataclass
+class FoldState:
+    """Early-stopping state of one fold (``best_epoch`` is 1-based; 0 before the first epoch)."""
+
+    best_val_loss: float = math.inf
+    best_val_accuracy: float = 0.0
+    best_epoch: int = 0
+    wait: int = 0
+    stopped: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def fold_data(
+    features: np.ndarray,
+    labels: np.ndarray,
+    clip_ids: Sequence[str],
+    split: Split,
+    *,
+    validation_fraction: float = 0.2,
+    seed: int = 0,
+    source: str = "the feature set",
+) -> list[FoldData]:
+    """Select each fold's clips by id and carve a stratified inner validation split (whole groups
+    when the split has them, `pipeline.groups.inner_validation`)."""
+    position = {cid: i for i, cid in enumerate(clip_ids)}
+    labels = np.asarray(labels, dtype=np.int64)
+    out = []
+    for k, fold in enumerate(split.folds):
+        missing = [cid for cid in (*fold.train, *fold.test) if cid not in position]
+        if missing:
+            raise ValueError(
+                f"split {split.name!r} fold {k} names {len(missing)} clip(s) not in {source}, "
+                f"e.g. {missing[:3]}"
+            )
+        train = np.asarray([position[c] for c in fold.train])
+        test = np.asarray([position[c] for c in fold.test])
+        inner_seed = _seed(seed, k, 1)
+        if split.groups is None:
+            inner_train, inner_val = _inner_split(labels[train], validation_fraction, inner_seed)
+        else:  # a grouped split: validation patients (sources) are never trained on either
+            inner_train, inner_val = inner_validation(
+                labels[train],
+                [split.groups[c] for c in fold.train],
+                validation_fraction,
+                inner_seed,
+            )
+        tr, va = train[inner_train], train[inner_val]
+        out.append(
+            FoldData(
+                x_train=np.asarray(features[tr], dtype=np.float32),
+                y_train=labels[tr],
+                x_val=np.asarray(features[va], dtype=np.float32),
+                y_val=labels[va],
+                x_test=np.asarray(features[test], dtype=np.float32),
+                y_test=labels[test],
+                test_ids=tuple(fold.test),
+            )
+        )
+    return out
+
+
+def _seed_states(model: keras.Model) -> list[Any]:
+    """The model's random seed-generator state variables (dropout masks), in a fixed order."""
+    return [v for v in model.variables if v.name == "seed_generator_state"]
+
+
+def _loss_accuracy(proba: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Sparse cross-entropy (Keras' 1e-7 clipping) and accuracy of probabilities ``proba``."""
+    proba = np.asarray(proba, dtype=np.float64)
+    picked = np.clip(proba[np.arange(len(y)), y], 1e-7, 1 - 1e-7)
+    return float(-np.mean(np.log(picked))), float(np.mean(proba.argmax(axis=1) == y))
+
+
+def balanced_class_weights(y: np.ndarray) -> dict[int, float]:
+    """scikit-learn's "balanced" weights, n / (classes present × count), as Keras' mapping."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(y)
+    weights = compute_class_weight("balanced", classes=present, y=y)
+    return {int(c): float(w) for c, w in zip(present, weights, strict=True)}
+
+
+def fit_head(
+    x: np.ndarray,
+    y: np.ndarray,
+    params: Mapping[str, Any],
+    *,
+    epochs: int,
+    seed: int = 0,
+) -> keras.Model:
+    """The head built and fit on ``(x, y)`` for exactly `epochs` epochs, no validation split:
+    the recipe of the exported all-clips ``model.h5`` and of nested CV's outer refits.
+    ``params["class_weight"]`` and ``params["standardize"]`` apply as in `LockstepCV`."""
+    keras.utils.set_random_seed(seed)
+    x = np.asarray(x, dtype=np.float32)
+    y = np.asarray(y, dtype=np.int64)
+    norm = x if params.get("standardize") else None
+    model = build_model(x.shape[1], x.shape[2], params, standardize_on=norm)
+    model.fit(
+        x,
+        y,
+        epochs=int(epochs),
+        batch_size=int(params.get("batch_size", 32)),
+        class_weight=balanced_class_weights(y) if params.get("class_weight") else None,
+        shuffle=True,
+        verbose=0,
+    )
+    return model
+
+
+# Keras' Adam defaults, which `build_model` compiles with; `LockstepCV` applies the same update.
+ADAM_BETA_1, ADAM_BETA_2, ADAM_EPSILON = 0.9, 0.999, 1e-7
+
+
+class LockstepCV:
+    """k fold models trained epoch by epoch together, one graph step for all their batches.
+
+    Each fold keeps its own Keras model (built after ``keras.utils.set_random_seed(seed(trial,
+    fold))``, standardised on its own inner training clips), its own class weights, Adam moments
+    and step count, and its own early stopping. What is shared is the computation: one
+    ``tf.function`` step takes a batch of every fold that trains in it, computes their losses in
+    one graph, and applies each fold's Adam update (Keras' formula, `ADAM_BETA_1` …) to that
+    fold's weights only, so k folds cost one Python call and one graph launch per step instead
+    of k. Shapes are fixed per trial — every batch is padded to ``batch_size`` rows (weight 0),
+    validation to the largest fold's size — so each graph is traced once. A fold that stops
+    early leaves the step: the step graph is keyed by the set of folds that train, so a stopped
+    fold costs no compute (one new trace per stopping event; validation still predicts it, a
+    few percent of an epoch). Training data sits in tensors captured by the graphs (on the GPU
+    when there is one); each step passes only row indices.
+
+    Each epoch of each fold draws its batch order and dropout masks from ``seed(trial, fold,
+    epoch)``, so results do not depend on which folds train alongside, or on a resume between
+    epochs.
+    """
+
+    def __init__(
+        self,
+        folds: Sequence[FoldData],
+        params: Mapping[str, Any],
+        *,
+        max_epochs: int,
+        patience: int,
+        seed: int = 0,
+    ) -> None:
+        self.folds = list(folds)
+        self.params = dict(params)
+        self.max_epochs, self.patience, self.seed = max_epochs, patience, seed
+        self.epoch = 0  # epochs completed
+        self.records: list[dict[str, Any]] = []  # one per lockstep epoch, from `step`
+        self.states = [FoldState() for _ in self.folds]
+        self.best_weights: list[list[np.ndarray] | None] = [None] * len(self.folds)
+        self.batch_size = int(self.params.get("batch_size", 32))
+        frames, dim = self.folds[0].x_train.shape[1:]
+        self.models: list[keras.Model] = []
+        for k in range(len(self.folds)):
+            keras.utils.set_random_seed(_seed(self.seed, k))
+            # Standardised on the fold's inner training clips only: never validation or test.
+            norm = self.folds[k].x_train if self.params.get("standardize") else None
+            self.models.append(build_model(frames, dim, self.params, standardize_on=norm))
+        self._x_train = [tf.constant(f.x_train) for f in self.folds]
+        self._y_train = [tf.constant(f.y_train, dtype=tf.int32) for f in self.folds]
+        self._sample_weight = [tf.constant(self._class_weights(f.y_train)) for f in self.folds]
+        rows = max(len(f.y_val) for f in self.folds)
+        self._x_val = tf.constant(
+            np.stack([np.resize(f.x_val, (rows, *f.x_val.shape[1:])) for f in self.folds])
+        )
+        self._moments = [
+            [
+                (tf.Variable(tf.zeros_like(v)), tf.Variable(tf.zeros_like(v)))
+                for v in m.trainable_variables
+            ]
+            for m in self.models
+        ]
+        self._adam_steps = tf.Variable(tf.zeros([len(self.folds)], dtype=tf.float32))
+        self._steps: dict[tuple[int, ...], Callable[..., Any]] = {}
+        self._predict_val = tf.function(self._predict_all)
+
+    def _class_weights(self, y: np.ndarray) -> np.ndarray:
+        """Each training clip's weight: its class's "balanced" weight, or 1."""
+        from sklearn.utils.class_weight import compute_sample_weight
+
+        balanced = compute_sample_weight("balanced", y) if self.params.get("class_weight") else 1
+        return np.broadcast_to(np.asarray(balanced, dtype=np.float32), len(y))
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.max_epochs or all(s.stopped for s in self.states)
+
+    def step(self) -> dict[str, Any]:
+        """Train every still-active fold for one epoch; return the epoch's record."""
+        epoch = self.epoch
+        active = [k for k, s in enumerate(self.states) if not s.stopped]
+        losses = self._train_epoch(active, epoch)
+        proba = np.asarray(self._predict_val(self._x_val))
+        per_fold: list[dict[str, float] | None] = [None] * len(self.folds)
+        for k in active:
+            state, data = self.states[k], self.folds[k]
+            val_loss, val_accuracy = _loss_accuracy(proba[k, : len(data.y_val)], data.y_val)
+            record = {"loss": losses[k], "val_loss": val_loss, "val_accuracy": val_accuracy}
+            state.history.append(record)
+            if record["val_loss"] < state.best_val_loss:  # NaN never improves
+                state.best_val_loss = record["val_loss"]
+                state.best_val_accuracy = record["val_accuracy"]
+                state.best_epoch = epoch + 1
+                state.wait = 0
+                self.best_weights[k] = self.models[k].get_weights()
+            else:
+                state.wait += 1
+                if state.wait >= self.patience or not math.isfinite(record["loss"]):
+                    state.stopped = True
+                    self._restore_best(k)
+            per_fold[k] = record
+        self.epoch = epoch + 1
+        record = self._record(per_fold)
+        self.records.append(record)
+        return record
+
+    def _train_epoch(self, active: Sequence[int], epoch: int) -> dict[int, float]:
+        """One epoch of the ``active`` folds: seeded batch orders and dropout masks, then steps of
+        every fold that still has a batch (folds may differ by one batch); returns each fold's
+        mean training loss weighted by batch size, as Keras reports it."""
+        orders = {}
+        for k in active:
+            for i, variable in enumerate(_seed_states(self.models[k])):
+                variable.assign(np.asarray([_seed(self.seed, k, epoch, i), 0], variable.dtype))
+            rng = np.random.default_rng(_seed(self.seed, k, epoch, 2**20))
+            orders[k] = rng.permutation(len(self.folds[k].y_train))
+        sums = dict.fromkeys(active, 0.0)
+        for start in range(0, max(len(o) for o in orders.values()), self.batch_size):
+            stepping = tuple(k for k in active if start < len(orders[k]))
+            index = np.zeros((len(stepping), self.batch_size), dtype=np.int32)
+            count = np.zeros(len(stepping), dtype=np.float32)
+            for j, k in enumerate(stepping):
+                rows = orders[k][start : start + self.batch_size]
+                index[j, : len(rows)] = rows
+                count[j] = len(rows)
+            step = self._steps.get(stepping)
+            if step is None:
+                step = self._steps[stepping] = self._make_step(stepping)
+            for j, loss in enumerate(np.asarray(step(index, count))):
+                sums[stepping[j]] += float(loss) * count[j]
+        return {k: sums[k] / len(orders[k]) for k in active}
+
+    def _make_step(self, folds: tuple[int, ...]) -> Callable[..., Any]:
+        """The graph step of ``folds``: index ``[len(folds), batch]`` rows of each fold's training
+        clips (``count`` real rows, the rest padding with weight 0), each fold's loss summed over
+        its real rows ÷ their count (Keras' "sum_over_batch_size"), each fold's Adam update."""
+        models = [self.models[k] for k in folds]
+        variables = [m.trainable_variables for m in models]
+        learning_rate = float(self.params["learning_rate"])
+
+        def step(index: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
+            real = tf.sequence_mask(tf.cast(count, tf.int32), self.batch_size, dtype=tf.float32)
+            with tf.GradientTape() as tape:
+                losses = []
+                for j, (k, model) in enumerate(zip(folds, models, strict=True)):
+                    x = tf.gather(self._x_train[k], index[j])
+                    y = tf.gather(self._y_train[k], index[j])
+                    weight = tf.gather(self._sample_weight[k], index[j]) * real[j]
+                    # float32 even under mixed precision: the softmax layer is float32
+                    loss = keras.losses.sparse_categorical_crossentropy(y, model(x, training=True))
+                    losses.append(tf.reduce_sum(loss * weight) / count[j])
+                total = tf.add_n(losses)
+            gradients = tape.gradient(total, variables)
+            for j, k in enumerate(folds):
+                t = self._adam_steps[k] + 1.0
+                self._adam_steps[k].assign(t)
+                alpha = learning_rate * tf.sqrt(1.0 - ADAM_BETA_2**t) / (1.0 - ADAM_BETA_1**t)
+                for var, grad, (m, v) in zip(
+                    variables[j], gradients[j], self._moments[k], strict=True
+                ):
+                    m.assign_add((grad - m) * (1.0 - ADAM_BETA_1))
+                    v.assign_add((tf.square(grad) - v) * (1.0 - ADAM_BETA_2))
+                    var.assign_sub(m * alpha / (tf.sqrt(v) + ADAM_EPSILON))
+            return tf.stack(losses)
+
+        return tf.function(step)
+
+    def _predict_all(self, x: tf.Tensor) -> tf.Tensor:
+        """Every fold model's probabilities on its own rows of ``x`` ``[folds, rows, …]``."""
+        return tf.stack([m(x[k], training=False) for k, m in enumerate(self.models)])
+
+    def _restore_best(self, k: int) -> None:
+        if self.best_weights[k] is not None:
+            self.models[k].set_weights(self.best_weights[k])
+
+    def _record(self, per_fold: list[dict[str, float] | None]) -> dict[str, Any]:
+        # A stopped fold counts with its best (restored) validation scores.
+        pairs = list(zip(per_fold, self.states, strict=True))
+        val_loss = [r["val_loss"] if r else s.best_val_loss for r, s in pairs]
+        val_acc = [r["val_accuracy"] if r else s.best_val_accuracy for r, s in pairs]
+        active = [r for r in per_fold if r]
+        return {
+            "epoch": self.epoch,
+            "val_loss": float(np.mean(val_loss)),
+            "val_accuracy": float(np.mean(val_acc)),
+            "loss": float(np.mean([r["loss"] for r in active])) if active else math.nan,
+            "active_folds": len(active),
+            "folds": per_fold,
+        }
+
+    def finish(self) -> list[dict[str, Any]]:
+        """Restore every fold's best weights and score it on its test fold with `predict_proba`,
+        the call every later reader of the fold models (export, evaluate) makes."""
+        out = []
+        for k, (data, model, state) in enumerate(
+            zip(self.folds, self.models, self.states, strict=True)
+        ):
+            self._restore_best(k)
+            proba = predict_proba(model, data.x_test)
+            y_pred = np.argmax(proba, axis=1)
+            metrics = fold_metrics(data.y_test, y_pred)
+            # the restored model on its inner-validation split: what `objective.on: validation`
+            # searches and selects on (hpo.search.Objective), never the test fold
+            val_pred = np.argmax(predict_proba(model, data.x_val), axis=1)
+            metrics.update(
+                validation=fold_metrics(data.y_val, val_pred),
+                fold=k,
+                test_ids=list(data.test_ids),
+                y_true=data.y_test.tolist(),
+                y_pred=y_pred.tolist(),
+                probabilities=np.round(proba, 6).tolist(),
+                best_epoch=state.best_epoch,
+                epochs_trained=len(state.history),
+                stopped_early=state.stopped,
+                best_val_loss=state.best_val_loss,
+                best_val_accuracy=state.best_val_accuracy,
+                train_clips=len(data.y_train),
+                val_clips=len(data.y_val),
+            )
+            out.append(metrics)
+        return out
+
+    # -- persistence of the lockstep state (resume) --
+
+    def save(self, directory: Path, extra: Mapping[str, Any] | None = None) -> None:
+        """Each fold's weights, Adam moments and best weights, and the early-stopping state."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for k, model in enumerate(self.models):
+            arrays = {f"w{i}": w for i, w in enumerate(model.get_weights())}
+            for i, (m, v) in enumerate(self._moments[k]):
+                arrays[f"m{i}"], arrays[f"v{i}"] = m.numpy(), v.numpy()
+            np.savez(directory / f"fold-{k}.npz", **arrays)
+            if self.best_weights[k] is not None:
+                best = {f"w{i}": w for i, w in enumerate(self.best_weights[k])}
+                np.savez(directory / f"fold-{k}-best.npz", **best)
+        state = {
+            "epoch": self.epoch,
+            "params": self.params,
+            "seed": self.seed,
+            "adam_steps": self._adam_steps.numpy().tolist(),
+            "folds": [asdict(s) for s in self.states],
+            "epochs": self.records,
+            **(extra or {}),
+        }
+        _write_json(directory / STATE_FILE, state)
+
+    def restore(self, directory: Path) -> None:
+        """Continue from a state written by `save` (same params and seed, checked)."""
+        state = json.loads((directory / STATE_FILE).read_text())
+        if state["params"] != self.params or state["seed"] != self.seed:
+            raise ValueError(
+                f"checkpoint {directory} is for params {state['params']} seed {state['seed']}, "
+                f"not {self.params} seed {self.seed}"
+            )
+        if len(state["folds"]) != len(self.folds):
+            raise ValueError(
+                f"checkpoint {directory} has {len(state['folds'])} folds, not {len(self.folds)}"
+            )
+        for k, model in enumerate(self.models):
+            with np.load(directory / f"fold-{k}.npz") as arrays:
+                model.set_weights([arrays[f"w{i}"] for i in range(len(model.weights))])
+                for i, (m, v) in enumerate(self._moments[k]):
+                    m.assign(arrays[f"m{i}"])
+                    v.assign(arrays[f"v{i}"])
+            best = directory / f"fold-{k}-best.npz"
+            if best.exists():
+                with np.load(best) as arrays:
+                    self.best_weights[k] = [arrays[f"w{i}"] for i in range(len(arrays.files))]
+            self.states[k] = FoldState(**state["folds"][k])
+        self._adam_steps.assign(np.asarray(state["adam_steps"], dtype=np.float32))
+        self.epoch = int(state["epoch"])
+        self.records = list(state["epochs"])
+
+
+@dataclass
+class CVResult:
+    """What `cross_validate` returns: per-fold test metrics, their summary, the epoch records."""
+
+    folds: list[dict[str, Any]]
+    summary: dict[str, Any]
+    metrics: dict[str, float]  # hpo.train.flatten(summary) + fold_{i}_accuracy
+    epochs: list[dict[str, Any]]
+    models: list[keras.Model]
+
+
+def cross_validate(
+    features: np.ndarray,
+    labels: np.ndarray,
+    clip_ids: Sequence[str],
+    split: Split,
+    params: Mapping[str, Any],
+    *,
+    max_epochs: int = 100,
+    patience: int = 10,
+    validation_fraction: float = 0.2,
+    seed: int = 0,
+    resume_from: Path | None = None,
+    on_epoch: Callable[[LockstepCV, dict[str, Any]], None] | None = None,
+) -> CVResult:
+    """k-fold cross-validation of one head config on in-memory features; no Ray involved.
+
+    Args:
+        features: float32 ``[clips, frames, dim]``.
+        labels: int label per clip (0 cov, 1 pne, 2 reg).
+        clip_ids: id per clip, matched against ``split``'s fold ids.
+        split: train/test clip ids per fold.
+        params: a search-space point (``hpo.train``); ``batch_size`` defaults to 32;
+            ``class_weight`` true weighs each fold's inner training labels "balanced";
+            ``standardize`` true starts each fold's head with a ``Normalization`` layer adapted
+            to that fold's inner training clips (`hpo.train.build_model`).
+        resume_from: a directory written by ``LockstepCV.save``; training continues after
+            its epoch, and its epoch records are kept.
+        on_epoch: called after each lockstep epoch with the trainer and the epoch record.
+
+    Returns:
+        A `CVResult`; ``metrics["accuracy"]`` is the mean test accuracy over folds.
+    """
+    data = fold_data(
+        features, labels, clip_ids, split, validation_fraction=validation_fraction, seed=seed
+    )
+    cv = LockstepCV(
+        data,
+        params,
+        max_epochs=max_epochs,
+        patience=patience,
+        seed=seed,
+    )
+    if resume_from is not None:
+        cv.restore(resume_from)
+    while not cv.done:
+        record = cv.step()
+        if on_epoch is not None:
+            on_epoch(cv, record)
+    folds = cv.finish()
+    summary = summarize(folds)
+    metrics = flatten(summary)
+    metrics.update({f"fold_{f['fold']}_accuracy": float(f["accuracy"]) for f in folds})
+    validation = flatten(summarize([f["validation"] for f in folds]))
+    metrics.update({f"validation_{k}": v for k, v in validation.items()})
+    return CVResult(folds, summary, metrics, epochs=list(cv.records), models=cv.models)
+
+
+def cross_validate_with(
+    fs: Any, settings: TrialSettings, params: Mapping[str, Any], **kwargs: Any
+) -> CVResult:
+    """`cross_validate` of a feature set with the study's split, budget and seed."""
+    return cross_validate(
+        fs.features,
+        fs.labels,
+        fs.clip_ids,
+        settings.split,
+        params,
+        max_epochs=settings.max_epochs,
+        patience=settings.patience,
+        validation_fraction=settings.validation_fraction,
+        seed=settings.seed,
+        **kwargs,
+    )
+
+
+# --- Ray glue ----------------------------------------------------------------------------------
+
+
+def _write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True, default=float))
+
+
+def _report(metrics: Mapping[str, Any], checkpoint_dir: Path | None = None) -> None:
+    """The only caller of Ray's report API (its name moved across Ray versions)."""
+    import ray
+    from ray import tune
+
+    checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+    # node_id shows where each trial ran (the study's progress view and the cluster tests use it).
+    node_id = ray.get_runtime_context().get_node_id()
+    tune.report({**metrics, "node_id": node_id}, checkpoint=checkpoint)
+
+
+def _epoch_result(record: Mapping[str, Any], history: list[list[float]]) -> dict[str, Any]:
+    """An epoch's report: validation only. The objectives (`hpo.search.Objective.metric`) are
+    None until the final result (Ray Tune wants the searcher's metric in every result)."""
+    result = {k: v for k, v in record.items() if k != "folds"}
+    objectives = {"test_accuracy": None, "validation_accuracy": None}
+    return {**result, **objectives, "final": False, HISTORY: history}
+
+
+def write_trial(
+    directory: Path,
+    result: CVResult,
+    *,
+    params: Mapping[str, Any],
+    feature_set: str,
+    split: Split,
+    training: Mapping[str, Any] | None = None,
+) -> None:
+    """The final checkpoint: ``fold-{i}.h5`` (no optimizer) and, last, ``trial.json``.
+
+    `training` records the settings that shaped the fold models (seed, epochs, class weights,
+    store), so an export can retrain the all-clips model the same way."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for k, model in enumerate(result.models):
+        tmp = directory / f".fold-{k}.tmp.h5"
+        model.save(tmp, include_optimizer=False)
+        os.replace(tmp, directory / f"fold-{k}.h5")
+    trial = {
+        "params": dict(params),
+        "feature_set": feature_set,
+        "split": split.to_dict(),
+        "training": dict(training or {}),
+        "folds": result.folds,
+        "summary": result.summary,
+        "metrics": result.metrics,
+        "epochs": result.epochs,
+        "labels": list(LABELS),
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+    }
+    _write_json(directory / TRIAL_FILE, trial)
+
+
+def training_record(settings: TrialSettings) -> dict[str, Any]:
+    """The settings of `settings` that an export needs to retrain a trial's model."""
+    return {
+        "seed": settings.seed,
+        "max_epochs": settings.max_epochs,
+        "patience": settings.patience,
+        "validation_fraction": settings.validation_fraction,
+        "store_uri": settings.store_uri,
+        "deterministic": settings.deterministic,
+        "mixed_precision": settings.mixed_precision,
+    }
+
+
+def _final_result(
+    result_metrics: Mapping[str, float],
+    epochs: list[Mapping[str, Any]],
+    history: list[list[float]] | None = None,
+) -> dict[str, Any]:
+    """The trial's last report: the test scores (`test_accuracy`, the study's objective, is the
+    mean test accuracy; `accuracy` and the rest are `hpo.train.flatten` of the summary) and the
+    last epoch's validation accuracy, so ASHA's metric is present without being a test score."""
+    val = epochs[-1].get("val_accuracy") if epochs else None
+    return {
+        **result_metrics,
+        "test_accuracy": result_metrics["accuracy"],
+        "val_accuracy": val,
+        "epoch": len(epochs),
+        "final": True,
+        HISTORY: history or [],
+    }
+
+
+def train_cv(config: dict[str, Any], settings: TrialSettings) -> None:
+    """Ray Tune function trainable; use as ``tune.with_parameters(train_cv, settings=...)``.
+
+    Resumes from ``tune.get_checkpoint()`` when Ray restarts a failed trial: a lockstep state
+    continues from its epoch; a final checkpoint re-reports its result.
+    """
+    # A reused worker (reuse_actors) runs trials one after another: Keras' state of the last
+    # one (its models, the layer-name counters) goes, so each trial starts as in a fresh worker.
+    keras.backend.clear_session()
+    configure_tensorflow(settings)
+    from ray import tune
+
+    from pipeline.store import open_store
+
+    params = dict(config)
+    key = settings.feature_set_key(config)
+    checkpoint = tune.get_checkpoint()
+    with tempfile.TemporaryDirectory(prefix="lushpo-trial-") as tmp:
+        resume: Path | None = None
+        if checkpoint is not None:
+            resume = Path(checkpoint.to_directory(os.path.join(tmp, "restored")))
+            if (resume / TRIAL_FILE).exists():
+                trial = json.loads((resume / TRIAL_FILE).read_text())
+                _report(_final_result(trial["metrics"], trial["epochs"]), resume)
+                return
+        extra = {"feature_set": key, "split_digest": settings.split.digest()}
+        if resume is not None:
+            saved = json.loads((resume / STATE_FILE).read_text())
+            if [saved.get(k) for k in extra] != list(extra.values()):
+                raise ValueError(
+                    f"checkpoint {checkpoint} is for feature set {saved.get('feature_set')!r} "
+                    f"and split {saved.get('split_digest')}, not {key!r} and split "
+                    f"{extra['split_digest']}"
+                )
+        fs = open_store(settings.store_uri, settings.cache_dir).get(key)
+
+        last_checkpoint = last_report = time.monotonic()
+        pending: list[list[float]] = []  # epochs not reported yet
+
+        def on_epoch(cv: LockstepCV, record: dict[str, Any]) -> None:
+            nonlocal last_checkpoint, last_report
+            pending.append([record["epoch"], record["val_accuracy"]])
+            every = settings.checkpoint_every
+            now = time.monotonic()
+            due = every and cv.epoch % every == 0 and not cv.done
+            checkpoint = due and now - last_checkpoint >= settings.checkpoint_interval_s
+            if not checkpoint and now - last_report < settings.report_every_s:
+                return  # the trial keeps training; the next report carries this epoch
+            result = _epoch_result(record, pending.copy())
+            pending.clear()
+            if checkpoint:
+                state_dir = Path(tempfile.mkdtemp(prefix="state-", dir=tmp))
+                cv.save(state_dir, extra)
+                _report(result, state_dir)
+                last_checkpoint = time.monotonic()
+            else:
+                _report(result)
+            last_report = time.monotonic()
+
+        result = cross_validate_with(fs, settings, params, resume_from=resume, on_epoch=on_epoch)
+        final_dir = Path(tmp) / "final"
+        write_trial(
+            final_dir,
+            result,
+            params=params,
+            feature_set=key,
+            split=settings.split,
+            training=training_record(settings),
+        )
+        _report(_final_result(result.metrics, result.epochs, pending), final_dir)
