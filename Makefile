@@ -48,6 +48,9 @@ lint: setup
 	$(BIN)/ruff format --check pipeline hpo tests bench
 	# no reaching into Ray's, Optuna's or our own private state (issue 22)
 	$(BIN)/ruff check --select SLF001 hpo pipeline
+	# types ([tool.mypy]), and the layers: cli → results → search → train → pipeline (issue 26)
+	$(BIN)/mypy hpo pipeline
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_import_graph.py
 
 bench: setup
 	$(BIN)/python -m bench

@@ -127,7 +127,7 @@ def _gcs_address(address: str) -> str | None:
 def _gcs_refuses(gcs: str) -> bool:
     """True when the GCS at `gcs` refuses this process's current credentials."""
     # private: the one Ray client that asks a GCS a question without joining its cluster
-    from ray._raylet import GcsClient
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]
     from ray.exceptions import AuthenticationError
 
     try:

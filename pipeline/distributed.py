@@ -287,12 +287,16 @@ def extract_on_cluster(
             f"no node of the Ray cluster has {cpus_per_actor} CPU(s) and {gpus_per_actor} GPU(s) "
             "free for one backbone actor; lower --cpus-per-actor / --gpus-per-actor or add nodes"
         )
-    worker_cls = ray.remote(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)(_BackboneWorker)
+    # Any: Ray's annotations do not carry an actor class's methods through `ray.remote`
+    worker_cls: Any = ray.remote(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)(_BackboneWorker)
     # Decoding is light next to inference: it takes no CPU slot (the actors hold them) and runs
     # in one long-lived decoder actor per node, next to the backbone actors that consume it.
     # (Bare tasks made Ray start a new worker process for every burst of decodes, which cost
     # more CPU than the decoding on small nodes.)
-    decoder_cls = ray.remote(num_cpus=0, max_concurrency=DECODE_THREADS)(_Decoder)
+    # max_concurrency is a documented actor option that Ray's overloads of `remote` leave out
+    decoder_cls: Any = ray.remote(  # type: ignore[call-overload]
+        num_cpus=0, max_concurrency=DECODE_THREADS
+    )(_Decoder)
     decoders: dict[str, Any] = {}  # node id → its decoder actor
     threads = max(1, int(cpus_per_actor)) if gpus_per_actor == 0 else None
 
@@ -431,8 +435,8 @@ def extract_on_cluster(
                     remaining_by_plan[job.plan] -= 1
                     if remaining_by_plan[job.plan] == 0:
                         decoded.pop(job.plan, None)  # no backbone needs these frames any more
-            for handles in actors.values():
-                for handle, _ in handles:
+            for pairs in actors.values():
+                for handle, _ in pairs:
                     ray.kill(handle)
     finally:
         bar.close()

@@ -15,7 +15,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, overload
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -179,6 +179,10 @@ def s3_filesystem(endpoint_url: str | None = None) -> Any:
     return pafs.S3FileSystem(endpoint_override=endpoint.netloc, scheme=endpoint.scheme)
 
 
+@overload
+def on_node(template: str, node_id: str) -> str: ...
+@overload
+def on_node(template: None, node_id: str) -> None: ...
 def on_node(template: str | None, node_id: str) -> str | None:
     """`template` with `NODE_ID` replaced by `node_id` (None stays None)."""
     return None if template is None else template.replace(NODE_ID, node_id)

@@ -141,13 +141,13 @@ def inner_validation(
     Raises:
         ValueError: fewer than two groups, or no fold leaves every class a training clip.
     """
-    groups = np.asarray(groups)
-    n_groups = len(set(groups.tolist()))
+    by_clip = np.asarray(groups)
+    n_groups = len(set(by_clip.tolist()))
     if n_groups < 2:
         raise ValueError(f"a group-respecting validation split needs >= 2 groups, got {n_groups}")
     k = min(max(2, round(1 / fraction)), n_groups)
     present = set(np.unique(labels).tolist())
-    for train, val in _group_folds(labels, groups, k, seed):
+    for train, val in _group_folds(labels, by_clip, k, seed):
         if set(np.unique(labels[train]).tolist()) == present:
             return np.sort(train), np.sort(val)
     raise ValueError(

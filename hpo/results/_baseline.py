@@ -72,7 +72,8 @@ def linear_probe(
 
     if not c_grid or any(not c > 0 for c in c_grid):
         raise ValueError(f"linear probe C grid must be non-empty and positive, got {c_grid!r}")
-    folds, chosen, predictions = [], [], {}
+    folds, chosen = [], []
+    predictions: dict[str, int] = {}
     for k, fold in enumerate(split.folds):
         x = np.stack([np.asarray(features[c], np.float64).mean(axis=0) for c in fold.train])
         y = np.asarray([labels[c] for c in fold.train])

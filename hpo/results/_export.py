@@ -354,7 +354,8 @@ def fold_predictions(
     predicted label). `features(ids)` gives those clips' features and labels."""
     import tensorflow as tf
 
-    folds, pooled = [], {}
+    folds: list[dict[str, Any]] = []
+    pooled: dict[str, tuple[int, int]] = {}
     for i, fold in enumerate(split["folds"]):
         # compile=False: scoring needs no optimizer (and Keras would warn about its absence)
         model = tf.keras.models.load_model(directory / f"fold-{i}.h5", compile=False)

@@ -36,27 +36,41 @@ class InvalidConfigError(ValueError):
 
 
 # Patterns a reader cannot be expected to parse get words in error messages.
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+_URI_PATTERN = r"^((file|s3)://.+|[^:]+)$"
+_SQLALCHEMY_PATTERN = r"^[a-z0-9+]+://.*$"
+_HTTP_PATTERN = r"^https?://.+$"
+_BACKBONE_PATTERN = r"^[a-z0-9_]+$"
 _WORDS = {
-    r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$": "a name of letters, digits, '_', '.', '-'",
-    r"^((file|s3)://.+|[^:]+)$": "a local path, file://… or s3://bucket/prefix URI",
-    r"^[a-z0-9+]+://.*$": "an SQLAlchemy URL such as sqlite:///path/optuna.db",
-    r"^https?://.+$": "an http(s):// URL",
-    r"^[a-z0-9_]+$": "a backbone registry name such as 'xception'",
+    _NAME_PATTERN: "a name of letters, digits, '_', '.', '-'",
+    _URI_PATTERN: "a local path, file://… or s3://bucket/prefix URI",
+    _SQLALCHEMY_PATTERN: "an SQLAlchemy URL such as sqlite:///path/optuna.db",
+    _HTTP_PATTERN: "an http(s):// URL",
+    _BACKBONE_PATTERN: "a backbone registry name such as 'xception'",
 }
-_NAME, _URI, _SQLALCHEMY, _HTTP, _BACKBONE = (Annotated[str, Field(pattern=p)] for p in _WORDS)
-Count, Natural = Annotated[int, Field(ge=1)], Annotated[int, Field(ge=0)]
-Positive, NonNegative = Annotated[float, Field(gt=0)], Annotated[float, Field(ge=0)]
+_NAME = Annotated[str, Field(pattern=_NAME_PATTERN)]
+_URI = Annotated[str, Field(pattern=_URI_PATTERN)]
+_SQLALCHEMY = Annotated[str, Field(pattern=_SQLALCHEMY_PATTERN)]
+_HTTP = Annotated[str, Field(pattern=_HTTP_PATTERN)]
+_BACKBONE = Annotated[str, Field(pattern=_BACKBONE_PATTERN)]
+Count = Annotated[int, Field(ge=1)]
+Natural = Annotated[int, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
 Text = Annotated[str, Field(min_length=1)]
 Layer = Mapping[str, Any] | None  # dotted keys ("budget.trials") to values; None: not given
 LocalPath = Annotated[str, Field(min_length=1), AfterValidator(absolute)]
 
 
-def _one_or_many(item: Any) -> Any:  # YAML: a scalar or a non-empty list; the model: a tuple
-    as_tuple = BeforeValidator(
+def _as_tuple(item: Any) -> BeforeValidator:  # YAML: a scalar or a non-empty list of `item`
+    return BeforeValidator(
         lambda v: tuple(v) if isinstance(v, (list, tuple)) else (v,),
         json_schema_input_type=item | Annotated[list[item], Field(min_length=1)],
     )
-    return Annotated[tuple[item, ...], as_tuple, Field(min_length=1)]
+
+
+Backbones = Annotated[tuple[_BACKBONE, ...], _as_tuple(_BACKBONE), Field(min_length=1)]
+FrameCounts = Annotated[tuple[Count, ...], _as_tuple(Count), Field(min_length=1)]
 
 
 class _Section(BaseModel):
@@ -65,8 +79,8 @@ class _Section(BaseModel):
 
 
 class FeatureSetConfig(_Section):
-    backbone: _one_or_many(_BACKBONE) = ("xception",)
-    frames: _one_or_many(Count) = (20,)
+    backbone: Backbones = ("xception",)
+    frames: FrameCounts = (20,)
     sampling: Literal["even", "first"] = "even"
     key: Text | None = Field(None, description="a store key; skips the (backbone, frames) look-up")
     grid: bool = Field(
@@ -200,6 +214,21 @@ class StudyConfig(_Section):
         """Where Ray Tune writes this study: <storage_path>/<name>."""
         return f"{self.storage.storage_path.rstrip('/')}/{self.name}"
 
+    @property
+    def optuna_url(self) -> str:
+        """``storage.optuna_storage``, which `load_config` and `from_dict` always fill (the
+        default: ``<run>/optuna.db``)."""
+        if self.storage.optuna_storage is None:
+            raise ValueError(f"study {self.name!r}: no Optuna storage URL (storage.optuna_storage)")
+        return self.storage.optuna_storage
+
+    @property
+    def store_uri(self) -> str:
+        """``store``, the feature store's URI; a study cannot run without one."""
+        if self.store is None:
+            raise ValueError("no feature store given: set `store` in the config or pass --store")
+        return self.store
+
     def replace(self, **changes: Any) -> StudyConfig:
         """A copy with top-level keys replaced; a section given as {field: value} is updated."""
         return self.model_copy(update={
@@ -233,7 +262,7 @@ def _error(exc: ValidationError, data: Mapping[str, Any], source: str) -> Invali
     key = ".".join(loc[:2]) if ".".join(loc[:2]) in config_keys() else loc[0]
     got = data[loc[0]].get(loc[1]) if "." in key else data.get(key)
     words = " or ".join(dict.fromkeys(  # a union's branches all fail at the same key
-        _WORDS.get((e.get("ctx") or {}).get("pattern"))
+        _WORDS.get(str((e.get("ctx") or {}).get("pattern")))
         or _PLAIN.get(e["type"], e["msg"].removeprefix("Input should be "))
         for e in errors if [str(p) for p in e["loc"][:2]] == loc[:2]))  # fmt: skip
     if len(loc) > 2 and loc[2].isdigit():  # an item of a list such as feature_set.frames

@@ -92,7 +92,13 @@ class _GridRecord(Callback):
     def __init__(self, cfg: StudyConfig, cells: Sequence[StudyConfig]) -> None:
         self.cfg, self.cells = cfg, cells
 
-    def setup(self, **info: Any) -> None:
+    def setup(
+        self,
+        stop: Any = None,
+        num_samples: int | None = None,
+        total_num_samples: int | None = None,
+        **info: Any,
+    ) -> None:
         _write_grid_file(self.cfg, self.cells)
 
 

@@ -255,7 +255,7 @@ def _inner_best_epochs(trial: TrialRecord) -> list[int]:
         raise RuntimeError(
             f"trial {trial.trial_id} ({trial.path}) records no best epoch per inner fold: {epochs}"
         )
-    return [int(e) for e in epochs]
+    return [e for e in epochs if isinstance(e, int)]
 
 
 # --- reading and writing nested.json ------------------------------------------------------------
@@ -380,6 +380,7 @@ def run_nested(
         outer = compute_split(cfg, key, node_id)
         for warning in outer.warnings:
             log(f"outer split: {warning}")
+        assert cfg.store is not None  # resolve_feature_sets refused a config without one
         fs = open_store(cfg.store, cache_dir=cache_dir_for(cfg, node_id)).get(key)
         labels = {c: LABELS[int(y)] for c, y in zip(fs.clip_ids, fs.labels, strict=True)}
         del fs

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
+from typing import overload
 
 import optuna
 from sqlalchemy.engine import make_url
@@ -42,6 +43,10 @@ class StoragePasswordError(ValueError):
     """A masked storage URL whose password this process cannot find."""
 
 
+@overload
+def masked(url: str) -> str: ...
+@overload
+def masked(url: None) -> None: ...
 def masked(url: str | None) -> str | None:
     """`url` with its password replaced by ``***``; other URLs (and None) unchanged."""
     if not url:

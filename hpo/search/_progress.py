@@ -88,7 +88,13 @@ class StudyProgress(Callback):
             with self.log_path.open("a", encoding="utf-8") as handle:
                 handle.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
 
-    def setup(self, **info: Any) -> None:
+    def setup(
+        self,
+        stop: Any = None,
+        num_samples: int | None = None,
+        total_num_samples: int | None = None,
+        **info: Any,
+    ) -> None:
         self.write(self.banner)
         if self.log_path is not None:
             self.write(f"trial log:      {self.log_path}")

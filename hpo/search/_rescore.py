@@ -38,7 +38,7 @@ from hpo.search._study import (
     start_ray,
     trial_settings,
 )
-from hpo.train import TrialSettings
+from hpo.train import TrialSettings, float_or_nan
 
 __all__ = [
     "RESCORE_FILE",
@@ -59,9 +59,9 @@ def rescore_seeds(base: int, count: int) -> list[int]:
 
 def top_trials(result: StudyResult, k: int) -> list[TrialRecord]:
     """The `k` trials with the highest study score (finished trials only; ties: the earlier)."""
-    finished = [(i, t) for i, t in enumerate(result.trials) if t.value is not None]
-    finished.sort(key=lambda pair: (-float(pair[1].value), pair[0]))
-    return [t for _, t in finished[:k]]
+    finished = [(i, t, t.value) for i, t in enumerate(result.trials) if t.value is not None]
+    finished.sort(key=lambda row: (-row[2], row[0]))
+    return [t for _, t, _ in finished[:k]]
 
 
 def _rescore_remote(
@@ -94,7 +94,7 @@ def _summary(trial: TrialRecord, runs: Sequence[Mapping[str, Any]]) -> dict[str,
     return {
         "trial_id": trial.trial_id,
         "params": trial.params,
-        "study_accuracy": float(trial.value),
+        "study_accuracy": float_or_nan(trial.value),
         "runs": sorted(runs, key=lambda r: r["seed"]),
         "mean": float(acc.mean()),
         "std": float(acc.std(ddof=0)),
@@ -167,11 +167,12 @@ def run_rescore(
             -r["study_accuracy"],
         ),
     )
+    sets = settings.feature_sets
     record = {
         "format": FORMAT,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "study": cfg.name,
-        "feature_set": key if len(keys) == 1 else dict(settings.feature_sets),
+        "feature_set": key if len(keys) == 1 or isinstance(sets, str) else dict(sets),
         "split": {"name": split.name, "digest": split.digest()},
         "top_k": top_k,
         "seeds": seeds,

@@ -252,8 +252,10 @@ def ask_active(study: optuna.Study, space: Mapping[str, BaseDistribution]) -> op
             trial.suggest_categorical(name, dist.choices)
         elif isinstance(dist, optuna.distributions.IntDistribution):
             trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
-        else:
+        elif isinstance(dist, optuna.distributions.FloatDistribution):
             trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+        else:
+            raise TypeError(f"{name}: no suggest_* for {type(dist).__name__}")
     return trial
 
 
@@ -353,7 +355,7 @@ def _tell_final(
         return False
     if objective.constraints:
         # A metric a split cannot measure (NaN: the class absent from it) is not a pass.
-        found = objective.violations(result) or {str(c): 1.0 for c in objective.constraints}
+        found = objective.violations(result or {}) or {str(c): 1.0 for c in objective.constraints}
         # Optuna's public constructor of a live trial: the ask that made it may have been a
         # driver ago, and `Trial.set_constraint` is how ask/tell records constraints (5.0's
         # replacement of the samplers' constraints_func).
@@ -494,7 +496,7 @@ class StudySearcher(Searcher):
         experiment: str = "",
     ) -> None:
         super().__init__(metric=metric, mode=mode)
-        self._config = {
+        self._config: dict[str, Any] = {
             "storage_url": masked(storage_url),
             "spaces": {name: dict(space) for name, space in spaces.items()},
             "sampler": sampler,
@@ -549,7 +551,9 @@ class StudySearcher(Searcher):
 
     # --- Tune's calls ------------------------------------------------------------------------
 
-    def suggest(self, trial_id: str) -> dict | str | None:
+    # Tune's documented end of a search is the string `Searcher.FINISHED`, which its own
+    # annotation (dict | None) leaves out.
+    def suggest(self, trial_id: str) -> dict | str | None:  # type: ignore[override]
         studies = list(self._open().values())
         for live in studies:  # asked before the driver died, never run: same params, new Tune id
             if live.released:

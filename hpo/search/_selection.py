@@ -21,7 +21,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -57,6 +57,8 @@ picked it by the mean accuracy over the same test folds it reports."""
 SELECTED_WITHOUT_TEST = "selected without the test folds (on each fold's inner validation)"
 """The label under ``objective.on: validation``: the search and the choice of the best saw only
 the inner-validation splits, so its test-fold figure is an estimate, not a selected maximum."""
+
+Direction = Literal["minimize", "maximize"]
 
 
 def selected_on(card: Mapping[str, Any]) -> str:
@@ -136,7 +138,7 @@ class Objective:
     on: str = "test_folds"
     constraints: tuple[Constraint, ...] = field(default=())
     # (metric, maximize|minimize) pairs: a multi-objective study; () the accuracy alone
-    directions: tuple[tuple[str, str], ...] = field(default=())
+    directions: tuple[tuple[str, Direction], ...] = field(default=())
 
     @property
     def prefix(self) -> str:
@@ -166,7 +168,7 @@ class Objective:
         return None if value is None else float(value)
 
     @property
-    def optuna_directions(self) -> list[str]:
+    def optuna_directions(self) -> list[Direction]:
         return [d for _, d in self.directions] or ["maximize"]
 
     def values(self, result: Mapping[str, Any]) -> list[float] | None:

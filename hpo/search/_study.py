@@ -336,7 +336,7 @@ def cache_dir_for(cfg: StudyConfig, node_id: str) -> str | None:
 
 def compute_split(cfg: StudyConfig, key: str, node_id: str) -> Split:
     """The CV split restricted to the feature set's clips (read through this node's cache)."""
-    fs = open_store(cfg.store, cache_dir=cache_dir_for(cfg, node_id)).get(key)
+    fs = open_store(cfg.store_uri, cache_dir=cache_dir_for(cfg, node_id)).get(key)
     frames = int(fs.features.shape[1])
     manifest = Manifest(
         clips=tuple(
@@ -352,7 +352,7 @@ def compute_split(cfg: StudyConfig, key: str, node_id: str) -> Split:
     if cfg.split.kind == "stratified":
         return stratified_split(manifest, cfg.split.k, cfg.split.seed)
     if cfg.split.kind == "grouped":
-        metadata = cfg.split.metadata or str(Path(cfg.split.data_dir) / METADATA_CSV)
+        metadata = cfg.split.metadata or str(Path(cfg.split.data_dir or "") / METADATA_CSV)
         if not Path(metadata).is_file():
             raise FileNotFoundError(
                 f"grouped split needs {metadata} (split.metadata / split.data_dir / "
@@ -360,7 +360,9 @@ def compute_split(cfg: StudyConfig, key: str, node_id: str) -> Split:
             )
         groups = read_groups(metadata, manifest.ids, cfg.split.group_by)
         return grouped_split(manifest, groups, cfg.split.k, cfg.split.seed)
-    cross_val = cfg.split.cross_val or str(Path(cfg.split.data_dir) / "paper" / "cross_val.json")
+    cross_val = cfg.split.cross_val or str(
+        Path(cfg.split.data_dir or "") / "paper" / "cross_val.json"
+    )
     if not Path(cross_val).is_file():
         raise FileNotFoundError(
             f"paper split needs {cross_val} (split.cross_val / split.data_dir / LUSHPO_DATA_DIR)"
@@ -385,7 +387,7 @@ def _searcher(
     experiment: str = "",
 ) -> StudySearcher:
     return StudySearcher(
-        cfg.storage.optuna_storage,
+        cfg.optuna_url,
         {study.name: _search_space(study) for study in studies},
         cfg.searcher.sampler,
         cfg.searcher.seed,
@@ -419,9 +421,9 @@ def _prepare_study(
 
 def _prepare_studies(
     cfg: StudyConfig, studies: Sequence[StudyConfig], log: Callable[[str], None]
-) -> optuna.storages.BaseStorage:
+) -> optuna.storages.RDBStorage:
     """The experiment's Optuna storage, opened once, with every study's record prepared."""
-    storage = open_storage(cfg.storage.optuna_storage)
+    storage = open_storage(cfg.optuna_url)
     for study in studies:
         _prepare_study(study, storage, log)
     return storage
@@ -451,7 +453,7 @@ def trial_settings(
 ) -> TrialSettings:
     """What every trial of this study shares: where its features are, the split, the budget."""
     return TrialSettings(
-        store_uri=cfg.store,
+        store_uri=cfg.store_uri,
         cache_dir=cfg.cache_dir,
         feature_sets=(
             next(iter(keys.values()))
@@ -672,7 +674,7 @@ def _records(grid: Any, objective: Objective) -> tuple[TrialRecord, ...]:
 
 def _check_not_all_failed(cfg: StudyConfig, records: Sequence[TrialRecord]) -> None:
     if records and all(r.error for r in records):
-        first = records[0].error.strip().splitlines()
+        first = (records[0].error or "").strip().splitlines()
         raise AllTrialsFailedError(
             f"all {len(records)} trials of study {cfg.name!r} failed; first error: "
             f"{first[-1] if first else records[0].error} (trial {records[0].trial_id}; full "
@@ -770,7 +772,7 @@ def _run_studies(
     cfg = experiment
     names = [study.name for study in studies]
     objective = cfg.objective.objective()  # the experiment's studies share it
-    shown_storage = remember(cfg.storage.optuna_storage)
+    shown_storage = remember(cfg.optuna_url)
     fs, storage_path = storage_filesystem(cfg)
     run_path = f"{storage_path}/{cfg.name}"
     _reachable(fs, run_path, cfg)
@@ -784,7 +786,7 @@ def _run_studies(
     earlier_runs = [run for run in (_saved_run(fs, path) for path in earlier) if run is not None]
     saved_all = {k: v for run in earlier_runs for k, v in _saved_trials(run).items()}
     exists = restorable or _run_exists(fs, run_path)
-    exists = exists or any(has_study(cfg.storage.optuna_storage, name) for name in names)
+    exists = exists or any(has_study(cfg.optuna_url, name) for name in names)
     if exists and not (resume or overwrite):
         raise StudyExistsError(
             f"study {cfg.name!r} already exists at {cfg.run_path} (Optuna storage "
@@ -820,7 +822,7 @@ def _run_studies(
         # storage (it must answer) and is prepared after the old one is deleted.
         with ThreadPoolExecutor(1, thread_name_prefix="optuna-storage") as pool:
             if replacing:
-                prepared = pool.submit(open_storage, cfg.storage.optuna_storage)
+                prepared = pool.submit(open_storage, cfg.optuna_url)
             else:
                 prepared = pool.submit(_prepare_studies, cfg, studies, log)
             started = start_ray(cfg)
@@ -840,7 +842,7 @@ def _run_studies(
                 )
             if replacing:  # the config, feature sets, splits, cluster and storage all answered
                 log(f"overwriting study {cfg.name!r} at {cfg.run_path}")
-                aside = _SetAside(fs, run_path, cfg.storage.optuna_storage, names)
+                aside = _SetAside(fs, run_path, cfg.optuna_url, names)
                 storage = _prepare_studies(cfg, studies, log)
             for study in studies:
                 if restorable or earlier:
@@ -860,7 +862,8 @@ def _run_studies(
                 and needs_new_experiment(storage, names, _experiment_name(run_path, current))
             ):
                 earlier, current = [*earlier, current], f"{run_path}/{CONTINUED}{len(earlier) + 1}"
-                earlier_runs.append(current_run)
+                if current_run is not None:
+                    earlier_runs.append(current_run)
                 restorable = False
                 log(
                     f"study {cfg.name!r}: its Ray Tune experiment had ended, so the trials of its "
@@ -929,7 +932,7 @@ def _run_studies(
         if aside is not None:
             aside.restore(fs, names)  # unless a trial of the new study started
         elif fresh and not fitting:
-            _delete_run(fs, run_path, cfg.storage.optuna_storage, names)
+            _delete_run(fs, run_path, cfg.optuna_url, names)
         raise
     if aside is not None:
         aside.drop()
@@ -1052,7 +1055,7 @@ def _checkpoint_exists(checkpoint: tune.Checkpoint | None) -> bool:
     (`CheckpointConfig.num_to_keep`) before the experiment state naming the newer ones reaches
     storage (Ray's own TODO in ``tune.execution.experiment_state``), so a driver killed in
     between leaves a record naming a checkpoint that is gone."""
-    if checkpoint is None:
+    if checkpoint is None or checkpoint.filesystem is None:
         return True
     info = checkpoint.filesystem.get_file_info(checkpoint.path)
     return info.type != pafs.FileType.NotFound

@@ -216,7 +216,7 @@ def flatten(summary: dict) -> dict[str, float]:
     return flat
 
 
-BOOTSTRAP = {"resamples": 2000, "level": 0.95, "seed": 0}
+BOOTSTRAP: dict[str, Any] = {"resamples": 2000, "level": 0.95, "seed": 0}
 """`bootstrap_ci`'s defaults, recorded beside every interval it gives."""
 
 

@@ -128,7 +128,8 @@ def _seed(*parts: int) -> int:
 def _inner_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Stratified, seeded (train, validation) positions; every class keeps one training clip."""
     rng = np.random.default_rng(seed)
-    train, val = [], []
+    train: list[int] = []
+    val: list[int] = []
     for c in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == c))
         n_val = min(round(fraction * len(members)), len(members) - 1)
@@ -496,9 +497,10 @@ class LockstepCV:
             for i, (m, v) in enumerate(self._moments[k]):
                 arrays[f"m{i}"], arrays[f"v{i}"] = m.numpy(), v.numpy()
             np.savez(directory / f"fold-{k}.npz", **arrays)
-            if self.best_weights[k] is not None:
-                best = {f"w{i}": w for i, w in enumerate(self.best_weights[k])}
-                np.savez(directory / f"fold-{k}-best.npz", **best)
+            best_weights = self.best_weights[k]
+            if best_weights is not None:
+                best = {f"w{i}": w for i, w in enumerate(best_weights)}
+                np.savez(directory / f"fold-{k}-best.npz", **best)  # type: ignore[arg-type]
         state = {
             "epoch": self.epoch,
             "params": self.params,
@@ -698,7 +700,7 @@ def training_record(settings: TrialSettings) -> dict[str, Any]:
 
 def _final_result(
     result_metrics: Mapping[str, float],
-    epochs: list[Mapping[str, Any]],
+    epochs: Sequence[Mapping[str, Any]],
     history: list[list[float]] | None = None,
 ) -> dict[str, Any]:
     """The trial's last report: the test scores (`test_accuracy`, the study's objective, is the

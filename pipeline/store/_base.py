@@ -8,6 +8,7 @@ commit point: a set without one does not exist, and its digests let every reader
 
 from __future__ import annotations
 
+import builtins  # the stores' `list` method shadows the type in their class bodies
 import dataclasses
 import hashlib
 import io
@@ -271,7 +272,7 @@ class FeatureStore(ABC):
     @abstractmethod
     def _abort(self, txn: str) -> None: ...
 
-    def find(self, backbone: str, frames: int, sampling: str) -> list[str]:
+    def find(self, backbone: str, frames: int, sampling: str) -> builtins.list[str]:
         """Keys of the sets extracted with this backbone, frame count and sampling."""
         wanted = {"backbone": backbone, "frames": frames, "sampling": sampling}
         return [

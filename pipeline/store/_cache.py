@@ -47,12 +47,14 @@ class NodeCache:
         directory = self.dir(key)
         directory.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(directory.with_name(f"{key}.lock")):
-            manifest = self._cached_manifest(key, directory)
-            fresh = manifest is None
-            if fresh:
+            cached = self._cached_manifest(key, directory)
+            fresh = cached is None
+            if cached is None:
                 manifest_bytes = fetch_manifest()
                 manifest = parse_manifest(key, manifest_bytes, where)
                 directory.mkdir(exist_ok=True)
+            else:
+                manifest = cached
             for name, expected in manifest["objects"].items():
                 path = directory / name
                 if path.is_file():

@@ -20,6 +20,7 @@ bounded by `max_attempts * read_timeout`.
 
 from __future__ import annotations
 
+import builtins  # the stores' `list` method shadows the type in their class bodies
 import logging
 import shutil
 import tempfile
@@ -259,7 +260,7 @@ class S3Store(FeatureStore):
                 manifests.append(parse_manifest(key, data, self.uri))
         return manifests
 
-    def _list_names(self) -> list[str]:
+    def _list_names(self) -> builtins.list[str]:
         paginator = self._client.get_paginator("list_objects_v2")
         pages = paginator.paginate(Bucket=self.bucket, Prefix=self._root)
         return [item["Key"] for page in pages for item in page.get("Contents", [])]

@@ -16,6 +16,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Literal
 
 from hpo import project
 from pipeline.backbones import BACKBONES
@@ -402,7 +403,7 @@ def _export_paper(args: argparse.Namespace) -> int:
 # last 64 KiB against an edit in place. A full hash would read every clip on every run.
 
 
-def _manifest(data_dir: Path, on_bad_clip: str, cache_dir: Path):
+def _manifest(data_dir: Path, on_bad_clip: Literal["fail", "skip"], cache_dir: Path):
     from pipeline.manifest import Manifest, build_manifest
 
     if not (data_dir / "pocus" / "convex").is_dir():  # build_manifest says what is missing
@@ -441,7 +442,7 @@ def _stamp(data_dir: Path, on_bad_clip: str) -> dict:
         p for p in clips_dir.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
     )
     files += [data_dir / "paper" / "videos.csv", data_dir / "paper" / "cross_val.json"]
-    stats = {}
+    stats: dict[str, list[object] | None] = {}
     for p in files:
         try:
             st = p.stat()
