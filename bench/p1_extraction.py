@@ -59,7 +59,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     args = _parser().parse_args(argv)
 
     from pipeline.backbones import get_backbone, resolve_weights
-    from pipeline.extract import extract, library_versions
+    from pipeline.extract import extract, extraction_versions
     from pipeline.frames import read_frames
     from pipeline.manifest import Manifest, build_manifest
 
@@ -144,7 +144,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "includes": "extract: decode (2 threads, 4 clips ahead) + resize + preprocess_input + "
         "predict_on_batch + output assembly; predict: model.predict on pre-decoded frames",
         "machine": machine(),
-        "versions": library_versions(),
+        "versions": extraction_versions(),
     }
     return write_record(record, args.out)
 

@@ -18,12 +18,41 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-__all__ = ["HOME_ENV", "RESULTS_ENV", "STORE_ENV", "home", "results_dir", "runs_dir", "store_uri"]
+__all__ = [
+    "ADDRESS_ENV",
+    "CACHE_ENV",
+    "DATA_DIR_ENV",
+    "ENDPOINT_ENV",
+    "HOME_ENV",
+    "RESULTS_ENV",
+    "STORE_ENV",
+    "WEIGHTS_ENV",
+    "flag_or_env",
+    "home",
+    "results_dir",
+    "runs_dir",
+    "store_uri",
+]
 
+# The variables that give a flag its default (each verb's --help names them).
 HOME_ENV = "LUSHPO_HOME"
 STORE_ENV = "LUSHPO_STORE"
 RESULTS_ENV = "LUSHPO_RESULTS_DIR"
+DATA_DIR_ENV = "LUSHPO_DATA_DIR"
+WEIGHTS_ENV = "LUSHPO_WEIGHTS"
+CACHE_ENV = "LUSHPO_CACHE_DIR"
+ADDRESS_ENV = "RAY_ADDRESS"
+ENDPOINT_ENV = "AWS_ENDPOINT_URL"  # boto3's and pyarrow's own variable, read for the S3 endpoint
+
+
+def flag_or_env(value: Any, env: str, environ: Mapping[str, str] | None = None) -> Any:
+    """A flag's value when given, else its variable's (``environ``: os.environ); an unset or
+    empty variable is None."""
+    if value:
+        return value
+    return (os.environ if environ is None else environ).get(env) or None
 
 
 def home(environ: Mapping[str, str] | None = None) -> Path:

@@ -37,7 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.backbones import BACKBONES, ResolvedWeights, get_backbone, resolve_weights
-from pipeline.extract import BatchedInference, dataset_meta, library_versions
+from pipeline.extract import BatchedInference, dataset_meta, extraction_versions
 from pipeline.files import on_node
 from pipeline.frames import BadClipError, read_frames, resize_frames
 from pipeline.manifest import Clip, Manifest
@@ -200,7 +200,7 @@ class _BackboneWorker:
         self.model = self.entry.build(resolved.path)
         self.batch_size = batch_size
         device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
-        return device, library_versions()
+        return device, extraction_versions()
 
     def run(self, frames: int, *decoded: dict[int, np.ndarray] | BadClipError) -> list[Any]:
         """Per clip, in order: features ``float32 [frames, dim]``, or the clip's BadClipError.

@@ -10,9 +10,6 @@ depend on thread timing.
 
 from __future__ import annotations
 
-import contextlib
-import importlib.metadata
-import platform
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -22,11 +19,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from pipeline.backbones import Backbone, ResolvedWeights, get_backbone, resolve_weights
+from pipeline.files import library_versions
 from pipeline.frames import SAMPLINGS, BadClipError, read_frames
 from pipeline.manifest import Clip, Manifest
 from pipeline.store import FeatureSet, FeatureSetSpec
@@ -42,6 +39,7 @@ __all__ = [
     "BatchedInference",
     "dataset_meta",
     "extract",
+    "extraction_versions",
     "make_spec",
 ]
 
@@ -182,7 +180,7 @@ def dataset_meta(
     unreadable = [{"clip": s.id, "reason": s.reason} for s in getattr(manifest, "skipped", ())]
     return {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "versions": versions or library_versions(),
+        "versions": versions or extraction_versions(),
         "skipped": unreadable + skipped,  # left out when the manifest was built, then here
         "excluded": [{"clip": s.id, "reason": s.reason} for s in getattr(manifest, "excluded", ())],
         "weights_source": weights.source,
@@ -193,21 +191,13 @@ def dataset_meta(
     }
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of everything that can change a feature's bytes, for the feature set's meta."""
-    import keras
-    import tensorflow as tf
+# The distributions whose versions can change a feature's bytes (the feature set's meta).
+_EXTRACTION_LIBRARIES = ("tensorflow", "keras", "opencv-python-headless", "numpy", "lushpo")
 
-    versions = {
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "opencv": cv2.__version__,
-        "numpy": np.__version__,
-    }
-    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-        versions["lushpo"] = importlib.metadata.version("lushpo")
-    return versions
+
+def extraction_versions() -> dict[str, str]:
+    """Versions of everything that can change a feature's bytes, for the feature set's meta."""
+    return library_versions(_EXTRACTION_LIBRARIES)
 
 
 def _check_args(

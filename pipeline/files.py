@@ -1,5 +1,6 @@
-"""File helpers every stage uses, each written once: atomic writes, sha256 of a file, a JSON or
-YAML file read with one-line errors, a local location made absolute, the pyarrow S3 filesystem for
+"""File helpers every stage uses, each written once: atomic writes (of bytes, text or JSON), values
+made strict JSON, sha256 of a file, installed library versions, a JSON or YAML file read with
+one-line errors, a local location made absolute, the pyarrow S3 filesystem for
 an endpoint, and the per-node path template.
 
 Atomic writes go to a temporary name in the target's folder, are flushed and fsync'd, then
@@ -11,20 +12,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import platform
 import tempfile
 from collections.abc import Callable, Iterable
+from importlib import metadata
 from pathlib import Path
 from typing import IO, Any, overload
 from urllib.parse import urlsplit
+
+import numpy as np
 
 __all__ = [
     "NODE_ID",
     "absolute",
     "atomic_write",
     "atomic_write_bytes",
+    "atomic_write_json",
     "atomic_write_text",
     "few",
+    "jsonable",
+    "library_versions",
     "on_node",
     "read_document",
     "s3_filesystem",
@@ -72,6 +81,41 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
 
 def atomic_write_text(path: Path | str, text: str) -> None:
     atomic_write(path, lambda out: out.write(text.encode("utf-8")))
+
+
+def atomic_write_json(
+    path: Path | str, data: Any, *, sort_keys: bool = True, default: Callable | None = None
+) -> None:
+    """`data` as indented UTF-8 JSON with a final newline, written atomically (`default`: as in
+    `json.dumps`, for values JSON has no type for)."""
+    text = json.dumps(data, indent=1, sort_keys=sort_keys, ensure_ascii=False, default=default)
+    atomic_write_text(path, text + "\n")
+
+
+def jsonable(value: Any) -> Any:
+    """`value` as strict JSON holds it: NaN and infinities become null (a class no fold
+    supports), tuples lists, mapping keys strings, numpy scalars Python numbers."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def library_versions(distributions: Iterable[str]) -> dict[str, str]:
+    """Python's version and each distribution's installed version ("not installed" if absent),
+    recorded beside what they produced."""
+    versions = {"python": platform.python_version()}
+    for name in distributions:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
 
 
 def few(names: Iterable[str], shown: int = 5) -> str:

@@ -11,7 +11,6 @@ which is written last.
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import shutil
 import threading
@@ -32,7 +31,7 @@ from tenacity import (
 )
 from tqdm import tqdm
 
-from pipeline.files import atomic_write_text, read_document, sha256_file
+from pipeline.files import atomic_write_json, read_document, sha256_file
 from pipeline.frames import VIDEO_SUFFIXES
 from pipeline.manifest import (
     CLIPS_DIR,
@@ -325,7 +324,7 @@ def fetch(
         for item in last:
             place_pinned(item)
     finally:
-        _write_json_atomic(dest / CHECKSUMS_JSON, dict(sorted(checksums.items())))
+        atomic_write_json(dest / CHECKSUMS_JSON, checksums)
     return FetchReport(
         data_dir=str(dest),
         fetched=tuple(sorted(fetched)),
@@ -566,7 +565,3 @@ def _read_checksums(dest: Path) -> dict[str, dict[str, Any]]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected an object of files, got {type(data).__name__}")
     return data
-
-
-def _write_json_atomic(path: Path, payload: Any) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=1, ensure_ascii=False) + "\n")

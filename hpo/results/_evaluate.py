@@ -15,8 +15,6 @@ PNG plots into the folder.
 
 from __future__ import annotations
 
-import json
-import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,7 @@ from hpo.results._paper import (
 )
 from hpo.search import locked, selected_on
 from hpo.train import CLASS_METRICS, summarize
-from pipeline.files import atomic_write_text
+from pipeline.files import atomic_write_json, atomic_write_text, jsonable
 from pipeline.manifest import LABELS, Split
 
 __all__ = ["REPORT_JSON", "REPORT_MD", "evaluate", "load_split_features"]
@@ -418,18 +416,6 @@ def _evaluate(
     report["claim"] = claim({**card, "summary": summary, "baseline": probe})
     report["markdown"] = REPORT_MD
     atomic_write_text(directory / REPORT_MD, render.render_markdown(report))
-    report_json = json.dumps(_jsonable(report), indent=1, sort_keys=True)
-    atomic_write_text(directory / REPORT_JSON, report_json)
+    atomic_write_json(directory / REPORT_JSON, jsonable(report))
     add_files(directory, [REPORT_MD, REPORT_JSON, *plots.values()])
     return report
-
-
-def _jsonable(value: Any) -> Any:
-    """NaN (a class with no supported fold) becomes null so report.json is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value

@@ -26,13 +26,11 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import shutil
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +54,12 @@ from hpo.search import (
     selected_on,
 )
 from hpo.train import STUDY_KEY, bootstrap_ci, float_or_nan, fold_metrics, predict_proba, summarize
-from pipeline.files import atomic_write_text, s3_filesystem, sha256_file
+from pipeline.files import (
+    atomic_write_json,
+    library_versions,
+    s3_filesystem,
+    sha256_file,
+)
 
 __all__ = [
     "CARD",
@@ -111,17 +114,6 @@ def read_card(directory: Path | str) -> dict:
     if card.get("format") != CARD_FORMAT:
         raise ValueError(f"{path}: format {card.get('format')!r}, expected {CARD_FORMAT!r}")
     return card
-
-
-def library_versions() -> dict[str, str]:
-    """Installed versions of the libraries that shape the model's numbers."""
-    versions = {"python": platform.python_version()}
-    for name in _LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
 
 
 # --- reading the run ---------------------------------------------------------------------------
@@ -567,7 +559,7 @@ def _write_export(
         "store": store,
         "trials": [],
         "nested": record.get("nested"),
-        "library_versions": library_versions(),
+        "library_versions": library_versions(_LIBRARIES),
         "feature_set_meta": fs.meta,
     }
     card.update(provenance or {})
@@ -580,7 +572,7 @@ def _write_export(
     card["claim"] = claim(card)
     if not reproduced:
         card["trial_folds"] = record["folds"]
-    atomic_write_text(out / CARD, json.dumps(card, indent=1, sort_keys=True, default=str))
+    atomic_write_json(out / CARD, card, default=str)
     return card
 
 
@@ -737,6 +729,6 @@ def export_grid(
     exported = [c for c, r in results.items() if not isinstance(r, str)]
     record = {"name": grid["name"], "run": run, "cells": exported, "not_exported": {
         c: r for c, r in results.items() if isinstance(r, str)}}  # fmt: skip
-    atomic_write_text(out / GRID_FILE, json.dumps(record, indent=1))
+    atomic_write_json(out / GRID_FILE, record, sort_keys=False)
     add_files(out, [GRID_FILE])
     return results

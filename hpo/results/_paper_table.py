@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo.results._paper import PaperRow
+from hpo.results._report import plus_minus
 
 __all__ = ["grid_table", "plot_grid", "render_grid_markdown"]
 
@@ -84,10 +85,6 @@ def grid_table(reports: Mapping[str, dict], paper_rows: Sequence[PaperRow]) -> d
     }
 
 
-def _pm(stats: dict | None) -> str:
-    return "–" if stats is None else f"{stats['mean']:.3f} ± {stats['std']:.3f}"
-
-
 def render_grid_markdown(table: dict[str, Any]) -> str:
     header = (
         "| model | ours acc | paper acc | Δ acc | ours COVID recall | paper COVID recall | "
@@ -104,13 +101,16 @@ def render_grid_markdown(table: dict[str, Any]) -> str:
     for r in table["rows"]:
         if r["run"]:
             cells = [
-                _pm(r["accuracy"]), _pm(r["paper_accuracy"]), f"{r['delta_accuracy']:+.3f}",
-                _pm(r["cov_recall"]), _pm(r["paper_cov_recall"]), f"{r['delta_cov_recall']:+.3f}",
+                plus_minus(r["accuracy"]), plus_minus(r["paper_accuracy"]),
+                f"{r['delta_accuracy']:+.3f}",
+                plus_minus(r["cov_recall"]), plus_minus(r["paper_cov_recall"]),
+                f"{r['delta_cov_recall']:+.3f}",
                 str(r["rank"]), str(r["paper_rank"]),
             ]  # fmt: skip
         else:
             cells = [
-                "not run", _pm(r["paper_accuracy"]), "–", "not run", _pm(r["paper_cov_recall"]),
+                "not run", plus_minus(r["paper_accuracy"]), "–",
+                "not run", plus_minus(r["paper_cov_recall"]),
                 "–", "–", str(r["paper_rank"]),
             ]  # fmt: skip
         lines.append("| " + " | ".join([r["model_label"], *cells]) + " |")

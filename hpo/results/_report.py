@@ -35,7 +35,8 @@ __all__ = [
 _CLASS_NAMES = {"cov": "COVID-19", "pne": "pneumonia", "reg": "healthy"}
 
 
-def _pm(stats: dict | None) -> str:
+def plus_minus(stats: dict | None) -> str:
+    """``mean ± std`` of a summary entry (``–`` when it has no finite mean)."""
     if not stats or stats.get("mean") is None or not math.isfinite(stats["mean"]):
         return "–"
     if stats.get("std") is None:
@@ -53,13 +54,15 @@ def _delta(ours: dict | None, theirs: dict | None) -> str:
 def comparison_rows(report: dict) -> list[tuple[str, str, str, str]]:
     """(metric, ours, paper, delta) rows: accuracy, then each class's four metrics."""
     ours, paper = report["ours"], report.get("paper")
-    rows = [("accuracy", _pm(ours["accuracy"]), _pm(paper and paper["accuracy"]), "")]
+    rows = [("accuracy", plus_minus(ours["accuracy"]), plus_minus(paper and paper["accuracy"]), "")]
     rows[0] = (*rows[0][:3], _delta(ours["accuracy"], paper and paper["accuracy"]))
     for cls in LABELS:
         for metric in CLASS_METRICS:
             mine = ours["per_class"][cls][metric]
             theirs = paper["per_class"][cls][metric] if paper else None
-            rows.append((f"{cls} {metric}", _pm(mine), _pm(theirs), _delta(mine, theirs)))
+            rows.append(
+                (f"{cls} {metric}", plus_minus(mine), plus_minus(theirs), _delta(mine, theirs))
+            )
     return rows
 
 
@@ -86,14 +89,14 @@ def comparison_table(report: dict) -> str:
         [
             (
                 "accuracy",
-                _pm(head["ours_accuracy"]),
-                _pm(head["accuracy"]),
+                plus_minus(head["ours_accuracy"]),
+                plus_minus(head["accuracy"]),
                 _delta(head["ours_accuracy"], head["accuracy"]),
             ),
             (
                 "cov recall",
-                _pm(head["ours_cov_recall"]),
-                _pm(head["cov_recall"]),
+                plus_minus(head["ours_cov_recall"]),
+                plus_minus(head["cov_recall"]),
                 _delta(head["ours_cov_recall"], head["cov_recall"]),
             ),
         ],
@@ -111,8 +114,8 @@ def _support_section(report: dict) -> str:
             rows.append(
                 (
                     f"{cls} {metric}",
-                    _pm(report["ours"]["per_class"][cls][metric]),
-                    _pm(
+                    plus_minus(report["ours"]["per_class"][cls][metric]),
+                    plus_minus(
                         {
                             "mean": entry[metric]["mean_supported"],
                             "std": entry[metric]["std_supported"],
@@ -214,9 +217,9 @@ def _estimate_row(label: str, summary: dict, interval: dict | None) -> tuple[str
     interval = interval or {}
     return (
         label,
-        _pm(summary["accuracy"]),
+        plus_minus(summary["accuracy"]),
         _ci(interval.get("accuracy")),
-        _pm(summary["per_class"]["cov"]["recall"]),
+        plus_minus(summary["per_class"]["cov"]["recall"]),
         _ci(interval.get("recall", {}).get("cov")),
     )
 
@@ -281,7 +284,7 @@ def estimates_section(report: dict) -> str:
         rows.append(
             (
                 f"paper's head and recipe, trained here, trial {base['trial_id']} (fixed config)",
-                _pm({"mean": base["accuracy"], "std": base.get("accuracy_std")}),
+                plus_minus({"mean": base["accuracy"], "std": base.get("accuracy_std")}),
                 "–",
                 _num(base.get("cov_recall")),
                 "–",
@@ -298,9 +301,9 @@ def estimates_section(report: dict) -> str:
         rows.append(
             (
                 "nested CV of the whole search (honest)",
-                _pm(nested["accuracy"]),
+                plus_minus(nested["accuracy"]),
                 _ci(interval.get("accuracy")),
-                _pm(nested.get("cov_recall")),
+                plus_minus(nested.get("cov_recall")),
                 _ci(interval.get("recall", {}).get("cov")),
             )
         )
@@ -424,14 +427,14 @@ def _nested_section(report: dict, nested: dict) -> list[str]:
             [
                 (
                     f"study best ({_selected(report)})",
-                    _pm(paper_acc),
-                    _pm(paper_cov),
+                    plus_minus(paper_acc),
+                    plus_minus(paper_cov),
                     str(len(report.get("folds", []))),
                 ),
                 (
                     "nested (honest)",
-                    _pm(nested.get("accuracy")),
-                    _pm(nested.get("cov_recall")),
+                    plus_minus(nested.get("accuracy")),
+                    plus_minus(nested.get("cov_recall")),
                     str(len(outer) or "–"),
                 ),
                 (

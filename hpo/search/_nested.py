@@ -51,6 +51,7 @@ from hpo.search._study import (
     trial_settings,
 )
 from hpo.train import TrialSettings, float_or_nan, fold_metrics, summarize
+from pipeline.files import jsonable
 from pipeline.groups import grouped_split
 from pipeline.manifest import LABELS, Clip, Manifest, Split, check_split, stratified_split
 
@@ -261,21 +262,9 @@ def _inner_best_epochs(trial: TrialRecord) -> list[int]:
 # --- reading and writing nested.json ------------------------------------------------------------
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    return value
-
-
 def _write(cfg: StudyConfig, record: dict[str, Any]) -> str:
     """nested.json in the run dir (`hpo.search`)."""
-    return write_run_file(cfg.run_path, NESTED_FILE, _jsonable(record), cfg.storage.endpoint_url)
+    return write_run_file(cfg.run_path, NESTED_FILE, jsonable(record), cfg.storage.endpoint_url)
 
 
 def _remove(cfg: StudyConfig) -> None:

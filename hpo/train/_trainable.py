@@ -47,7 +47,7 @@ import tensorflow as tf
 from hpo.train._metrics import flatten, fold_metrics, summarize
 from hpo.train._model import build_model, predict_proba
 from hpo.train._settings import HISTORY, STATE_FILE, TRIAL_FILE, TrialSettings
-from pipeline.files import atomic_write_text
+from pipeline.files import atomic_write_json
 from pipeline.groups import inner_validation
 from pipeline.manifest import LABELS, Split
 
@@ -510,7 +510,7 @@ class LockstepCV:
             "epochs": self.records,
             **(extra or {}),
         }
-        _write_json(directory / STATE_FILE, state)
+        atomic_write_json(directory / STATE_FILE, state, default=float)
 
     def restore(self, directory: Path) -> None:
         """Continue from a state written by `save` (same params and seed, checked)."""
@@ -629,10 +629,6 @@ def cross_validate_with(
 # --- Ray glue ----------------------------------------------------------------------------------
 
 
-def _write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True, default=float))
-
-
 def _report(metrics: Mapping[str, Any], checkpoint_dir: Path | None = None) -> None:
     """The only caller of Ray's report API (its name moved across Ray versions)."""
     import ray
@@ -682,7 +678,7 @@ def write_trial(
         "labels": list(LABELS),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }
-    _write_json(directory / TRIAL_FILE, trial)
+    atomic_write_json(directory / TRIAL_FILE, trial, default=float)
 
 
 def training_record(settings: TrialSettings) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from hpo.search import (
 from pipeline.store import FeatureSetNotFoundError
 from tests.support.featuresets import put_synthetic
 
-pytestmark = [pytest.mark.slow]
+# Tests that start Ray or train are `slow`; the study's own logic runs in `make test-fast`.
 
 TINY_SPACE = {
     "lstm_units": [8, 16],
@@ -93,6 +93,7 @@ def test_missing_feature_set_fails_fast_naming_the_store(tmp_path, store):
     assert ray.is_initialized() == was_running  # failed before any Ray work
 
 
+@pytest.mark.slow
 def test_same_seed_same_sequence_and_metrics_and_optuna_storage(tmp_path, store, local_ray):
     uri, _ = store
     lines: list[str] = []
@@ -156,6 +157,7 @@ class _DeleteStore(Callback):
         shutil.rmtree(self.root / "featuresets")
 
 
+@pytest.mark.slow
 def test_all_trials_failing_ends_with_a_clear_error(tmp_path, local_ray):
     uri, _key, _ = put_synthetic(tmp_path / "store", clips=24, frames=4, dim=8)
     cfg = _cfg(tmp_path, uri, name="doomed", budget={"trials": 2, "max_failures": 0})
@@ -183,6 +185,7 @@ def test_a_trial_stopped_before_its_test_scores_is_never_the_best():
     assert "stopped at epoch 7" in table and "stopped before its first epoch" in table
 
 
+@pytest.mark.slow
 def test_optuna_record_through_optuna_dashboard(tmp_path, store, local_ray):
     """A study cut short by ASHA and its time budget, read back through optuna-dashboard's HTTP
     API: only COMPLETE trials with their final test score, PRUNED trials with a reason, each
@@ -257,6 +260,7 @@ def test_optuna_record_through_optuna_dashboard(tmp_path, store, local_ray):
     assert set(reasons) <= {TIME_BUDGET, SCHEDULER} and SCHEDULER in reasons, reasons
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_training_settings_naming_them(tmp_path, store, local_ray):
     from hpo.search import SETTINGS_FILE, StudySettingsChangedError
 
@@ -276,6 +280,7 @@ def test_resume_refuses_changed_training_settings_naming_them(tmp_path, store, l
     assert run_study(cfg, resume=True, log=lambda _m: None).already_finished
 
 
+@pytest.mark.slow
 def test_rescore_retrains_the_top_trials_and_export_takes_the_rescored_winner(
     tmp_path, store, local_ray
 ):
@@ -338,6 +343,7 @@ class _CannotStart(Callback):
         raise RuntimeError("the new study cannot start")
 
 
+@pytest.mark.slow
 def test_overwrite_keeps_the_old_study_until_a_trial_of_the_new_one_starts(
     tmp_path, store, local_ray
 ):
@@ -412,6 +418,7 @@ def test_an_s3_run_folder_is_set_aside_not_deleted_until_the_new_study_starts(
     assert listing(run) == {} and not asides()
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_grid_run_study_by_study_by_an_older_lushpo(tmp_path, store, local_ray):
     """Before a grid's cells ran as one experiment, each cell folder held its own Ray Tune
     experiment. Resuming such a run in this layout would start its cells afresh and leave their

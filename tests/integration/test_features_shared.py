@@ -4,8 +4,6 @@ it there without building or calling a model. About 3-4 minutes on a 2-core mach
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -53,8 +51,5 @@ def test_xception_20_frames_then_found_in_store(
 
     monkeypatch.setattr(pipeline.extract, "extract", refuse)
     monkeypatch.setattr(pipeline.backbones.Backbone, "build", refuse)
-    started = time.perf_counter()
-    assert main(argv) == 0
-    elapsed = time.perf_counter() - started
+    assert main(argv) == 0  # found: nothing extracted (`refuse` above would fail it)
     assert f"found in store: {key}" in capsys.readouterr().out
-    assert elapsed < 15, f"second run took {elapsed:.1f} s"

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
+from hpo import project
+from hpo.project import DATA_DIR_ENV
 from pipeline.manifest import LABELS
 from pipeline.sources import (
     PAPER_COMMIT,
@@ -21,8 +22,6 @@ from pipeline.sources import (
 )
 
 __all__ = ["add_parser"]
-
-DATA_DIR_ENV = "LUSHPO_DATA_DIR"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -82,7 +81,7 @@ def _positive_int(text: str) -> int:
 def _data_dir(args: argparse.Namespace) -> Path:
     if args.data_dir is not None:
         return args.data_dir
-    env = os.environ.get(DATA_DIR_ENV)
+    env = project.flag_or_env(None, DATA_DIR_ENV)
     if not env:
         print(f"lushpo data: no data directory; pass --data-dir or set ${DATA_DIR_ENV}",
               file=sys.stderr)  # fmt: skip

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
+from hpo import project
 from hpo.search import GRID_FILE
 from pipeline.files import atomic_write_text
 
@@ -51,7 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _paper_csv(args: argparse.Namespace) -> Path | None:
     if args.paper_csv:
         return args.paper_csv
-    data_dir = args.data_dir or os.environ.get("LUSHPO_DATA_DIR")
+    data_dir = project.flag_or_env(args.data_dir, project.DATA_DIR_ENV)
     if data_dir and (Path(data_dir) / "paper" / "evaluation.csv").is_file():
         return Path(data_dir) / "paper" / "evaluation.csv"
     return None
@@ -60,7 +60,7 @@ def _paper_csv(args: argparse.Namespace) -> Path | None:
 def _missing_paper(args: argparse.Namespace) -> str | None:
     """Why this evaluation may not run without the paper's evaluation.csv, or None when it may:
     only with --no-paper, and never over a report that compares with the paper."""
-    data_dir = args.data_dir or os.environ.get("LUSHPO_DATA_DIR")
+    data_dir = project.flag_or_env(args.data_dir, project.DATA_DIR_ENV)
     where = f"{data_dir}/paper/evaluation.csv" if data_dir else "no --data-dir / $LUSHPO_DATA_DIR"
     if not args.no_paper:
         return (
@@ -100,8 +100,8 @@ def _run(args: argparse.Namespace) -> int:
         report = evaluate(
             args.directory,
             paper_csv=paper_csv,
-            store=args.store or os.environ.get("LUSHPO_STORE"),
-            cache_dir=args.cache_dir or os.environ.get("LUSHPO_CACHE_DIR"),
+            store=project.flag_or_env(args.store, project.STORE_ENV),
+            cache_dir=project.flag_or_env(args.cache_dir, project.CACHE_ENV),
             optuna_storage=args.optuna_storage,
         )
     except (FileNotFoundError, ValueError) as exc:
@@ -142,8 +142,8 @@ def _run_grid(args: argparse.Namespace) -> int:
             reports[cell] = evaluate(
                 args.directory / cell,
                 paper_csv=paper_csv,
-                store=args.store or os.environ.get("LUSHPO_STORE"),
-                cache_dir=args.cache_dir or os.environ.get("LUSHPO_CACHE_DIR"),
+                store=project.flag_or_env(args.store, project.STORE_ENV),
+                cache_dir=project.flag_or_env(args.cache_dir, project.CACHE_ENV),
                 optuna_storage=args.optuna_storage,
             )
         table = grid_table(reports, read_evaluation(paper_csv))

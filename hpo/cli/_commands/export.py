@@ -7,7 +7,6 @@ without --store or --out, the project folder's (`hpo.project`)."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from hpo import project
@@ -85,8 +84,8 @@ def _run(args: argparse.Namespace) -> int:
 
     store = args.store  # None: the store each trial read (its trial.json), else the project's
     out = args.out or str(project.results_dir() / _run_name(args.run))
-    cache_dir = args.cache_dir or os.environ.get("LUSHPO_CACHE_DIR")
-    endpoint_url = os.environ.get("AWS_ENDPOINT_URL")
+    cache_dir = project.flag_or_env(args.cache_dir, project.CACHE_ENV)
+    endpoint_url = project.flag_or_env(None, project.ENDPOINT_ENV)
     grid = read_grid(*run_filesystem(args.run, endpoint_url))
     if grid is not None:
         results = export_grid(
@@ -113,7 +112,7 @@ def _run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             study=_study(args),
             pick=args.pick,
-            endpoint_url=os.environ.get("AWS_ENDPOINT_URL"),
+            endpoint_url=project.flag_or_env(None, project.ENDPOINT_ENV),
             log=lambda msg: print(msg, file=sys.stderr),
         )
     except (ExportError, RunLockedError, FileNotFoundError, ValueError) as exc:

@@ -13,22 +13,18 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Literal
 
 from hpo import project
+from hpo.project import ADDRESS_ENV, CACHE_ENV, DATA_DIR_ENV, WEIGHTS_ENV
 from pipeline.backbones import BACKBONES
 from pipeline.files import atomic_write_text
 from pipeline.frames import SAMPLINGS, VIDEO_SUFFIXES
 
 __all__ = ["add_parser"]
 
-DATA_DIR_ENV = "LUSHPO_DATA_DIR"
-WEIGHTS_ENV = "LUSHPO_WEIGHTS"
-CACHE_ENV = "LUSHPO_CACHE_DIR"
-ADDRESS_ENV = "RAY_ADDRESS"
 DEFAULT_CACHE_DIR = Path("~/.cache/lushpo")
 
 
@@ -168,11 +164,11 @@ def _fail(message: object) -> int:
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser()
+    return Path(project.flag_or_env(None, CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser()
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    data_dir = getattr(args, "data_dir", None) or os.environ.get(DATA_DIR_ENV)
+    data_dir = project.flag_or_env(getattr(args, "data_dir", None), project.DATA_DIR_ENV)
     if data_dir and not Path(data_dir).is_dir():
         print(f"lushpo features: error: data directory {data_dir} does not exist; run `lushpo "
               f"data fetch --data-dir {data_dir}` or pass the folder that holds the data",
@@ -200,8 +196,8 @@ def _extract(args: argparse.Namespace) -> int:
     from pipeline.store import StoreError
 
     data_dir = _data_dir(args)
-    weights_text = args.weights or os.environ.get(WEIGHTS_ENV) or "imagenet"
-    address = args.address or os.environ.get(ADDRESS_ENV) or None
+    weights_text = project.flag_or_env(args.weights, project.WEIGHTS_ENV) or "imagenet"
+    address = project.flag_or_env(args.address, project.ADDRESS_ENV)
     try:
         store = _open_store(args)
         weights = {
@@ -324,7 +320,7 @@ def _extract_on_cluster(args: argparse.Namespace, store, manifest, todo, address
             gpus_per_actor=args.gpus_per_actor,
             batch_size=args.batch_size,
             on_bad_clip=args.on_bad_clip,
-            cache_dir=os.environ.get(CACHE_ENV) or None,
+            cache_dir=project.flag_or_env(None, CACHE_ENV),
             log=lambda line: print(line, file=sys.stderr),
         )
     finally:

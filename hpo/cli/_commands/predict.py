@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
+from hpo import project
 from pipeline.manifest import LABELS
 
 __all__ = ["add_parser"]
@@ -54,13 +54,13 @@ def _run(args: argparse.Namespace) -> int:
     from pipeline.backbones import UnknownBackboneError, WeightsError
     from pipeline.frames import BadClipError
 
-    weights = args.weights or os.environ.get("LUSHPO_WEIGHTS") or _card_weights(args.model)
+    weights = project.flag_or_env(args.weights, project.WEIGHTS_ENV) or _card_weights(args.model)
     try:
         results = predict(
             args.clips,
             args.model,
             weights,
-            cache_dir=args.cache_dir or os.environ.get("LUSHPO_CACHE_DIR"),
+            cache_dir=project.flag_or_env(args.cache_dir, project.CACHE_ENV),
         )
     except (
         WeightsMismatchError,

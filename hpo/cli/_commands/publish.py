@@ -9,9 +9,10 @@ AWS credentials."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
+
+from hpo import project
 
 __all__ = ["add_parser"]
 
@@ -37,7 +38,9 @@ def _publish(args: argparse.Namespace) -> int:
         print(f"lushpo publish: {args.uri!r} is not an s3:// URI", file=sys.stderr)
         return 2
     try:
-        names = publish(Path(args.folder), args.uri, os.environ.get("AWS_ENDPOINT_URL"))
+        names = publish(
+            Path(args.folder), args.uri, project.flag_or_env(None, project.ENDPOINT_ENV)
+        )
     except (OwnershipError, OSError, BotoCoreError, ClientError) as exc:
         print(f"lushpo publish: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
