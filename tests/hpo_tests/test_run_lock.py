@@ -99,6 +99,7 @@ def test_an_s3_lease_refuses_a_renewing_holder_and_takes_over_a_dead_one(s3_endp
     reused = {"host": socket.gethostname(), "pid": os.getpid(), "process": "another-boot:1",
               "verb": "tune", "since": "then", "expires": time.time() + 600}  # fmt: skip
     boto3.client("s3").put_object(Bucket=bucket, Key="studies/.tiny.lock", Body=json.dumps(reused))
+    lines = []
     with locked(folder, "tune", log=lines.append):
         pass
     assert not [line for line in lines if "waiting up to" in line], "waited for a gone holder"

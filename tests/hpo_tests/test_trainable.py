@@ -531,7 +531,8 @@ warnings = []
 logging.getLogger("hpo.train").addHandler(
     type("H", (logging.Handler,), {"emit": lambda self, r: warnings.append(r.getMessage())})())
 split = synthetic_split(synthetic_feature_set(clips=12, frames=2, dim=4), k=2)
-cfg = from_dict({"name": "t", "split": {"kind": "stratified"}, "resources": {"cpu": 2}})
+cfg = from_dict({"name": "t", "store": "file:///unread", "split": {"kind": "stratified"},
+                 "resources": {"cpu": 2}})
 settings = trial_settings(cfg, {("synthetic", 2): "key"}, split)
 assert (settings.intra_op_threads, settings.inter_op_threads) == (2, 2), settings
 for _trial in range(3):  # the trials a reused worker runs one after another
@@ -541,7 +542,7 @@ threading = tf.config.threading
 got = (threading.get_intra_op_parallelism_threads(), threading.get_inter_op_parallelism_threads())
 assert got == (2, 2), got
 assert not warnings, warnings
-cfg = from_dict({"name": "t", "split": {"kind": "stratified"},
+cfg = from_dict({"name": "t", "store": "file:///unread", "split": {"kind": "stratified"},
                  "resources": {"cpu": 0.5, "intra_op_threads": 0}})
 settings = trial_settings(cfg, {("synthetic", 2): "key"}, split)
 assert (settings.intra_op_threads, settings.inter_op_threads) == (None, 1), settings
