@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from pipeline.files import atomic_write_json, read_document, sha256_file
 from pipeline.frames import VIDEO_SUFFIXES
+from pipeline.groups import GROUP_BY, read_groups
 from pipeline.manifest import (
     CLIPS_DIR,
     CROSS_VAL_JSON,
@@ -386,7 +387,6 @@ def check(data_dir: Path | str, *, pinned: Iterable[PinnedFile] = PINNED_FILES) 
             pinned_status[item.dest] = (
                 "ok" if sha256_file(path) == item.sha256 else "sha256 mismatch"
             )
-    from pipeline.groups import GROUP_BY, read_groups
 
     in_use = Split(  # the split a study uses: the paper's, restricted to the clips present
         "paper",

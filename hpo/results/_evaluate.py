@@ -32,10 +32,11 @@ from hpo.results._paper import (
     read_evaluation,
     read_paper_layout,
 )
-from hpo.search import locked, selected_on
+from hpo.search import connectable, locked, masked, selected_on
 from hpo.train import CLASS_METRICS, summarize
 from pipeline.files import atomic_write_json, atomic_write_text, jsonable
 from pipeline.manifest import LABELS, Split
+from pipeline.store import open_store
 
 __all__ = ["REPORT_JSON", "REPORT_MD", "evaluate", "load_split_features"]
 
@@ -71,7 +72,6 @@ def load_split_features(
         raise FileNotFoundError(
             f"{layout} is missing and no feature store was given (--store / LUSHPO_STORE)"
         )
-    from pipeline.store import open_store
 
     fs = open_store(store, cache_dir=cache_dir).get(card["feature_set"])
     position = {c: i for i, c in enumerate(fs.clip_ids)}
@@ -146,8 +146,6 @@ def _study_plots(
     """Optimisation history and parameter importances from the Optuna study the card names; the
     Pareto front of a multi-objective study."""
     import optuna
-
-    from hpo.search import connectable, masked
 
     plots: dict[str, str] = {}
     info = card.get("study") or {}
@@ -258,7 +256,6 @@ def _nested_notes(card: dict) -> list[str]:
     nested = card.get("nested")
     if not nested or "outer_split" not in nested:
         return []
-    from pipeline.manifest import Split
 
     ours = Split.from_dict(card["split"]).digest()
     theirs = nested["outer_split"].get("digest")

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from hpo import project
+from hpo.results._baseline import linear_probe, temporal_claim
 from hpo.results._export_folder import add_files, replacing
 from hpo.search import (
     GRID_FILE,
@@ -46,20 +47,34 @@ from hpo.search import (
     TIE_BREAK,
     Candidate,
     Objective,
+    card_entry,
     experiment_paths,
     final_epochs,
     masked,
+    read_nested,
     read_run_file,
     select_best,
     selected_on,
 )
-from hpo.train import STUDY_KEY, bootstrap_ci, float_or_nan, fold_metrics, predict_proba, summarize
+from hpo.train import (
+    STUDY_KEY,
+    bootstrap_ci,
+    fit_head,
+    float_or_nan,
+    fold_metrics,
+    is_paper_best,
+    predict_proba,
+    summarize,
+)
 from pipeline.files import (
     atomic_write_json,
     library_versions,
     s3_filesystem,
     sha256_file,
 )
+from pipeline.manifest import Split
+from pipeline.paper_layout import write_paper_layout
+from pipeline.store import open_store
 
 __all__ = [
     "CARD",
@@ -214,7 +229,6 @@ def _rescored_winner(
 ) -> _TrialRef | None:
     """The re-scored winner (`hpo.search`) downloaded into `dest`, or None with a warning when
     rescore.json does not belong to this run's trials, feature set and split."""
-    from pipeline.manifest import Split
 
     ref = next((r for r in refs if r.candidate.trial_id == rescore.get("winner")), None)
     if ref is None:
@@ -250,7 +264,6 @@ def _study_location(run: str) -> dict | None:
 
 def _nested_entry(run: str, endpoint_url: str | None, log: Callable[[str], None]) -> dict | None:
     """The card's ``nested`` entry from the run's nested.json (``lushpo tune --nested``), if any."""
-    from hpo.search import card_entry, read_nested
 
     try:
         nested = read_nested(run, endpoint_url)
@@ -271,7 +284,6 @@ def _nested_mismatch(nested: dict | None, feature_set: str, split: dict) -> str 
     split), or None when it is: the card shows only a nested CV of the same data and folds."""
     if not nested:
         return None
-    from pipeline.manifest import Split
 
     digest = Split.from_dict(split).digest()
     theirs = (nested.get("feature_set"), (nested.get("outer_split") or {}).get("digest"))
@@ -290,7 +302,6 @@ def _trials_table(refs: list[_TrialRef], objective: Objective, front: set[str]) 
     folds, for the optimisation-history plot) and, for a multi-objective study, its ``values``;
     ``paper_best`` marks the paper's own head and recipe (`hpo.train.PAPER_BEST`), the report's
     baseline."""
-    from hpo.train import is_paper_best
 
     def finite(value: Any) -> float | None:  # JSON: null, not NaN
         number = float_or_nan(value)
@@ -366,8 +377,6 @@ def confidence(pooled: dict[str, tuple[int, int]]) -> dict:
 
 def spatial_baseline(fs: Any, split: dict) -> dict:
     """`hpo.results.linear_probe` on the trial's folds, without its per-clip predictions."""
-    from hpo.results._baseline import linear_probe
-    from pipeline.manifest import Split
 
     features = dict(zip(fs.clip_ids, fs.features, strict=True))
     labels = dict(zip(fs.clip_ids, map(int, fs.labels), strict=True))
@@ -378,7 +387,6 @@ def spatial_baseline(fs: Any, split: dict) -> dict:
 def claim(card: dict) -> str:
     """The temporal-vs-spatial sentence for a card (or report) holding ``summary``, ``baseline``,
     ``params`` and optionally ``nested``: on the nested (honest) figure when there is one."""
-    from hpo.results._baseline import temporal_claim
 
     nested = card.get("nested") or {}
     honest = nested.get("accuracy", {}).get("mean")
@@ -475,8 +483,6 @@ def _write_export(
     log: Callable[[str], None],
 ) -> dict:
     """Write the export of `checkpoint` (its `record`) into the fresh folder `out`; the card."""
-    from pipeline.paper_layout import write_paper_layout
-    from pipeline.store import open_store
 
     out.mkdir(parents=True)
     k = len(record["split"]["folds"])
@@ -508,7 +514,6 @@ def _write_export(
     epochs = final_epochs(best_epochs)
     n = int(fs.features.shape[0])
     log(f"retraining on all {n} clips for {epochs} epochs (median of {best_epochs})")
-    from hpo.train import fit_head
 
     _save_h5(fit_head(fs.features, fs.labels, params, epochs=epochs, seed=seed), out / "model.h5")
     model_sha256 = sha256_file(out / "model.h5")  # `predict` refuses a model.h5 swapped since

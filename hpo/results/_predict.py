@@ -18,8 +18,11 @@ import numpy as np
 
 from hpo.results._export import CARD, read_card
 from hpo.train import predict_proba
+from pipeline.backbones import get_backbone, load_backbone, resolve_weights
+from pipeline.extract import extract
 from pipeline.files import sha256_file
-from pipeline.manifest import LABELS
+from pipeline.frames import count_frames
+from pipeline.manifest import LABELS, Clip, Manifest
 
 __all__ = ["ClipPrediction", "WeightsMismatchError", "clip_features", "load_head", "predict"]
 
@@ -51,9 +54,6 @@ def clip_features(
 ) -> np.ndarray:
     """Features ``[clips, N, D]`` by `pipeline.extract` itself, so a clip gets the same features
     here as in the store (same decoding, sampling, resize, preprocessing and batching)."""
-    from pipeline.extract import extract
-    from pipeline.frames import count_frames
-    from pipeline.manifest import Clip, Manifest
 
     # New clips have no label; extract carries one per clip but never uses it.
     entries = tuple(
@@ -103,7 +103,6 @@ def predict(
         ValueError: ``model.h5``'s sha256 differs from the card's (checked first, before the
             backbone and the weights are resolved).
     """
-    from pipeline.backbones import get_backbone, load_backbone, resolve_weights
 
     missing = [str(c) for c in clips if not Path(c).is_file()]
     if missing:

@@ -14,6 +14,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from hpo import project
+from hpo.search._selection import Constraint, Objective
+from hpo.train import InvalidSpaceError, paper_best, study_space
+from pipeline.backbones import BACKBONES
 from pipeline.files import absolute, read_document
 
 __all__ = [
@@ -151,7 +154,6 @@ class ObjectiveConfig(_Section):
 
     def objective(self) -> Any:
         """This section as `hpo.search.Objective` (already checked by `_check`)."""
-        from hpo.search._selection import Objective
 
         return Objective.from_dict(self.model_dump())
 
@@ -274,8 +276,6 @@ def _check(cfg: StudyConfig, source: str) -> None:
     """Rules across keys, each naming the key to change; the space must fit `hpo.train`."""
     from optuna.distributions import CategoricalDistribution
 
-    from hpo.train import InvalidSpaceError, paper_best, study_space
-
     split, fs, asha = cfg.split, cfg.feature_set, cfg.scheduler
     needs = "{} (or split.data_dir holding {}, or LUSHPO_DATA_DIR) when split.kind is '{}'"
     rules = [  # key, broken, got, what it must be
@@ -315,7 +315,6 @@ def _check(cfg: StudyConfig, source: str) -> None:
             f"dimensions {', '.join(categorical)} (or use sampler tpe)",
             None, source,
         )  # fmt: skip
-    from hpo.search._selection import Constraint, Objective
 
     for text in cfg.objective.constraints:
         try:
@@ -343,7 +342,6 @@ def check_extractable(cfg: StudyConfig, source: str = "the study config") -> Non
     """Refuse a backbone `lushpo features` cannot extract, naming the ones it can. `tune` alone
     does not ask this: it reads whatever sets the store holds (a pinned `feature_set.key`, or
     sets someone else put there)."""
-    from pipeline.backbones import BACKBONES
 
     unknown = [b for b in cfg.feature_set.backbone if b not in BACKBONES]
     if cfg.feature_set.key is None and unknown:

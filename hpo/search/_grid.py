@@ -30,6 +30,7 @@ from ray.tune import Callback
 from hpo.search._config import StudyConfig
 from hpo.search._optuna_storage import masked
 from hpo.search._run_files import GRID_FILE
+from hpo.search._study import resolve_feature_sets, run_studies, storage_filesystem, train_on_node
 
 __all__ = ["GRID_FILE", "ONE_EXPERIMENT", "cell_configs", "cell_label", "read_grid", "run_grid"]
 
@@ -59,7 +60,6 @@ def cell_configs(cfg: StudyConfig) -> list[StudyConfig]:
 
 
 def _write_grid_file(cfg: StudyConfig, cells: Sequence[StudyConfig]) -> None:
-    from hpo.search._study import storage_filesystem
 
     fs, path = storage_filesystem(cfg)
     fs = fs or pafs.LocalFileSystem()
@@ -120,7 +120,6 @@ def run_grid(
     view). `max_concurrent` caps the live trials of all cells (None: the cluster's resources).
     `train` replaces the CNN-LSTM trial (benchmarks).
     """
-    from hpo.search._study import resolve_feature_sets, run_studies, train_on_node
 
     cells = cell_configs(cfg)
     for cell in cells:

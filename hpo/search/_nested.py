@@ -50,10 +50,11 @@ from hpo.search._study import (
     start_ray,
     trial_settings,
 )
-from hpo.train import TrialSettings, float_or_nan, fold_metrics, summarize
+from hpo.train import TrialSettings, float_or_nan, fold_metrics, shown_params, summarize
 from pipeline.files import jsonable
 from pipeline.groups import grouped_split
 from pipeline.manifest import LABELS, Clip, Manifest, Split, check_split, stratified_split
+from pipeline.store import open_store
 
 __all__ = [
     "NESTED_FILE",
@@ -204,7 +205,6 @@ def _refit_remote(
 ) -> dict[str, Any]:
     """Ray task body: read the feature set through this node's cache, then `refit_and_score`."""
     from hpo.train import configure_tensorflow
-    from pipeline.store import open_store
 
     settings = on_this_node(settings)
     configure_tensorflow(settings)
@@ -363,8 +363,6 @@ def run_nested(
     start = time.monotonic()
     started = start_ray(cfg)
     try:
-        from pipeline.store import open_store
-
         node_id = ray.get_runtime_context().get_node_id()
         outer = compute_split(cfg, key, node_id)
         for warning in outer.warnings:
@@ -462,7 +460,6 @@ def run_nested(
 def nested_table(record: Mapping[str, Any]) -> str:
     """Per outer fold: inner CV accuracy of the selected config, epochs, outer test accuracy and
     COVID recall; then the honest mean ± std (what ``lushpo tune --nested`` prints)."""
-    from hpo.train import shown_params
 
     header = f"{'outer':>5} {'clips':>11} {'trials':>6} {'inner acc':>9} {'epochs':>6} "
     header += f"{'test acc':>8} {'cov rec':>7}  selected params"

@@ -39,6 +39,7 @@ from hpo.search._study import (
     trial_settings,
 )
 from hpo.train import TrialSettings, float_or_nan
+from pipeline.store import open_store
 
 __all__ = [
     "RESCORE_FILE",
@@ -72,7 +73,6 @@ def _rescore_remote(
     import dataclasses
 
     from hpo.train import configure_tensorflow, cross_validate_with
-    from pipeline.store import open_store
 
     settings = dataclasses.replace(on_this_node(settings), seed=seed)
     configure_tensorflow(settings)

@@ -50,6 +50,7 @@ from hpo.train._settings import HISTORY, STATE_FILE, TRIAL_FILE, TrialSettings
 from pipeline.files import atomic_write_json
 from pipeline.groups import inner_validation
 from pipeline.manifest import LABELS, Split
+from pipeline.store import open_store
 
 __all__ = [
     "CVResult",
@@ -724,8 +725,6 @@ def train_cv(config: dict[str, Any], settings: TrialSettings) -> None:
     keras.backend.clear_session()
     configure_tensorflow(settings)
     from ray import tune
-
-    from pipeline.store import open_store
 
     params = dict(config)
     key = settings.feature_set_key(config)
