@@ -221,7 +221,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     from hpo.search import load_config
-    from hpo.search._study import compute_split
+    from hpo.search._prepare import compute_split
 
     n = args.concurrency
     with tempfile.TemporaryDirectory(prefix="lushpo-p2-") as tmp:

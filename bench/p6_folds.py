@@ -74,8 +74,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    from hpo.train import PAPER_BEST
-    from hpo.train._trainable import TrialSettings, configure_tensorflow, fold_data
+    from hpo.train import PAPER_BEST, TrialSettings, configure_tensorflow, fold_data
     from tests.support.featuresets import synthetic_feature_set, synthetic_split
 
     fs = synthetic_feature_set(

@@ -90,6 +90,27 @@ from ._optuna_storage import (
 from ._optuna_storage import (
     remember as remember,
 )
+from ._prepare import (
+    cache_dir_for as cache_dir_for,
+)
+from ._prepare import (
+    compute_split as compute_split,
+)
+from ._prepare import (
+    on_this_node as on_this_node,
+)
+from ._prepare import (
+    resolve_feature_sets as resolve_feature_sets,
+)
+from ._prepare import (
+    start_ray as start_ray,
+)
+from ._prepare import (
+    storage_filesystem as storage_filesystem,
+)
+from ._prepare import (
+    trial_settings as trial_settings,
+)
 from ._progress import (
     StudyProgress as StudyProgress,
 )

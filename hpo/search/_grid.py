@@ -29,8 +29,9 @@ from ray.tune import Callback
 
 from hpo.search._config import StudyConfig
 from hpo.search._optuna_storage import masked
+from hpo.search._prepare import resolve_feature_sets, storage_filesystem
 from hpo.search._run_files import GRID_FILE
-from hpo.search._study import resolve_feature_sets, run_studies, storage_filesystem, train_on_node
+from hpo.search._study import run_studies, train_on_node
 
 __all__ = ["GRID_FILE", "ONE_EXPERIMENT", "cell_configs", "cell_label", "read_grid", "run_grid"]
 

@@ -37,19 +37,17 @@ from ray import tune
 
 from hpo.search._config import StudyConfig
 from hpo.search._optuna_storage import masked
-from hpo.search._run_files import read_run_file, remove_run_file, write_run_file
-from hpo.search._selection import TIE_BREAK, final_epochs, select_best
-from hpo.search._study import (
-    StudyResult,
-    TrialRecord,
+from hpo.search._prepare import (
     cache_dir_for,
     compute_split,
     on_this_node,
     resolve_feature_sets,
-    run_studies,
     start_ray,
     trial_settings,
 )
+from hpo.search._run_files import read_run_file, remove_run_file, write_run_file
+from hpo.search._selection import TIE_BREAK, final_epochs, select_best
+from hpo.search._study import StudyResult, TrialRecord, run_studies
 from hpo.train import TrialSettings, float_or_nan, fold_metrics, shown_params, summarize
 from pipeline.files import jsonable
 from pipeline.groups import grouped_split

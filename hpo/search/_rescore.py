@@ -27,17 +27,16 @@ from typing import Any
 import numpy as np
 
 from hpo.search._config import StudyConfig
-from hpo.search._run_files import RESCORE_FILE, read_run_file, remove_run_file, write_run_file
-from hpo.search._selection import TIE_BREAK
-from hpo.search._study import (
-    StudyResult,
-    TrialRecord,
+from hpo.search._prepare import (
     compute_split,
     on_this_node,
     resolve_feature_sets,
     start_ray,
     trial_settings,
 )
+from hpo.search._run_files import RESCORE_FILE, read_run_file, remove_run_file, write_run_file
+from hpo.search._selection import TIE_BREAK
+from hpo.search._study import StudyResult, TrialRecord
 from hpo.train import TrialSettings, float_or_nan
 from pipeline.store import open_store
 

@@ -2,6 +2,33 @@
 k-fold cross-validation of one config (the k fold models trained in lockstep), as a Ray Tune
 function trainable. Imports nothing of `hpo.search`, `hpo.results` or `hpo.cli`."""
 
+from ._folds import (
+    FoldData as FoldData,
+)
+from ._folds import (
+    FoldState as FoldState,
+)
+from ._folds import (
+    fold_data as fold_data,
+)
+from ._lockstep import (
+    CVResult as CVResult,
+)
+from ._lockstep import (
+    LockstepCV as LockstepCV,
+)
+from ._lockstep import (
+    balanced_class_weights as balanced_class_weights,
+)
+from ._lockstep import (
+    cross_validate as cross_validate,
+)
+from ._lockstep import (
+    cross_validate_with as cross_validate_with,
+)
+from ._lockstep import (
+    fit_head as fit_head,
+)
 from ._metrics import (
     BOOTSTRAP as BOOTSTRAP,
 )
@@ -92,29 +119,14 @@ from ._space import (
 from ._space import (
     study_space as study_space,
 )
-from ._trainable import (
-    CVResult as CVResult,
-)
-from ._trainable import (
-    LockstepCV as LockstepCV,
-)
-from ._trainable import (
-    balanced_class_weights as balanced_class_weights,
-)
-from ._trainable import (
+from ._tensorflow import (
     configure_tensorflow as configure_tensorflow,
 )
 from ._trainable import (
-    cross_validate as cross_validate,
-)
-from ._trainable import (
-    cross_validate_with as cross_validate_with,
-)
-from ._trainable import (
-    fit_head as fit_head,
-)
-from ._trainable import (
     train_cv as train_cv,
+)
+from ._trainable import (
+    training_record as training_record,
 )
 from ._trainable import (
     write_trial as write_trial,

@@ -376,7 +376,8 @@ def test_an_s3_run_folder_is_set_aside_not_deleted_until_the_new_study_starts(
     start, removed once it starts (a real S3 endpoint: moto on loopback)."""
     import boto3
 
-    from hpo.search._study import _SetAside, storage_filesystem
+    from hpo.search._prepare import storage_filesystem
+    from hpo.search._study import _SetAside
 
     boto3.client("s3").create_bucket(Bucket="lushpo-aside")
     url = f"sqlite:///{tmp_path / 'optuna.db'}"

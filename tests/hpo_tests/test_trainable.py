@@ -13,15 +13,19 @@ import numpy as np
 import pytest
 
 import hpo.train._trainable as trainable
-from hpo.train import PAPER_BEST
-from hpo.train._trainable import (
+from hpo.train import (
+    PAPER_BEST,
+    FoldData,
     LockstepCV,
     TrialSettings,
+    balanced_class_weights,
     configure_tensorflow,
     cross_validate,
     fold_data,
+    predict_proba,
     train_cv,
 )
+from hpo.train._folds import _seed
 from pipeline.manifest import Fold, Split
 from tests.support.featuresets import put_synthetic, synthetic_feature_set, synthetic_split
 
@@ -237,9 +241,9 @@ def test_standardize_fits_each_fold_to_its_inner_training_clips_only(fs, split):
 
 
 def test_class_weights_balance_the_inner_training_labels():
-    weights = trainable.balanced_class_weights(np.array([0, 0, 0, 1, 2, 2]))
+    weights = balanced_class_weights(np.array([0, 0, 0, 1, 2, 2]))
     assert weights == pytest.approx({0: 6 / 9, 1: 2.0, 2: 1.0})
-    assert trainable.balanced_class_weights(np.array([1, 1, 2])) == pytest.approx({1: 0.75, 2: 1.5})
+    assert balanced_class_weights(np.array([1, 1, 2])) == pytest.approx({1: 0.75, 2: 1.5})
 
 
 # --- one graph for k folds: same maths as k Keras models, traced once ---------------------------
@@ -254,7 +258,7 @@ def _uneven_folds(k: int = 5):
         y = rng.integers(0, 3, n_train + 14)
         y[:3] = (0, 1, 2)
         out.append(
-            trainable.FoldData(
+            FoldData(
                 x[:n_train],
                 y[:n_train],
                 x[n_train : n_train + 6],
@@ -289,17 +293,15 @@ def test_one_batched_epoch_equals_keras_training_each_fold_alone():
         )
     cv.step()
     for k, (model, data) in enumerate(zip(alone, folds, strict=True)):
-        order = np.random.default_rng(trainable._seed(3, k, 0, 2**20)).permutation(
-            len(data.y_train)
-        )
-        weights = trainable.balanced_class_weights(data.y_train)
+        order = np.random.default_rng(_seed(3, k, 0, 2**20)).permutation(len(data.y_train))
+        weights = balanced_class_weights(data.y_train)
         for start in range(0, len(order), 16):
             rows = order[start : start + 16]
             model.train_on_batch(data.x_train[rows], data.y_train[rows], class_weight=weights)
         for ours, theirs in zip(cv.models[k].get_weights(), model.get_weights(), strict=True):
             np.testing.assert_allclose(ours, theirs, atol=1e-5)
         np.testing.assert_allclose(
-            trainable.predict_proba(cv.models[k], data.x_test),
+            predict_proba(cv.models[k], data.x_test),
             np.asarray(model.predict(data.x_test, verbose=0)),
             atol=1e-5,
         )
@@ -523,8 +525,9 @@ def test_ray_tune_retries_a_failed_trial_from_its_checkpoint(trial, tmp_path):
 _REUSED_WORKER = """
 import logging, sys
 from hpo.search import from_dict
-from hpo.search._study import trial_settings
-from hpo.train._trainable import configure_tensorflow, tf
+from hpo.search._prepare import trial_settings
+import tensorflow as tf
+from hpo.train import configure_tensorflow
 from tests.support.featuresets import synthetic_feature_set, synthetic_split
 
 warnings = []

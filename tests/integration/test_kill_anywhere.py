@@ -25,7 +25,7 @@ from ray.tune import ExperimentAnalysis
 
 from hpo.results._export import _read_run
 from hpo.search import RETRY_ATTR, TUNE_ID_ATTR, experiment_paths, load_config
-from hpo.search._study import storage_filesystem
+from hpo.search._prepare import storage_filesystem
 from tests.integration.driver import Driver, write_config
 from tests.integration.trivial_driver import POINTS
 from tests.support.featuresets import put_synthetic

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpo.train._trainable import fold_data
+from hpo.train import fold_data
 from pipeline.groups import grouped_split, inner_validation, name_group, read_groups
 from pipeline.manifest import (
     CLIPS_DIR,
