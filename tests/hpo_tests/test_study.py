@@ -316,24 +316,19 @@ def test_rescore_retrains_the_top_trials_and_export_takes_the_rescored_winner(
         os.chdir(here)
     assert card["trial_id"] == runner_up and card["selection"]["rescored"] is True
     assert card["rescore"]["winner"] == runner_up
-    # A rescore.json of another split is refused: the study's own best is exported.
-    (Path(cfg.run_path) / RESCORE_FILE).write_text(
-        json.dumps({**forged, "split": {"digest": "0" * 64}})
-    )
-    lines = []
-    card = export_best(
-        cfg.run_path, tmp_path / "out", store=uri, overwrite=True, log=lines.append
-    ).card
-    assert card["trial_id"] == result.best.trial_id and card["selection"]["rescored"] is False
-    assert any("rescore.json refused" in line for line in lines)
-    # A winner that is no trial of this run is refused too (issue 26: it raised AttributeError).
-    (Path(cfg.run_path) / RESCORE_FILE).write_text(json.dumps({**forged, "winner": "0a0b0c0d"}))
-    lines = []
-    card = export_best(
-        cfg.run_path, tmp_path / "out", store=uri, overwrite=True, log=lines.append
-    ).card
-    assert card["trial_id"] == result.best.trial_id and card["selection"]["rescored"] is False
-    assert any("its winner 0a0b0c0d is not a trial here" in line for line in lines)
+    # A rescore.json of another split is refused, and one whose winner is no trial of this run
+    # (issue 26: that raised AttributeError): the study's own best is exported.
+    for refused, says in (
+        ({"split": {"digest": "0" * 64}}, "rescore.json refused: it is for feature set"),
+        ({"winner": "0a0b0c0d"}, "rescore.json refused: its winner 0a0b0c0d is not a trial here"),
+    ):
+        (Path(cfg.run_path) / RESCORE_FILE).write_text(json.dumps({**forged, **refused}))
+        lines = []
+        card = export_best(
+            cfg.run_path, tmp_path / "out", store=uri, overwrite=True, log=lines.append
+        ).card
+        assert card["trial_id"] == result.best.trial_id and card["selection"]["rescored"] is False
+        assert any(says in line for line in lines), lines
 
 
 class _CannotStart(Callback):
