@@ -14,6 +14,27 @@ from ._baseline import (
 from ._baseline import (
     temporal_claim as temporal_claim,
 )
+from ._card import (
+    CARD as CARD,
+)
+from ._card import (
+    ExportError as ExportError,
+)
+from ._card import (
+    claim as claim,
+)
+from ._card import (
+    confidence as confidence,
+)
+from ._card import (
+    fold_predictions as fold_predictions,
+)
+from ._card import (
+    read_card as read_card,
+)
+from ._card import (
+    spatial_baseline as spatial_baseline,
+)
 from ._evaluate import (
     REPORT_JSON as REPORT_JSON,
 )
@@ -27,19 +48,7 @@ from ._evaluate import (
     load_split_features as load_split_features,
 )
 from ._export import (
-    CARD as CARD,
-)
-from ._export import (
-    ExportError as ExportError,
-)
-from ._export import (
     ExportResult as ExportResult,
-)
-from ._export import (
-    claim as claim,
-)
-from ._export import (
-    confidence as confidence,
 )
 from ._export import (
     export_best as export_best,
@@ -49,18 +58,6 @@ from ._export import (
 )
 from ._export import (
     export_grid as export_grid,
-)
-from ._export import (
-    fold_predictions as fold_predictions,
-)
-from ._export import (
-    read_card as read_card,
-)
-from ._export import (
-    run_filesystem as run_filesystem,
-)
-from ._export import (
-    spatial_baseline as spatial_baseline,
 )
 from ._export_folder import (
     MANIFEST as MANIFEST,
@@ -160,4 +157,7 @@ from ._report import (
 )
 from ._report import (
     rescore_table as rescore_table,
+)
+from ._run_reader import (
+    run_filesystem as run_filesystem,
 )

@@ -23,7 +23,7 @@ import numpy as np
 
 from hpo.results import _report as render
 from hpo.results._baseline import linear_probe
-from hpo.results._export import claim, confidence, fold_predictions, read_card
+from hpo.results._card import claim, confidence, fold_predictions, read_card
 from hpo.results._export_folder import add_files, writable
 from hpo.results._paper import (
     PAPER_HEADLINE,

@@ -34,297 +34,59 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hpo import project
-from hpo.results._baseline import linear_probe, temporal_claim
+from hpo.results._card import (
+    _LIBRARIES,
+    CARD,
+    CARD_FORMAT,
+    ExportError,
+    _select,
+    claim,
+    confidence,
+    fold_predictions,
+    spatial_baseline,
+)
 from hpo.results._export_folder import add_files, replacing
+from hpo.results._run_reader import (
+    _complete,
+    _download_best,
+    _nested_entry,
+    _nested_mismatch,
+    _read_run,
+    _rescored_winner,
+    _study_location,
+    _TrialRef,
+    _trials_table,
+)
 from hpo.search import (
     GRID_FILE,
     ONE_EXPERIMENT,
     RESCORE_FILE,
     SETTINGS_FILE,
     TIE_BREAK,
-    Candidate,
     Objective,
-    card_entry,
-    experiment_paths,
     final_epochs,
     masked,
-    read_nested,
     read_run_file,
-    select_best,
-    selected_on,
 )
 from hpo.train import (
-    STUDY_KEY,
-    bootstrap_ci,
     fit_head,
-    float_or_nan,
-    fold_metrics,
-    is_paper_best,
-    predict_proba,
     summarize,
 )
 from pipeline.files import (
     atomic_write_json,
     library_versions,
-    s3_filesystem,
     sha256_file,
 )
-from pipeline.manifest import Split
 from pipeline.paper_layout import write_paper_layout
 from pipeline.store import open_store
 
 __all__ = [
-    "CARD",
-    "ExportError",
     "ExportResult",
-    "claim",
-    "confidence",
     "export_best",
     "export_checkpoint",
     "export_grid",
-    "fold_predictions",
-    "read_card",
-    "run_filesystem",
-    "spatial_baseline",
 ]
-
-CARD = "model_card.json"
-CARD_FORMAT = "lushpo-model-card/1"
-_LIBRARIES = (
-    "lushpo",
-    "tensorflow",
-    "keras",
-    "numpy",
-    "scikit-learn",
-    "ray",
-    "optuna",
-    "opencv-python-headless",
-    "h5py",
-)
-
-
-class ExportError(RuntimeError):
-    """The run holds no exportable trial, or the output folder cannot be written."""
-
-
-def read_card(directory: Path | str) -> dict:
-    """The model card of an exported folder.
-
-    Raises:
-        FileNotFoundError: naming the folder when it has no model_card.json (export incomplete).
-        ValueError: when the card is not JSON or has another format.
-    """
-    path = Path(directory) / CARD
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: {directory} is not a finished `lushpo export` folder"
-        )
-    try:
-        card = json.loads(path.read_text())
-    except ValueError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-    if card.get("format") != CARD_FORMAT:
-        raise ValueError(f"{path}: format {card.get('format')!r}, expected {CARD_FORMAT!r}")
-    return card
-
-
-# --- reading the run ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _TrialRef:
-    candidate: Candidate
-    trial: Any  # ray.tune.experiment.Trial
-    config: dict
-
-
-def run_filesystem(run: str, endpoint_url: str | None) -> tuple[str, Any]:
-    """(path, pyarrow filesystem) for reading the run; s3:// through `endpoint_url` if given
-    (MinIO, moto), as `hpo.search` writes it."""
-    if not run.startswith("s3://") or not endpoint_url:
-        return run, None
-    return run[len("s3://") :].rstrip("/"), s3_filesystem(endpoint_url)
-
-
-def _read_run(
-    run: str,
-    endpoint_url: str | None = None,
-    study_key: str | None = None,
-    objective: Objective | None = None,
-) -> list[_TrialRef]:
-    """Every trial of the run with a checkpoint and a final accuracy, in run order, ranked by
-    `objective` (default: the test folds); with `study_key`, those of that study only (an
-    experiment of several: a grid's cells)."""
-    objective = objective or Objective()
-    from ray.tune import ExperimentAnalysis
-
-    path, filesystem = run_filesystem(run, endpoint_url)
-    if filesystem is None and "://" not in path:
-        if not Path(path).is_dir():
-            raise ExportError(
-                f"{run}: no such run directory (a study's <storage_path>/<name>, e.g. "
-                ".lushpo/runs/quick)"
-            )
-        path = str(Path(path).resolve())  # Ray reads relative paths as URIs without a scheme
-    trials = []
-    for experiment in experiment_paths(filesystem, path):  # continuations of a raised budget
-        try:
-            analysis = ExperimentAnalysis(experiment, storage_filesystem=filesystem)
-        except (ValueError, FileNotFoundError, OSError) as exc:
-            if experiment != path and isinstance(exc, ValueError):
-                continue  # "no experiment snapshot": a continuation that died before Tune saved
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ExportError(f"cannot read the Ray Tune run at {run}: {first}") from exc
-        trials += analysis.trials
-    refs = []
-    if study_key is not None:
-        trials = [t for t in trials if (t.config or {}).get(STUDY_KEY) == study_key]
-    for order, trial in enumerate(trials):
-        result = trial.last_result or {}
-        if trial.status == "ERROR" or trial.checkpoint is None or "accuracy" not in result:
-            continue
-        if result.get("final") is False:  # stopped early (ASHA): its accuracy is validation's
-            continue
-        refs.append(
-            _TrialRef(
-                objective.candidate(str(trial.trial_id), order, result),
-                trial,
-                {k: v for k, v in (trial.config or {}).items() if k != STUDY_KEY},
-            )
-        )
-    return refs
-
-
-def _complete(record: dict) -> bool:
-    folds = record.get("split", {}).get("folds", [])
-    return bool(folds) and len(record.get("folds", [])) == len(folds)
-
-
-def _download_best(refs: list[_TrialRef], dest: Path) -> tuple[_TrialRef, dict]:
-    """Best trial whose checkpoint holds a complete trial.json, downloaded into `dest`."""
-    remaining = list(refs)
-    while remaining:
-        best = select_best([r.candidate for r in remaining])
-        ref = next(r for r in remaining if r.candidate == best)
-        remaining.remove(ref)
-        if dest.exists():
-            shutil.rmtree(dest)
-        ref.trial.checkpoint.to_directory(str(dest))
-        record_path = dest / "trial.json"
-        if record_path.is_file():
-            record = json.loads(record_path.read_text())
-            if _complete(record):
-                return ref, record
-    raise ExportError(
-        f"none of the {len(refs)} trials with a checkpoint holds a complete trial.json "
-        "(fold-{i}.h5 for every fold); were all trials stopped early?"
-    )
-
-
-def _rescored_winner(
-    refs: list[_TrialRef], rescore: dict, dest: Path, log: Callable[[str], None]
-) -> _TrialRef | None:
-    """The re-scored winner (`hpo.search`) downloaded into `dest`, or None with a warning when
-    rescore.json does not belong to this run's trials, feature set and split."""
-
-    ref = next((r for r in refs if r.candidate.trial_id == rescore.get("winner")), None)
-    if ref is None:
-        log(
-            f"warning: rescore.json refused: its winner {rescore.get('winner')} is not a trial here"
-        )
-        return None
-    ref.trial.checkpoint.to_directory(str(dest))
-    record = json.loads((dest / "trial.json").read_text())
-    ours = (record["feature_set"], Split.from_dict(record["split"]).digest())
-    theirs = (rescore.get("feature_set"), (rescore.get("split") or {}).get("digest"))
-    if not _complete(record) or ours != theirs:
-        log(
-            f"warning: rescore.json refused: it is for feature set {theirs[0]!r} and split "
-            f"{str(theirs[1])[:12]}, trial {ref.candidate.trial_id} for {ours[0]!r} and "
-            f"{ours[1][:12]}"
-        )
-        shutil.rmtree(dest)
-        return None
-    return ref
-
-
-def _study_location(run: str) -> dict | None:
-    """Where the run's Optuna study lives: `hpo.search`'s default is ``<run>/optuna.db``, named
-    after the run (``<storage_path>/<name>``); other storages are named with ``study=``."""
-    if "://" in run:
-        return None
-    db = Path(run) / "optuna.db"
-    if not db.is_file():
-        return None
-    return {"optuna_storage": f"sqlite:///{db.resolve()}", "study_name": Path(run).name}
-
-
-def _nested_entry(run: str, endpoint_url: str | None, log: Callable[[str], None]) -> dict | None:
-    """The card's ``nested`` entry from the run's nested.json (``lushpo tune --nested``), if any."""
-
-    try:
-        nested = read_nested(run, endpoint_url)
-    except (OSError, ValueError) as exc:
-        raise ExportError(f"cannot read the nested CV result of {run}: {exc}") from exc
-    if nested is None:
-        return None
-    acc = nested["accuracy"]
-    log(
-        f"nested CV result found: accuracy {acc['mean']:.4f} ± {acc['std']:.4f} over "
-        f"{len(nested.get('outer_folds', []))} outer folds"
-    )
-    return card_entry(nested)
-
-
-def _nested_mismatch(nested: dict | None, feature_set: str, split: dict) -> str | None:
-    """Why a nested result is not this export's honest figure (another feature set or outer
-    split), or None when it is: the card shows only a nested CV of the same data and folds."""
-    if not nested:
-        return None
-
-    digest = Split.from_dict(split).digest()
-    theirs = (nested.get("feature_set"), (nested.get("outer_split") or {}).get("digest"))
-    if theirs == (feature_set, digest):
-        return None
-    return (
-        f"nested.json refused: it is for feature set {theirs[0]!r} and outer split digest "
-        f"{str(theirs[1])[:12]}, this export for {feature_set!r} and {digest[:12]}; run "
-        "`lushpo tune --nested` on this study's config to get its honest figure"
-    )
-
-
-def _trials_table(refs: list[_TrialRef], objective: Objective, front: set[str]) -> list[dict]:
-    """Every candidate trial's test-fold figures (``accuracy``, ``accuracy_std``,
-    ``cov_recall``: what the report compares), its ``objective`` (the accuracy on the objective's
-    folds, for the optimisation-history plot) and, for a multi-objective study, its ``values``;
-    ``paper_best`` marks the paper's own head and recipe (`hpo.train.PAPER_BEST`), the report's
-    baseline."""
-
-    def finite(value: Any) -> float | None:  # JSON: null, not NaN
-        number = float_or_nan(value)
-        return number if math.isfinite(number) else None
-
-    rows = []
-    for ref in refs:
-        c, result = ref.candidate, ref.trial.last_result or {}
-        rows.append(
-            {
-                "trial_id": c.trial_id,
-                "order": c.order,
-                "accuracy": finite(result.get("accuracy")),
-                "accuracy_std": finite(result.get("accuracy_std")),
-                "cov_recall": finite(result.get("cov_recall_mean")),
-                "objective": finite(c.accuracy),
-                "feasible": c.feasible,
-                "values": objective.values(result),
-                "on_front": c.trial_id in front,
-                "paper_best": is_paper_best(ref.config),
-            }
-        )
-    return rows
 
 
 # --- writing the folder ------------------------------------------------------------------------
@@ -334,70 +96,6 @@ def _save_h5(model: Any, path: Path) -> None:
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")  # keeps the .h5 suffix
     model.save(tmp)
     os.replace(tmp, path)
-
-
-def _select(fs: Any, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    position = {clip: i for i, clip in enumerate(fs.clip_ids)}
-    missing = [clip for clip in ids if clip not in position]
-    if missing:
-        raise ExportError(
-            f"feature set {fs.spec.key()} lacks {len(missing)} clips of the trial's split, "
-            f"e.g. {missing[:3]}"
-        )
-    rows = [position[clip] for clip in ids]
-    return np.asarray(fs.features[rows], dtype=np.float32), np.asarray(fs.labels)[rows]
-
-
-def fold_predictions(
-    directory: Path, split: dict, features: Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]
-) -> tuple[list[dict], dict[str, tuple[int, int]]]:
-    """Each ``fold-{i}.h5`` in `directory`, loaded the way users load it, scored on its test fold.
-
-    Returns the per-fold metrics and the pooled out-of-fold predictions, clip id → (true label,
-    predicted label). `features(ids)` gives those clips' features and labels."""
-    import tensorflow as tf
-
-    folds: list[dict[str, Any]] = []
-    pooled: dict[str, tuple[int, int]] = {}
-    for i, fold in enumerate(split["folds"]):
-        # compile=False: scoring needs no optimizer (and Keras would warn about its absence)
-        model = tf.keras.models.load_model(directory / f"fold-{i}.h5", compile=False)
-        x, y = features(fold["test"])
-        pred = predict_proba(model, x).argmax(axis=1)
-        folds.append(fold_metrics(y, pred))
-        pooled.update(zip(fold["test"], zip(map(int, y), map(int, pred), strict=True), strict=True))
-    return folds, pooled
-
-
-def confidence(pooled: dict[str, tuple[int, int]]) -> dict:
-    """`hpo.train.bootstrap_ci` of pooled out-of-fold (true, predicted) labels by clip id."""
-    ids = sorted(pooled)
-    return bootstrap_ci([pooled[c][0] for c in ids], [pooled[c][1] for c in ids])
-
-
-def spatial_baseline(fs: Any, split: dict) -> dict:
-    """`hpo.results.linear_probe` on the trial's folds, without its per-clip predictions."""
-
-    features = dict(zip(fs.clip_ids, fs.features, strict=True))
-    labels = dict(zip(fs.clip_ids, map(int, fs.labels), strict=True))
-    probe = linear_probe(features, labels, Split.from_dict(split))
-    return {k: v for k, v in probe.items() if k != "predictions"}
-
-
-def claim(card: dict) -> str:
-    """The temporal-vs-spatial sentence for a card (or report) holding ``summary``, ``baseline``,
-    ``params`` and optionally ``nested``: on the nested (honest) figure when there is one."""
-
-    nested = card.get("nested") or {}
-    honest = nested.get("accuracy", {}).get("mean")
-    study = honest if honest is not None else card["summary"]["accuracy"]["mean"]
-    return temporal_claim(
-        float(study),
-        float(card["baseline"]["summary"]["accuracy"]["mean"]),
-        honest=honest is not None,
-        head=str(card["params"].get("head", "lstm")),
-        selected_on=selected_on(card),
-    )
 
 
 def _same_metrics(a: dict, b: dict) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from hpo.results._export import CARD, read_card
+from hpo.results._card import CARD, read_card
 from hpo.train import predict_proba
 from pipeline.backbones import get_backbone, load_backbone, resolve_weights
 from pipeline.extract import extract

@@ -23,7 +23,7 @@ import optuna
 import pytest
 from ray.tune import ExperimentAnalysis
 
-from hpo.results._export import _read_run
+from hpo.results._run_reader import _read_run
 from hpo.search import RETRY_ATTR, TUNE_ID_ATTR, experiment_paths, load_config
 from hpo.search._prepare import storage_filesystem
 from tests.integration.driver import Driver, write_config
