@@ -372,7 +372,7 @@ def test_an_s3_run_folder_is_set_aside_not_deleted_until_the_new_study_starts(
     import boto3
 
     from hpo.search._prepare import storage_filesystem
-    from hpo.search._study import _SetAside
+    from hpo.search._run_folder import _SetAside
 
     boto3.client("s3").create_bucket(Bucket="lushpo-aside")
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
