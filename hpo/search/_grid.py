@@ -11,7 +11,7 @@ cluster takes a trial from any unfinished cell, so a 16-GPU cluster runs up to 1
     RUN/grid.json           {"name", "cells": ["xception-20", …], "optuna_storage" (masked),
                              "experiment": "one"}
     RUN/                    the Ray Tune experiment: every cell's trials, each config naming
-                            its cell (`hpo.search.STUDY_KEY`)
+                            its cell (`hpo.train.STUDY_KEY`)
     RUN/<backbone>-<N>/     the cell's run files (lushpo-settings.json, rescore.json)
 
 Grids run before this layout (no "experiment" in grid.json) have a Tune run per cell folder;

@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 SETTINGS_FILE = "lushpo-settings.json"
-"""What shaped a study's trials, and its objective (`hpo.search.study_settings`), written when it
+"""What shaped a study's trials, and its objective (`_study.study_settings`), written when it
 starts; ``--resume`` refuses to continue with different values (a changed validation fraction
 would change the inner split mid-trial), and export ranks trials by its objective."""
 GRID_FILE = "grid.json"  # a grid run's cells (hpo.search), in its run folder and its export
