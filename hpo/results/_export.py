@@ -408,13 +408,12 @@ def export_grid(
     out: Any,
     grid: dict,
     *,
-    export: Callable[..., Any],
     log: Callable[[str], None] = print,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Export each cell's best trial of the grid run at `run` into ``out/<cell>`` (cells with no
-    finished trial are listed, not exported), then write ``out/grid.json``. `export` is
-    `export_best`; `kwargs` go to it. Returns {cell: ExportResult or error text}."""
+    finished trial are listed, not exported), then write ``out/grid.json``. `kwargs` go to
+    `export_best`. Returns {cell: ExportResult or error text}."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
@@ -424,7 +423,7 @@ def export_grid(
         where = {"experiment": run, "study_key": cell} if one else {}
         try:
             cell_run = f"{run.rstrip('/')}/{cell}"
-            results[cell] = export(cell_run, out / cell, study=study, **where, **kwargs)
+            results[cell] = export_best(cell_run, out / cell, study=study, **where, **kwargs)
             log(f"{cell}: exported to {out / cell}")
         except Exception as error:
             results[cell] = str(error)

@@ -365,8 +365,7 @@ def run_nested(
         outer = compute_split(cfg, key, node_id)
         for warning in outer.warnings:
             log(f"outer split: {warning}")
-        assert cfg.store is not None  # resolve_feature_sets refused a config without one
-        fs = open_store(cfg.store, cache_dir=cache_dir_for(cfg, node_id)).get(key)
+        fs = open_store(cfg.store_uri, cache_dir=cache_dir_for(cfg, node_id)).get(key)
         labels = {c: LABELS[int(y)] for c, y in zip(fs.clip_ids, fs.labels, strict=True)}
         del fs
         refit = ray.remote(_refit_remote).options(

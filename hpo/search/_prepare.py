@@ -50,9 +50,7 @@ def storage_filesystem(cfg: StudyConfig) -> tuple[pafs.FileSystem | None, str]:
 def resolve_feature_sets(cfg: StudyConfig) -> dict[tuple[str, int], str]:
     """{(backbone, frames): store key} for every feature set the study may read, or a clear error
     naming the store and what it holds. Runs on the driver before any Ray work."""
-    if cfg.store is None:
-        raise ValueError("no feature store given: set `store` in the config or pass --store")
-    store = open_store(cfg.store)
+    store = open_store(cfg.store_uri)  # ValueError naming the fix when the config has none
     fs_cfg = cfg.feature_set
     if fs_cfg.key is not None:
         if not store.exists(fs_cfg.key):

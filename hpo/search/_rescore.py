@@ -171,7 +171,7 @@ def run_rescore(
         "format": FORMAT,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "study": cfg.name,
-        "feature_set": key if len(keys) == 1 or isinstance(sets, str) else dict(sets),
+        "feature_set": sets if isinstance(sets, str) else dict(sets),
         "split": {"name": split.name, "digest": split.digest()},
         "top_k": top_k,
         "seeds": seeds,

@@ -80,7 +80,7 @@ def _missing_paper(args: argparse.Namespace) -> str | None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from hpo.results import (  # TensorFlow, when run  # matplotlib
+    from hpo.results import (  # TensorFlow and matplotlib, when run
         REPORT_MD,
         comparison_table,
         confidence_section,

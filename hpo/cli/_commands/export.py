@@ -92,7 +92,6 @@ def _run(args: argparse.Namespace) -> int:
             args.run,
             out,
             grid,
-            export=export_best,
             log=lambda msg: print(msg, file=sys.stderr),
             store=store,
             cache_dir=cache_dir,
@@ -112,7 +111,7 @@ def _run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             study=_study(args),
             pick=args.pick,
-            endpoint_url=project.flag_or_env(None, project.ENDPOINT_ENV),
+            endpoint_url=endpoint_url,
             log=lambda msg: print(msg, file=sys.stderr),
         )
     except (ExportError, RunLockedError, FileNotFoundError, ValueError) as exc:

@@ -168,7 +168,7 @@ def _cache_dir() -> Path:
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    data_dir = project.flag_or_env(getattr(args, "data_dir", None), project.DATA_DIR_ENV)
+    data_dir = project.flag_or_env(getattr(args, "data_dir", None), DATA_DIR_ENV)
     if data_dir and not Path(data_dir).is_dir():
         print(f"lushpo features: error: data directory {data_dir} does not exist; run `lushpo "
               f"data fetch --data-dir {data_dir}` or pass the folder that holds the data",
@@ -196,8 +196,8 @@ def _extract(args: argparse.Namespace) -> int:
     from pipeline.store import StoreError
 
     data_dir = _data_dir(args)
-    weights_text = project.flag_or_env(args.weights, project.WEIGHTS_ENV) or "imagenet"
-    address = project.flag_or_env(args.address, project.ADDRESS_ENV)
+    weights_text = project.flag_or_env(args.weights, WEIGHTS_ENV) or "imagenet"
+    address = project.flag_or_env(args.address, ADDRESS_ENV)
     try:
         store = _open_store(args)
         weights = {
