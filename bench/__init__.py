@@ -14,5 +14,6 @@ BENCHMARKS: dict[str, str] = {
     "p8": "bench.p8_scale",  # driver cost per trial at 500 trials ÷ at 10
     "p9": "bench.p9_cli_startup",  # seconds before `lushpo` answers (--version, ls, …)
     "p10": "bench.p10_threads",  # trials/hour of 4 one-CPU trials: per-trial threads ÷ TF's own
+    "p11": "bench.p11_store",  # a second features run ÷ the first; an outage's wait ÷ its window
 }
 """Benchmark id → module exposing ``run(argv: list[str] | None) -> dict``."""

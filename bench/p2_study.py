@@ -23,7 +23,7 @@ a few minutes per contender) stands for a real study such as `make run`'s 9 minu
 costs are mostly fixed per study (Ray's start and stop, the first trial's worker), and
 ``fixed_overhead_s`` records them so the ratio can be read for any study length.
 
-    python -m bench p2 [--trials N] [--max-epochs E] [--concurrency N]
+    python -m bench p2 [--trials N] [--max-epochs E] [--concurrency N] [--repeats R]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -209,6 +210,61 @@ def _canon(configs: list[dict]) -> list[str]:
     return sorted(repr(sorted(c.items())) for c in configs)
 
 
+def _alone(c: int) -> str:
+    """The name of the Optuna-alone contender at concurrency `c`."""
+    return "optuna-seq" if c == 1 else f"optuna-par-{c}"
+
+
+def _pair(
+    root: Path,
+    store_uri: str,
+    key: str,
+    env: dict[str, str],
+    args: argparse.Namespace,
+    c: int,
+    repeat: int,
+) -> dict[str, dict[str, Any]]:
+    """One repeat of the pair at concurrency `c`: Optuna alone and ``lushpo tune``, in the order
+    the repeat's parity gives (so a drifting machine load favours neither), by contender name."""
+    from hpo.search import load_config
+    from hpo.search._prepare import compute_split
+
+    # one trial with every core (TensorFlow's own threads), or one single-threaded trial per core
+    threads = {"cpu": os.cpu_count(), "intra_op_threads": 0} if c == 1 else {"cpu": 1}
+    config = study_yaml(
+        root, store_uri, args, name=f"p2-{c}-{repeat}", concurrent=c, resources=threads,
+        num_cpus=os.cpu_count(),
+    )  # fmt: skip
+    split = compute_split(load_config(config), key, "driver")  # what lushpo splits
+    optuna_name = _alone(c)
+    job = {"store": store_uri, "key": key, "split": split.to_dict(), "seed": args.seed,
+           "trials": args.trials, "max_epochs": args.max_epochs,
+           "journal": str(root / f"{optuna_name}-{repeat}.log")}  # fmt: skip
+    job_path = root / f"{optuna_name}-{repeat}.json"
+    job_path.write_text(json.dumps(job))
+
+    def optuna_alone() -> dict[str, Any]:
+        argv = [sys.executable, "-m", "bench.p2_study", "optuna", str(job_path), str(c)]
+        timed = _timed(argv, env)
+        return timed | json.loads(timed.pop("stdout").splitlines()[-1])
+
+    def lushpo() -> dict[str, Any]:
+        timed = _timed([str(Path(sys.executable).with_name("lushpo")), "tune", "--config",
+                        str(config)], env)  # fmt: skip
+        del timed["stdout"]
+        values, params = _lushpo_trials(root / "runs" / f"p2-{c}-{repeat}")
+        return timed | {"values": values, "params": params}
+
+    order = [(optuna_name, optuna_alone), (f"lushpo-{c}", lushpo)]
+    pair = {name: measure() for name, measure in (order if repeat % 2 == 0 else order[::-1])}
+    for name, contender in pair.items():
+        if len(contender["values"]) != args.trials:
+            raise RuntimeError(
+                f"{name} finished {len(contender['values'])} of {args.trials} trials"
+            )
+    return pair
+
+
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Measure P2 at concurrency 1 and n, write bench/results/p2_study.json, return the record."""
     parser = argparse.ArgumentParser(prog="bench p2", description=__doc__.split("\n\n")[0])
@@ -216,63 +272,49 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-epochs", type=int, default=40)
     add_feature_args(parser)
     parser.add_argument("--concurrency", type=int, default=os.cpu_count() or 1,
-                        help="n for the parallel pair (default: the cores)")  # fmt: skip
+                        help="n for the parallel pair (default: the cores; 1: the sequential "
+                        "pair only)")  # fmt: skip
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs of each pair; the value is the median of their ratios",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    from hpo.search import load_config
-    from hpo.search._prepare import compute_split
-
-    n = args.concurrency
+    levels = sorted({1, args.concurrency})
+    pairs: dict[int, list[dict[str, dict[str, Any]]]] = {c: [] for c in levels}
     with tempfile.TemporaryDirectory(prefix="lushpo-p2-") as tmp:
         root = Path(tmp)
         store_uri, key, env = synthetic_store(root, args)
-        configs = {}
-        for c in (1, n):  # one trial with every core (TensorFlow's own threads), or one each
-            threads = {"cpu": os.cpu_count(), "intra_op_threads": 0} if c == 1 else {"cpu": 1}
-            configs[c] = study_yaml(
-                root, store_uri, args, name=f"p2-{c}", concurrent=c, resources=threads,
-                num_cpus=os.cpu_count(),
-            )  # fmt: skip
-        split = compute_split(load_config(configs[1]), key, "driver")  # what lushpo splits
-        lushpo = str(Path(sys.executable).with_name("lushpo"))
-        contenders: dict[str, dict[str, Any]] = {}
-        for name, workers in (("optuna-seq", 1), (f"optuna-par-{n}", n)):
-            job = {"store": store_uri, "key": key, "split": split.to_dict(), "seed": args.seed,
-                   "trials": args.trials, "max_epochs": args.max_epochs,
-                   "journal": str(root / f"{name}.log")}  # fmt: skip
-            (root / f"{name}.json").write_text(json.dumps(job))
-            argv = [sys.executable, "-m", "bench.p2_study", "optuna", str(root / f"{name}.json"),
-                    str(workers)]  # fmt: skip
-            contenders[name] = _timed(argv, env)
-            contenders[name] |= json.loads(contenders[name].pop("stdout").splitlines()[-1])
-        for c in (1, n):
-            name = f"lushpo-{c}"
-            contenders[name] = _timed([lushpo, "tune", "--config", str(configs[c])], env)
-            del contenders[name]["stdout"]
-            values, params = _lushpo_trials(root / "runs" / f"p2-{c}")
-            contenders[name] |= {"values": values, "params": params}
+        for repeat in range(args.repeats):
+            for c in levels:
+                pairs[c].append(_pair(root, store_uri, key, env, args, c, repeat))
 
-    for name, c in contenders.items():
-        if len(c["values"]) != args.trials:
-            raise RuntimeError(f"{name} finished {len(c['values'])} of {args.trials} trials")
-    seq, one = contenders["optuna-seq"], contenders["lushpo-1"]
-    par, many = contenders[f"optuna-par-{n}"], contenders[f"lushpo-{n}"]
+    # (lushpo, Optuna alone) wall times of each repeat, by concurrency
+    walls = {
+        c: [(pair[f"lushpo-{c}"]["wall_s"], pair[_alone(c)]["wall_s"]) for pair in pairs[c]]
+        for c in levels
+    }
+    ratios = {c: [lushpo / alone for lushpo, alone in walls[c]] for c in levels}
+    overheads = {c: [round(lushpo - alone, 1) for lushpo, alone in walls[c]] for c in levels}
+    first = pairs[1][0]
+    one, seq = first["lushpo-1"], first["optuna-seq"]
     record = {
         "metric": "P2",
-        "value_concurrency_1": round(one["wall_s"] / seq["wall_s"], 4),
-        f"value_concurrency_{n}": round(many["wall_s"] / par["wall_s"], 4),
-        "goal": "<= 1.05 at both",
-        "fixed_overhead_s": {
-            "concurrency_1": round(one["wall_s"] - seq["wall_s"], 1),
-            f"concurrency_{n}": round(many["wall_s"] - par["wall_s"], 1),
-        },
+        **{f"value_concurrency_{c}": round(statistics.median(ratios[c]), 4) for c in levels},
+        "ratios": {f"concurrency_{c}": [round(r, 4) for r in ratios[c]] for c in levels},
+        "goal": "<= 1.05 at every concurrency",
+        "fixed_overhead_s": {f"concurrency_{c}": overheads[c] for c in levels},
         "same_configs_at_concurrency_1": _canon(one["params"]) == _canon(seq["params"]),
         "same_accuracies_at_concurrency_1": sorted(one["values"]) == sorted(seq["values"]),
-        "contenders": {
-            name: {k: v for k, v in c.items() if k not in ("params",)}
-            for name, c in contenders.items()
-        },
+        "contenders": [
+            {name: {k: v for k, v in c.items() if k != "params"} for name, c in pair.items()}
+            for c in levels
+            for pair in pairs[c]
+        ],
+        "repeats": args.repeats,
         "trials": args.trials,
         "max_epochs": args.max_epochs,
         "early_stopping": "off (patience = max_epochs)",
@@ -280,7 +322,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "stratified split",
         "space": SPACE,
         "seed": args.seed,
-        "timing": "each contender a fresh process, from start to exit (imports included)",
+        "timing": "each contender a fresh process, from start to exit (imports included); "
+        "the pair's order alternates between repeats",
         "machine": machine(),
     }
     return write_record(record, args.out)

@@ -352,7 +352,7 @@ def _export_best(
     `objectives`: the one trials are ranked by, the study's own, and the --pick rules that make
     the first from the second."""
     objective, study_objective, pick = objectives
-    front = objective.front({r.candidate.trial_id: r.trial.last_result or {} for r in refs})
+    front = objective.front({r.candidate.trial_id: r.record.metrics for r in refs})
     rescore = read_run_file(run, RESCORE_FILE, endpoint_url)
     ref = None
     if rescore is not None:

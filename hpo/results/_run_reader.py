@@ -18,13 +18,14 @@ from hpo.results._card import (
 from hpo.search import (
     Candidate,
     Objective,
+    TrialRecord,
     card_entry,
     experiment_paths,
     read_nested,
     select_best,
+    trial_records,
 )
 from hpo.train import (
-    STUDY_KEY,
     float_or_nan,
     is_paper_best,
 )
@@ -41,8 +42,13 @@ __all__ = [
 @dataclass(frozen=True)
 class _TrialRef:
     candidate: Candidate
-    trial: Any  # ray.tune.experiment.Trial
-    config: dict
+    record: TrialRecord  # a `TrialRecord.final` trial's
+
+    def download(self, dest: Path) -> None:
+        """The trial's final checkpoint (fold models, trial.json) into `dest`."""
+        if self.record.checkpoint is None:  # not a final trial's: `_read_run` keeps none such
+            raise ExportError(f"trial {self.candidate.trial_id} has no checkpoint")
+        self.record.checkpoint.to_directory(str(dest))
 
 
 def run_filesystem(run: str, endpoint_url: str | None) -> tuple[str, Any]:
@@ -63,7 +69,7 @@ def _read_run(
     `objective` (default: the test folds); with `study_key`, those of that study only (an
     experiment of several: a grid's cells)."""
     objective = objective or Objective()
-    from ray.tune import ExperimentAnalysis
+    from ray.tune import ExperimentAnalysis, ResultGrid
 
     path, filesystem = run_filesystem(run, endpoint_url)
     if filesystem is None and "://" not in path:
@@ -73,7 +79,7 @@ def _read_run(
                 ".lushpo/runs/quick)"
             )
         path = str(Path(path).resolve())  # Ray reads relative paths as URIs without a scheme
-    trials = []
+    records: list[TrialRecord] = []
     for experiment in experiment_paths(filesystem, path):  # continuations of a raised budget
         try:
             analysis = ExperimentAnalysis(experiment, storage_filesystem=filesystem)
@@ -82,24 +88,17 @@ def _read_run(
                 continue  # "no experiment snapshot": a continuation that died before Tune saved
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExportError(f"cannot read the Ray Tune run at {run}: {first}") from exc
-        trials += analysis.trials
-    refs = []
+        # the folds come from the winner's own trial.json: no read per trial here
+        records += trial_records(ResultGrid(analysis), objective, folds=False)
     if study_key is not None:
-        trials = [t for t in trials if (t.config or {}).get(STUDY_KEY) == study_key]
-    for order, trial in enumerate(trials):
-        result = trial.last_result or {}
-        if trial.status == "ERROR" or trial.checkpoint is None or "accuracy" not in result:
-            continue
-        if result.get("final") is False:  # stopped early (ASHA): its accuracy is validation's
-            continue
-        refs.append(
-            _TrialRef(
-                objective.candidate(str(trial.trial_id), order, result),
-                trial,
-                {k: v for k, v in (trial.config or {}).items() if k != STUDY_KEY},
-            )
-        )
-    return refs
+        records = [r for r in records if r.study == study_key]
+    # `order` is the trial's place in the run, as in `hpo.search.StudyResult.best`: a tie
+    # goes to the same trial the study reported as its best
+    return [
+        _TrialRef(objective.candidate(r.trial_id, order, r.metrics), r)
+        for order, r in enumerate(records)
+        if r.final
+    ]
 
 
 def _complete(record: dict) -> bool:
@@ -116,7 +115,7 @@ def _download_best(refs: list[_TrialRef], dest: Path) -> tuple[_TrialRef, dict]:
         remaining.remove(ref)
         if dest.exists():
             shutil.rmtree(dest)
-        ref.trial.checkpoint.to_directory(str(dest))
+        ref.download(dest)
         record_path = dest / "trial.json"
         if record_path.is_file():
             record = json.loads(record_path.read_text())
@@ -140,7 +139,7 @@ def _rescored_winner(
             f"warning: rescore.json refused: its winner {rescore.get('winner')} is not a trial here"
         )
         return None
-    ref.trial.checkpoint.to_directory(str(dest))
+    ref.download(dest)
     record = json.loads((dest / "trial.json").read_text())
     ours = (record["feature_set"], Split.from_dict(record["split"]).digest())
     theirs = (rescore.get("feature_set"), (rescore.get("split") or {}).get("digest"))
@@ -213,7 +212,7 @@ def _trials_table(refs: list[_TrialRef], objective: Objective, front: set[str]) 
 
     rows = []
     for ref in refs:
-        c, result = ref.candidate, ref.trial.last_result or {}
+        c, result = ref.candidate, ref.record.metrics
         rows.append(
             {
                 "trial_id": c.trial_id,
@@ -225,7 +224,7 @@ def _trials_table(refs: list[_TrialRef], objective: Objective, front: set[str]) 
                 "feasible": c.feasible,
                 "values": objective.values(result),
                 "on_front": c.trial_id in front,
-                "paper_best": is_paper_best(ref.config),
+                "paper_best": is_paper_best(ref.record.params),
             }
         )
     return rows

@@ -271,13 +271,7 @@ from ._study import (
     StudyInterruptedError as StudyInterruptedError,
 )
 from ._study import (
-    StudyResult as StudyResult,
-)
-from ._study import (
     StudySettingsChangedError as StudySettingsChangedError,
-)
-from ._study import (
-    TrialRecord as TrialRecord,
 )
 from ._study import (
     run_studies as run_studies,
@@ -290,4 +284,16 @@ from ._study import (
 )
 from ._study import (
     train_on_node as train_on_node,
+)
+from ._trials import (
+    StudyResult as StudyResult,
+)
+from ._trials import (
+    TrialRecord as TrialRecord,
+)
+from ._trials import (
+    by_study as by_study,
+)
+from ._trials import (
+    trial_records as trial_records,
 )

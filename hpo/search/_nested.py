@@ -47,7 +47,8 @@ from hpo.search._prepare import (
 )
 from hpo.search._run_files import read_run_file, remove_run_file, write_run_file
 from hpo.search._selection import TIE_BREAK, final_epochs, select_best
-from hpo.search._study import StudyResult, TrialRecord, run_studies
+from hpo.search._study import run_studies
+from hpo.search._trials import StudyResult, TrialRecord
 from hpo.train import TrialSettings, float_or_nan, fold_metrics, shown_params, summarize
 from pipeline.files import jsonable
 from pipeline.groups import grouped_split

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from hpo.search._selection import Objective
 
 if TYPE_CHECKING:
-    from hpo.search._study import StudyResult
+    from hpo.search._trials import StudyResult
 
 __all__ = ["StudyProgress", "results_table", "storage_banner"]
 

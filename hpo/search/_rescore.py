@@ -36,7 +36,7 @@ from hpo.search._prepare import (
 )
 from hpo.search._run_files import RESCORE_FILE, read_run_file, remove_run_file, write_run_file
 from hpo.search._selection import TIE_BREAK
-from hpo.search._study import StudyResult, TrialRecord
+from hpo.search._trials import StudyResult, TrialRecord
 from hpo.train import TrialSettings, float_or_nan
 from pipeline.store import open_store
 

@@ -11,8 +11,6 @@ store through their node's cache; nothing large travels from the driver.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import os
 import signal
 import sys
@@ -20,8 +18,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -68,7 +64,8 @@ from hpo.search._searcher import (
     prepare_study,
     reconcile,
 )
-from hpo.search._selection import Objective, select_best
+from hpo.search._selection import Objective
+from hpo.search._trials import StudyResult, TrialRecord, by_study, trial_records
 from hpo.train import STUDY_KEY, TrialSettings, paper_best, study_space
 from pipeline.files import few
 from pipeline.manifest import (
@@ -82,9 +79,7 @@ __all__ = [
     "SearchSettingsChangedError",
     "StudyExistsError",
     "StudyInterruptedError",
-    "StudyResult",
     "StudySettingsChangedError",
-    "TrialRecord",
     "make_sampler",
     "run_studies",
     "run_study",
@@ -120,42 +115,6 @@ class StudyInterruptedError(RuntimeError):
 
 class AllTrialsFailedError(RuntimeError):
     """Every trial of the study failed; the message carries the first error and the logs' place."""
-
-
-@dataclass(frozen=True)
-class TrialRecord:
-    trial_id: str
-    status: str  # TERMINATED | STOPPED (before its test scores: ASHA, time budget) | ERROR
-    params: dict[str, Any]
-    metrics: dict[str, Any]  # the trial's last result
-    folds: list[dict[str, Any]] = field(default_factory=list)  # per-fold metrics (trial.json)
-    error: str | None = None
-    path: str | None = None  # the trial's directory in the run's storage
-    objective: Objective = field(default_factory=Objective)  # the study's
-
-    @property
-    def value(self) -> float | None:
-        """Mean CV accuracy on the objective's folds; None for a failed trial or one stopped
-        before its final result (it has only epoch scores, not comparable)."""
-        return None if self.error else self.objective.value(self.metrics)
-
-
-@dataclass(frozen=True)
-class StudyResult:
-    name: str
-    run_path: str  # <storage_path>/<name>: Ray Tune's experiment dir
-    optuna_storage: str  # masked: no password (`hpo.search.masked`)
-    trials: tuple[TrialRecord, ...]
-    already_finished: bool = False  # --resume found nothing left to run
-
-    @property
-    def best(self) -> TrialRecord | None:
-        """The best finished trial by `hpo.search.select_best` (feasible first)."""
-        done = [t for t in self.trials if t.value is not None]
-        if not done:
-            return None
-        ranked = [t.objective.candidate(t.trial_id, i, t.metrics) for i, t in enumerate(done)]
-        return done[select_best(ranked).order]
 
 
 def _search_space(cfg: StudyConfig) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -376,43 +335,6 @@ def _run_config(cfg: StudyConfig, experiment_path: str) -> tune.RunConfig:
 # --- results -----------------------------------------------------------------------------------
 
 
-def _read_trial_json(result: Any) -> dict[str, Any]:
-    checkpoint = result.checkpoint
-    if checkpoint is None:
-        return {}
-    try:
-        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/trial.json") as f:
-            return json.loads(f.read())
-    except (FileNotFoundError, OSError, ValueError):
-        return {}
-
-
-def _records(grid: Any, objective: Objective) -> tuple[TrialRecord, ...]:
-    records = []
-    for result in grid:
-        metrics = dict(result.metrics or {})
-        trial = _read_trial_json(result)
-        records.append(
-            TrialRecord(
-                trial_id=str(metrics.get("trial_id") or Path(str(result.path)).name),
-                status=(
-                    "ERROR"
-                    if result.error
-                    else "TERMINATED"
-                    if metrics.get("final") is True
-                    else "STOPPED"
-                ),
-                params=dict(result.config or {}),
-                metrics=metrics,
-                folds=list(trial.get("folds", [])),
-                error=None if result.error is None else str(result.error),
-                path=str(result.path),
-                objective=objective,
-            )
-        )
-    return tuple(sorted(records, key=lambda r: r.trial_id))
-
-
 def _check_not_all_failed(cfg: StudyConfig, records: Sequence[TrialRecord]) -> None:
     if records and all(r.error for r in records):
         first = (records[0].error or "").strip().splitlines()
@@ -613,10 +535,10 @@ def _run_studies(
                             current, trainable=trainable, storage_filesystem=fs
                         )
                     log(f"study {cfg.name!r} has already finished; nothing to resume")
-                    every = _records_of(earlier_runs, objective) + _records(
+                    every = _records_of(earlier_runs, objective) + trial_records(
                         tuner.get_results(), objective
                     )
-                    records = _by_study(names, tuple(sorted(every, key=lambda r: r.trial_id)))
+                    records = by_study(names, every)
                     return {
                         study.name: StudyResult(
                             study.name, study.run_path, shown_storage, records[study.name], True
@@ -673,15 +595,14 @@ def _run_studies(
         aside.drop()
     if interrupted():
         raise StudyInterruptedError(cfg.name, cfg.run_path)
-    every = _records_of(earlier_runs, objective) + _records(grid, objective)
-    every = tuple(sorted(every, key=lambda r: r.trial_id))
+    every = _records_of(earlier_runs, objective) + trial_records(grid, objective)
     ends = {
         r.trial_id: TuneTrialEnd("ERROR" if r.error else "TERMINATED", r.metrics) for r in every
     }
     for study in studies:
         _reconcile(study, storage, ends, experiment_ended=True, log=log)
     _check_not_all_failed(cfg, every)
-    records = _by_study(names, every)
+    records = by_study(names, every)
     return {
         study.name: StudyResult(study.name, study.run_path, shown_storage, records[study.name])
         for study in studies
@@ -737,7 +658,9 @@ def _records_of(
     runs: Sequence[tune.ExperimentAnalysis], objective: Objective
 ) -> tuple[TrialRecord, ...]:
     """The trials of the run's earlier Tune experiments (its continuations' predecessors)."""
-    return tuple(record for run in runs for record in _records(tune.ResultGrid(run), objective))
+    return tuple(
+        record for run in runs for record in trial_records(tune.ResultGrid(run), objective)
+    )
 
 
 def _pending(studies: Sequence[StudyConfig], max_concurrent: int | None) -> int:
@@ -746,21 +669,6 @@ def _pending(studies: Sequence[StudyConfig], max_concurrent: int | None) -> int:
     trials one by one; ours can use every slot its studies' ``max_concurrent`` allow."""
     allowed = sum(study.budget.max_concurrent for study in studies)
     return allowed if max_concurrent is None else min(allowed, max_concurrent)
-
-
-def _by_study(
-    names: Sequence[str], records: Sequence[TrialRecord]
-) -> dict[str, tuple[TrialRecord, ...]]:
-    """Each study's trials; in an experiment of several, the config's `STUDY_KEY` says whose."""
-    if len(names) == 1:
-        return {names[0]: tuple(records)}
-    by_name: dict[str, list[TrialRecord]] = {name: [] for name in names}
-    for record in records:
-        params = dict(record.params)
-        name = params.pop(STUDY_KEY, None)
-        if name in by_name:
-            by_name[name].append(dataclasses.replace(record, params=params))
-    return {name: tuple(found) for name, found in by_name.items()}
 
 
 def _saved_run(fs: pafs.FileSystem | None, experiment_path: str) -> tune.ExperimentAnalysis | None:

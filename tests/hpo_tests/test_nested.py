@@ -26,11 +26,11 @@ from hpo.search._nested import (
 )
 from pipeline.manifest import LABELS, Fold, Split
 from tests.support.featuresets import put_synthetic, synthetic_feature_set
+from tests.support.studies import TINY_SPACE, tiny_study
 
-TINY_SPACE = {
-    "lstm_units": [8, 16],
-    "dense_layers": 1,
-    "dense_units_1": [8, 16],
+# one batch size: the refit of the outer fold's best trains the same head as its inner trials
+NESTED_SPACE = {
+    **TINY_SPACE,
     "batch_size": [8],
     "learning_rate": {"low": 3e-3, "high": 3e-2, "log": True},
 }
@@ -123,7 +123,7 @@ def test_card_entry_drops_clip_lists_but_keeps_the_numbers():
 def test_refit_scores_once_on_the_held_out_clips():
     fs = synthetic_feature_set(clips=36, frames=3, dim=8, signal=3.0)
     x, y = fs.features, fs.labels
-    params = {**{k: v[0] if isinstance(v, list) else v for k, v in TINY_SPACE.items()}}
+    params = {**{k: v[0] if isinstance(v, list) else v for k, v in NESTED_SPACE.items()}}
     params.update(learning_rate=0.02, lstm_dropout=0.0, recurrent_dropout=0.0, dense_dropout_1=0.0)
     metrics = refit_and_score(x[:27], y[:27], x[27:], y[27:], params, epochs=15, seed=1)
     assert metrics["n"] == 9 and len(metrics["y_pred"]) == 9
@@ -136,18 +136,10 @@ def test_refit_scores_once_on_the_held_out_clips():
 
 
 def _config(tmp_path: Path, uri: str) -> dict:
-    return {
-        "name": "nest",
-        "store": uri,
-        "feature_set": {"backbone": "synthetic", "frames": 4},
-        "split": {"kind": "stratified", "k": 2, "seed": 0},
-        "space": TINY_SPACE,
-        "budget": {"trials": 2, "max_concurrent": 1, "max_epochs": 2, "patience": 2},
-        "searcher": {"sampler": "tpe", "seed": 3},
-        "resources": {"cpu": 1, "intra_op_threads": 1},
-        "storage": {"storage_path": str(tmp_path / "runs")},
-        "cache_dir": str(tmp_path / "cache"),
-    }
+    return tiny_study(
+        tmp_path, uri, "nest", split={"k": 2}, space=NESTED_SPACE, budget={"trials": 2},
+        searcher={"seed": 3},
+    )  # fmt: skip
 
 
 @pytest.mark.slow

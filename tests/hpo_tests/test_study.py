@@ -27,16 +27,9 @@ from hpo.search import (
 )
 from pipeline.store import FeatureSetNotFoundError
 from tests.support.featuresets import put_synthetic
+from tests.support.studies import tiny_study
 
 # Tests that start Ray or train are `slow`; the study's own logic runs in `make test-fast`.
-
-TINY_SPACE = {
-    "lstm_units": [8, 16],
-    "dense_layers": 1,
-    "dense_units_1": [8, 16],
-    "batch_size": [8, 16],
-    "learning_rate": {"low": 1e-3, "high": 3e-2, "log": True},
-}
 
 
 @pytest.fixture(scope="module")
@@ -54,21 +47,7 @@ def store(tmp_path_factory):
 
 
 def _cfg(tmp_path: Path, store_uri: str, name: str = "s", **sections) -> object:
-    data = {
-        "name": name,
-        "store": store_uri,
-        "feature_set": {"backbone": "synthetic", "frames": 4},
-        "split": {"kind": "stratified", "k": 3, "seed": 0},
-        "space": TINY_SPACE,
-        "budget": {"trials": 3, "max_concurrent": 1, "max_epochs": 2, "patience": 2},
-        "searcher": {"sampler": "tpe", "seed": 7},
-        "resources": {"cpu": 1, "intra_op_threads": 1},
-        "storage": {"storage_path": str(tmp_path / "runs")},
-        "cache_dir": str(tmp_path / "cache"),
-    }
-    for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
-    return from_dict(data, source="test")
+    return from_dict(tiny_study(tmp_path, store_uri, name, **sections), source="test")
 
 
 def _history(cfg) -> list[tuple[dict, float]]:

@@ -25,8 +25,9 @@ from ray.tune import Callback, ExperimentAnalysis
 from hpo.search import FAILURE, REASON_ATTR, RETRY_ATTR, from_dict, run_study
 from pipeline.store import open_store
 from tests.integration.driver import Driver, write_config
-from tests.integration.test_resume import done_trials, tiny_study, with_sections
+from tests.integration.test_resume import done_trials
 from tests.support.featuresets import put_synthetic, synthetic_feature_set
+from tests.support.studies import checkpointed_study, with_sections
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -36,8 +37,8 @@ RUNNING = optuna.trial.TrialState.RUNNING
 
 
 def _study(tmp_path: Path, store: str, name: str, **sections) -> dict:
-    """`tiny_study` with 4 trials sampled at random and a cache per node."""
-    base = tiny_study(
+    """`checkpointed_study` with 4 trials sampled at random and a cache per node."""
+    base = checkpointed_study(
         tmp_path,
         store,
         name,

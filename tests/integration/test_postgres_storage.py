@@ -18,9 +18,10 @@ import pytest
 from hpo.search import TUNE_ID_ATTR, connectable
 from tests.conftest import REQUIRE_SHARED
 from tests.integration.driver import Driver, write_config
-from tests.integration.test_resume import done_trials, tiny_study
+from tests.integration.test_resume import done_trials
 from tests.support.featuresets import put_synthetic
 from tests.support.postgres import PostgresServer, postgres_bin
+from tests.support.studies import checkpointed_study
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -50,7 +51,7 @@ def _files_holding(root: Path, secrets: tuple[str, ...]) -> list[str]:
 
 def test_no_password_in_any_record_and_resume_after_it_is_rotated(tmp_path, postgres):
     store_uri, _key, _ = put_synthetic(tmp_path / "store", clips=12, frames=3, dim=4)
-    study = tiny_study(tmp_path, store_uri, "pg")
+    study = checkpointed_study(tmp_path, store_uri, "pg")
     study["budget"] = {**study["budget"], "trials": 2, "max_epochs": 1, "patience": 1}
     config = write_config(tmp_path / "pg.yaml", study)
     env = {"LUSHPO_OPTUNA_PASSWORD": "", "LUSHPO_OPTUNA_STORAGE": ""}

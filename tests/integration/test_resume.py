@@ -24,58 +24,17 @@ from ray.tune import ExperimentAnalysis
 from hpo.train import HISTORY
 from tests.integration.driver import Driver, write_config
 from tests.support.featuresets import put_synthetic
+from tests.support.studies import CHECKPOINTED_EPOCHS, CHECKPOINTED_TRIALS, checkpointed_study
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-TRIALS = 6
-EPOCHS = 2
+TRIALS = CHECKPOINTED_TRIALS
+EPOCHS = CHECKPOINTED_EPOCHS
 DONE = re.compile(r"trial (\S+) done: accuracy=([0-9.]+)")
-
-TINY_SPACE = {
-    "lstm_units": [4, 8],
-    "dense_layers": 1,
-    "dense_units_1": [4, 8],
-    "batch_size": [8, 16],
-    "learning_rate": {"low": 1e-3, "high": 3e-2, "log": True},
-}
-
-
-def with_sections(data: dict, **sections) -> dict:
-    """`data` with each keyword merged into its section (a mapping) or replacing the value."""
-    data = dict(data)
-    for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
-    return data
-
-
-def tiny_study(tmp_path: Path, store_uri: str, name: str, **sections) -> dict:
-    """A 6-trial study of 2 epochs on 2 folds, a checkpoint after every epoch."""
-    data = {
-        "name": name,
-        "store": store_uri,
-        "num_cpus": 2,
-        "feature_set": {"backbone": "synthetic", "frames": 3},
-        "split": {"kind": "stratified", "k": 2, "seed": 0},
-        "space": TINY_SPACE,
-        "budget": {
-            "trials": TRIALS,
-            "max_concurrent": 1,
-            "max_epochs": EPOCHS,
-            "patience": EPOCHS,
-            "checkpoint_every": 1,
-            "checkpoint_interval_s": 0,
-            "max_failures": 1,
-        },
-        "searcher": {"sampler": "tpe", "seed": 3},
-        "resources": {"cpu": 1, "intra_op_threads": 1},
-        "storage": {"storage_path": str(tmp_path / "runs")},
-        "cache_dir": str(tmp_path / "cache"),
-    }
-    return with_sections(data, **sections)
 
 
 def study_yaml(tmp_path: Path, store_uri: str, name: str) -> Path:
-    return write_config(tmp_path / f"{name}.yaml", tiny_study(tmp_path, store_uri, name))
+    return write_config(tmp_path / f"{name}.yaml", checkpointed_study(tmp_path, store_uri, name))
 
 
 def done_trials(lines: list[str]) -> dict[str, float]:
