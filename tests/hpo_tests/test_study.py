@@ -164,6 +164,29 @@ def test_a_trial_stopped_before_its_test_scores_is_never_the_best():
     assert "stopped at epoch 7" in table and "stopped before its first epoch" in table
 
 
+def test_a_tie_goes_to_the_earlier_trial_in_the_study_and_in_export_alike():
+    """The study's best and export's pick (`hpo.results`) rank the same `trial_records`, in run
+    order: of two trials with the same scores, the earlier one wins, whatever its id."""
+    from ray.tune import Result
+
+    from hpo.search import Objective, StudyResult, trial_records
+
+    scores = {"test_accuracy": 0.8, "accuracy": 0.8, "accuracy_std": 0.1, "final": True}
+    results = [  # as Tune lists them: in the order it created the trials
+        Result(
+            metrics={**scores, "trial_id": trial_id},
+            checkpoint=None,
+            error=None,
+            path=f"/runs/s/{trial_id}",
+        )
+        for trial_id in ("ffff0000", "0000ffff")
+    ]
+    records = trial_records(results, Objective())  # type: ignore[arg-type]
+    assert [r.trial_id for r in records] == ["ffff0000", "0000ffff"]
+    best = StudyResult("s", "/runs/s", "x", records).best
+    assert best is not None and best.trial_id == "ffff0000"
+
+
 @pytest.mark.slow
 def test_optuna_record_through_optuna_dashboard(tmp_path, store, local_ray):
     """A study cut short by ASHA and its time budget, read back through optuna-dashboard's HTTP
