@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from bench._record import machine, write_record
 
@@ -70,28 +71,22 @@ def _outage(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     endpoint = S3Endpoint().start()
     aws = {"AWS_ENDPOINT_URL": endpoint.url, "AWS_ACCESS_KEY_ID": "bench",
            "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
-    saved = {k: os.environ.get(k) for k in aws}
-    os.environ.update(aws)
     try:
-        boto3.client("s3").create_bucket(Bucket="bench")
-        fs = synthetic_feature_set(clips=6, frames=2, dim=64)
-        key = open_store("s3://bench/p11", cache_dir=root / "writer").put(fs)
-        endpoint.stop()  # the endpoint stops answering: every call is refused
-        store = S3Store("bench", "p11", root / "reader", outage_s=args.outage_s)
-        start = time.perf_counter()
-        try:
-            store.get(key)
-        except StoreUnavailableError:
-            gave_up = time.perf_counter() - start
-        else:
-            raise RuntimeError("a read from a stopped endpoint succeeded")
+        with mock.patch.dict(os.environ, aws):  # put back as it was, whatever happens
+            boto3.client("s3").create_bucket(Bucket="bench")
+            fs = synthetic_feature_set(clips=6, frames=2, dim=64)
+            key = open_store("s3://bench/p11", cache_dir=root / "writer").put(fs)
+            endpoint.stop()  # the endpoint stops answering: every call is refused
+            store = S3Store("bench", "p11", root / "reader", outage_s=args.outage_s)
+            start = time.perf_counter()
+            try:
+                store.get(key)
+            except StoreUnavailableError:
+                gave_up = time.perf_counter() - start
+            else:
+                raise RuntimeError("a read from a stopped endpoint succeeded")
     finally:
         endpoint.stop()  # (again: a no-op once stopped)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return {"outage_s": args.outage_s, "gave_up_after_s": round(gave_up, 2),
             "outage_ratio": round(gave_up / args.outage_s, 4)}  # fmt: skip
 

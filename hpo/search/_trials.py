@@ -70,8 +70,7 @@ class StudyResult:
         if not done:
             return None
         ranked = [t.objective.candidate(t.trial_id, order, t.metrics) for order, t in done]
-        best = select_best(ranked)
-        return next(t for order, t in done if order == best.order)
+        return self.trials[select_best(ranked).order]
 
 
 def _read_trial_json(result: tune.Result) -> dict[str, Any]:
@@ -93,7 +92,7 @@ def trial_records(
     trial's per-fold metrics from its checkpoint's ``trial.json`` (one read per trial; an export
     that needs the winner's only passes False)."""
     records = []
-    for i in range(len(results)):
+    for i in range(len(results)):  # ResultGrid indexes; it declares no __iter__ for mypy
         result = results[i]
         metrics = dict(result.metrics or {})
         params = dict(result.config or {})
