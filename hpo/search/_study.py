@@ -309,6 +309,34 @@ for _hook in [name for name in vars(tune.Callback) if name == "setup" or name.st
     setattr(_DriverCallbacks, _hook, _forward(_hook))
 
 
+def _new_tuner(
+    cfg: StudyConfig,
+    studies: Sequence[StudyConfig],
+    trainable: Any,
+    max_concurrent: int | None,
+    run_path: str,
+    experiment_path: str,
+) -> tune.Tuner:
+    """A Tuner for the run's Tune experiment at `experiment_path` (its own or a continuation)."""
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=_searcher(
+                cfg, studies, max_concurrent, _experiment_name(run_path, experiment_path)
+            ),
+            scheduler=_scheduler(cfg),
+            # The searcher ends the study: it counts the budget in Optuna's storage, which a
+            # resume may raise.
+            num_samples=-1,
+            time_budget_s=cfg.budget.time_budget_s,
+            # One worker process per trial slot: TensorFlow is imported once per slot, not once
+            # per trial (seconds each on a small machine).
+            reuse_actors=True,
+        ),
+        run_config=_run_config(cfg, experiment_path),
+    )
+
+
 def _run_config(cfg: StudyConfig, experiment_path: str) -> tune.RunConfig:
     """The RunConfig of the Tune experiment at `experiment_path`: the run folder, or one of its
     continuations (`hpo.search.experiment_paths`)."""
@@ -442,6 +470,7 @@ def _run_studies(
     # read once: the earlier experiments have ended, and their records are reported at the end
     earlier_runs = [run for run in (_saved_run(fs, path) for path in earlier) if run is not None]
     saved_all = {k: v for run in earlier_runs for k, v in _saved_trials(run).items()}
+    earlier_results = [tune.ResultGrid(run) for run in earlier_runs]
     exists = restorable or _run_exists(fs, run_path)
     exists = exists or any(has_study(cfg.optuna_url, name) for name in names)
     if exists and not (resume or overwrite):
@@ -461,7 +490,7 @@ def _run_studies(
                 "only a study's run folder: choose another --name or --storage-path"
             )
         restorable, saved, saved_all, earlier, current = False, None, {}, [], run_path
-        earlier_runs = []
+        earlier_results = []
     saved_all.update(saved or {})
     # A tuner.pkl without an experiment state: the driver died before Tune's first save. Nothing
     # of Tune's to restore; the study starts in place and keeps the Optuna trials it asked.
@@ -512,76 +541,73 @@ def _run_studies(
             trainable = _trainable(cfg, settings, train)
             for study in studies:
                 _reconcile(study, storage, saved_all, experiment_ended=False, log=log)
-            finished = restorable and _finished(studies, saved_all)
-            if (
-                restorable
-                and not finished
-                and needs_new_experiment(storage, names, _experiment_name(run_path, current))
-            ):
-                earlier, current = [*earlier, current], f"{run_path}/{CONTINUED}{len(earlier) + 1}"
-                if current_run is not None:
-                    earlier_runs.append(current_run)
-                restorable = False
-                log(
-                    f"study {cfg.name!r}: its Ray Tune experiment had ended, so the trials of its "
-                    f"raised budget run in a continuation, {current.rsplit('/', 1)[1]}"
+            if restorable and _finished(studies, saved_all):
+                for study in studies:
+                    _reconcile(study, storage, saved_all, experiment_ended=True, log=log)
+                with _modules_before_the_layers():
+                    tuner = tune.Tuner.restore(current, trainable=trainable, storage_filesystem=fs)
+                log(f"study {cfg.name!r} has already finished; nothing to resume")
+                every = _records_of(earlier_results, objective) + trial_records(
+                    tuner.get_results(), objective
                 )
-            if restorable:
-                if finished:
-                    for study in studies:
-                        _reconcile(study, storage, saved_all, experiment_ended=True, log=log)
+                records = by_study(names, every)
+                return {
+                    study.name: StudyResult(
+                        study.name, study.run_path, shown_storage, records[study.name], True
+                    )
+                    for study in studies
+                }
+            # Tune restores an experiment whose search ended as ended (ray#20886) and adds no
+            # trial to it. It is restored for the trials it runs on (those a killed driver left
+            # unfinished, errored ones to retry); the trials it cannot add (a raised budget, one
+            # asked before the driver died) then run in a continuation of the run.
+            grid: tune.ResultGrid | None = None
+            moving = (
+                restorable
+                and not _runs_on(saved or {})
+                and needs_new_experiment(storage, names, _experiment_name(run_path, current))
+            )
+            while True:
+                if moving:
+                    ended = grid if grid is not None else _saved_result(current_run)
+                    earlier_results.append(ended)
+                    earlier, current = (
+                        [*earlier, current],
+                        f"{run_path}/{CONTINUED}{len(earlier) + 1}",
+                    )
+                    restorable = False
+                    log(
+                        f"study {cfg.name!r}: its Ray Tune experiment's search had ended, so the "
+                        "trials it cannot add (a raised budget, or one asked as the driver died) "
+                        f"run in a continuation, {current.rsplit('/', 1)[1]}"
+                    )
+                if restorable:
                     with _modules_before_the_layers():
                         tuner = tune.Tuner.restore(
-                            current, trainable=trainable, storage_filesystem=fs
+                            current, trainable=trainable, resume_errored=True, storage_filesystem=fs
                         )
-                    log(f"study {cfg.name!r} has already finished; nothing to resume")
-                    every = _records_of(earlier_runs, objective) + trial_records(
-                        tuner.get_results(), objective
-                    )
-                    records = by_study(names, every)
-                    return {
-                        study.name: StudyResult(
-                            study.name, study.run_path, shown_storage, records[study.name], True
-                        )
-                        for study in studies
-                    }
-                with _modules_before_the_layers():
-                    tuner = tune.Tuner.restore(
-                        current, trainable=trainable, resume_errored=True, storage_filesystem=fs
-                    )
-            else:
-                tuner = tune.Tuner(
-                    trainable,
-                    tune_config=tune.TuneConfig(
-                        search_alg=_searcher(
-                            cfg, studies, max_concurrent, _experiment_name(run_path, current)
+                else:
+                    tuner = _new_tuner(cfg, studies, trainable, max_concurrent, run_path, current)
+                start = time.monotonic()
+                fitting = True
+                _CALLBACKS[current] = [*callbacks, *([_DropOnStart(aside)] if aside else [])]
+                try:
+                    with (
+                        _graceful_sigint(log) as interrupted,
+                        _environ(
+                            TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1",
+                            TUNE_MAX_PENDING_TRIALS_PG=str(_pending(studies, max_concurrent)),
                         ),
-                        scheduler=_scheduler(cfg),
-                        # The searcher ends the study: it counts the budget in Optuna's storage,
-                        # which a resume may raise.
-                        num_samples=-1,
-                        time_budget_s=cfg.budget.time_budget_s,
-                        # One worker process per trial slot: TensorFlow is imported once per
-                        # slot, not once per trial (seconds each on a small machine).
-                        reuse_actors=True,
-                    ),
-                    run_config=_run_config(cfg, current),
+                    ):
+                        grid = tuner.fit()
+                finally:
+                    _CALLBACKS.pop(current, None)
+                log(f"study {cfg.name!r} ran for {time.monotonic() - start:.1f} s")
+                moving = not interrupted() and needs_new_experiment(
+                    storage, names, _experiment_name(run_path, current)
                 )
-            start = time.monotonic()
-            fitting = True
-            _CALLBACKS[current] = [*callbacks, *([_DropOnStart(aside)] if aside else [])]
-            try:
-                with (
-                    _graceful_sigint(log) as interrupted,
-                    _environ(
-                        TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1",
-                        TUNE_MAX_PENDING_TRIALS_PG=str(_pending(studies, max_concurrent)),
-                    ),
-                ):
-                    grid = tuner.fit()
-            finally:
-                _CALLBACKS.pop(current, None)
-            log(f"study {cfg.name!r} ran for {time.monotonic() - start:.1f} s")
+                if not moving:
+                    break
         finally:
             if started:
                 ray.shutdown()
@@ -595,7 +621,8 @@ def _run_studies(
         aside.drop()
     if interrupted():
         raise StudyInterruptedError(cfg.name, cfg.run_path)
-    every = _records_of(earlier_runs, objective) + trial_records(grid, objective)
+    assert grid is not None  # fitted at least once
+    every = _records_of(earlier_results, objective) + trial_records(grid, objective)
     ends = {
         r.trial_id: TuneTrialEnd("ERROR" if r.error else "TERMINATED", r.metrics) for r in every
     }
@@ -655,12 +682,10 @@ def _experiment_name(run_path: str, experiment_path: str) -> str:
 
 
 def _records_of(
-    runs: Sequence[tune.ExperimentAnalysis], objective: Objective
+    results: Sequence[tune.ResultGrid], objective: Objective
 ) -> tuple[TrialRecord, ...]:
     """The trials of the run's earlier Tune experiments (its continuations' predecessors)."""
-    return tuple(
-        record for run in runs for record in trial_records(tune.ResultGrid(run), objective)
-    )
+    return tuple(record for grid in results for record in trial_records(grid, objective))
 
 
 def _pending(studies: Sequence[StudyConfig], max_concurrent: int | None) -> int:
@@ -722,6 +747,17 @@ def _reconcile(
     )
     for what, numbers in changed.items():
         log(f"Optuna trials {numbers} of study {cfg.name!r}: {what} (from Ray Tune's record)")
+
+
+def _saved_result(run: tune.ExperimentAnalysis | None) -> tune.ResultGrid:
+    assert run is not None, "a restorable experiment has a saved record"
+    return tune.ResultGrid(run)
+
+
+def _runs_on(saved: Mapping[str, TuneTrialEnd]) -> bool:
+    """Whether a restore of the experiment whose saved record is `saved` runs a trial: one left
+    unfinished, or one that errored (``resume_errored=True``), from a checkpoint that exists."""
+    return any(t.status != "TERMINATED" and t.restorable for t in saved.values())
 
 
 def _finished(studies: Sequence[StudyConfig], saved: Mapping[str, TuneTrialEnd]) -> bool:

@@ -113,7 +113,9 @@ def _kill_then_resume(config, point: str, env: dict) -> tuple[Driver, Driver]:
     return first, resumed
 
 
-@pytest.mark.parametrize("point", [p for p in POINTS if p != "during_upload"])
+@pytest.mark.parametrize(
+    "point", [p for p in POINTS if p not in ("during_upload", "search_ended", "ended_search_saved")]
+)
 def test_a_driver_killed_anywhere_resumes_to_one_consistent_record(tmp_path, point):
     store_uri, _key, _ = put_synthetic(tmp_path / "store", clips=8, frames=3, dim=4)
     data = _config(tmp_path, store_uri, {"storage_path": str(tmp_path / "runs")})
@@ -152,18 +154,24 @@ def test_a_driver_killed_during_a_checkpoint_upload_to_s3_resumes(tmp_path, monk
 
 def test_a_study_killed_after_trial_k_draws_what_the_uninterrupted_one_draws(tmp_path):
     """max_concurrent 1, a fixed seed, TPE past its 10 random start-up trials: killed after its
-    11th trial and resumed, the study suggests every trial's params as the whole run does."""
+    11th trial and resumed, the study suggests every trial's params as the whole run does.
+    Tune saves its state at every step here (``TUNE_GLOBAL_CHECKPOINT_S=0``), so its record
+    holds every finished trial: none runs again (`hpo.search.reconcile`), and the resume's
+    draws follow the uninterrupted study's."""
     store_uri, _key, _ = put_synthetic(tmp_path / "store", clips=8, frames=3, dim=4)
     module = "tests.integration.trivial_driver"
     drawn = {}
+    every_step = {"TUNE_GLOBAL_CHECKPOINT_S": "0"}
     for name, kill in (("whole", None), ("cut", ["--kill", "between_trials", "--after", "11"])):
         data = _config(tmp_path, store_uri, {"storage_path": str(tmp_path / name)})
         data["budget"] = {**data["budget"], "trials": 13, "max_concurrent": 1, "max_epochs": 1}
         config = write_config(tmp_path / f"{name}.yaml", data)
         if kill:
-            first = Driver([str(config), *kill], module=module)
+            first = Driver([str(config), *kill], env=every_step, module=module)
             assert first.wait(300) != 0 and "KILLED here" in first.output, first.output[-3000:]
-        driver = Driver([str(config), *(["--resume"] if kill else [])], module=module)
+        driver = Driver(
+            [str(config), *(["--resume"] if kill else [])], env=every_step, module=module
+        )
         assert driver.wait(300) == 0, driver.output[-4000:]
         study = optuna.load_study(
             study_name="kill", storage=f"sqlite:///{tmp_path}/{name}/kill/optuna.db"
@@ -171,6 +179,43 @@ def test_a_study_killed_after_trial_k_draws_what_the_uninterrupted_one_draws(tmp
         drawn[name] = [t.params for t in sorted(study.trials, key=lambda t: t.number)]
     assert len(drawn["whole"]) == 13
     assert drawn["cut"] == drawn["whole"]
+
+
+@pytest.mark.parametrize(
+    ("point", "raised"),
+    [("search_ended", False), ("search_ended", True), ("ended_search_saved", True)],
+)
+def test_a_driver_killed_as_its_search_ends_resumes_the_trials_tune_was_running(
+    tmp_path, point, raised
+):
+    """Killed as its search ends, with a trial still running. At "search_ended" (the FINISHED
+    after the budget's last ask) Tune's saved record holds the first two trials and lacks the
+    last, and its search is saved unended: the resume restores the experiment, which runs its
+    trial on, adopts the last one and asks a raised budget's trials itself. At
+    "ended_search_saved" Tune saved its search ended: the resume restores the experiment for
+    its running trial, then runs a raised budget in a continuation. No trial is cut short."""
+    store_uri, _key, _ = put_synthetic(tmp_path / "store", clips=8, frames=3, dim=4)
+    data = _config(tmp_path, store_uri, {"storage_path": str(tmp_path / "runs")})
+    data["budget"] = {**data["budget"], "trials": 3}
+    config = write_config(tmp_path / "kill.yaml", data)
+    module = "tests.integration.trivial_driver"
+    first = Driver([str(config), "--kill", point], env={EPOCH_ENV: "0.3"}, module=module)
+    assert first.wait(300) != 0 and "KILLED here" in first.output, first.output[-3000:]
+    run = tmp_path / "runs" / "kill"
+    saved = {t.trial_id: t.status for t in ExperimentAnalysis(str(run)).trials}
+    # the kill's setting: a trial still running; at "search_ended", the last trial unsaved
+    assert len(saved) == (2 if point == "search_ended" else 3), saved
+    assert any(status != "TERMINATED" for status in saved.values()), saved
+    if raised:
+        data["budget"]["trials"] = 5
+        write_config(config, data)
+    resumed = Driver([str(config), "--resume"], env={EPOCH_ENV: "0.3"}, module=module)
+    assert resumed.wait(300) == 0, resumed.output[-6000:]
+    continued = point == "ended_search_saved" and raised
+    assert ("in a continuation" in resumed.output) == continued, resumed.output[-4000:]
+    _check_record(f"sqlite:///{run}/optuna.db", str(run), budget=5 if raised else 3)
+    ended = {t.trial_id: t.status for t in ExperimentAnalysis(str(run)).trials}
+    assert set(saved) <= set(ended) and set(ended.values()) == {"TERMINATED"}, ended
 
 
 _FLAT_LAYOUT = """

@@ -15,10 +15,10 @@ import argparse
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 
 from ray import tune
+from ray.tune.search import Searcher
 
 from hpo.search import StudyProgress, load_config
 from hpo.search import _searcher as hsearcher
@@ -31,6 +31,8 @@ POINTS = (
     "mid_trial",  # a trial's first result arrived
     "after_tell",  # Optuna told COMPLETE, Tune not yet saved TERMINATED
     "between_trials",  # a trial's completion fully processed by Tune
+    "search_ended",  # the searcher returned FINISHED: its last trial asked, Tune not yet saved it
+    "ended_search_saved",  # Tune saved the ended search and every trial, one still running
     "between_saves",  # Tune wrote its experiment state, not yet its search state
     "after_checkpoint",  # a trial's checkpoint registered by Tune
     "during_upload",  # a trial's checkpoint upload under way (the trial kills the driver)
@@ -44,8 +46,11 @@ def die() -> None:
 
 
 class _Kill(tune.Callback):
-    def __init__(self, point: str, after: int, run_path: str) -> None:
+    def __init__(self, point: str, after: int, run_path: str, experiment_path: str) -> None:
         self.point, self.after, self.done, self.run_path = point, after, 0, run_path
+        self.experiment_path = experiment_path  # where Tune saves the experiment's state
+        self.completed_this_step = False
+        self.search_ended = False  # the searcher has returned FINISHED
 
     def armed(self) -> bool:
         return self.done >= self.after
@@ -64,12 +69,31 @@ class _Kill(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.done += 1
-        if self.point == "between_trials" and self.armed():
-            threading.Timer(0.5, die).start()  # once Tune has processed the completion
+        self.completed_this_step = self.point == "between_trials" and self.armed()
         if self.point == "during_upload" and self.armed():
             # the next checkpoint upload kills this driver's process group (Ray's workers sit
             # in groups of their own)
             Path(os.environ[KILL_FILE_ENV]).write_text(str(os.getpgrp()))
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        # A step handles one event and then attempts Tune's experiment-state save; the next
+        # step starts by asking the searcher for trials.
+        if self.completed_this_step:
+            die()  # the completion handled: the searcher told, no trial asked since
+        if self.point == "ended_search_saved" and self.search_ended and self._saved(trials):
+            die()
+
+    def _saved(self, trials) -> bool:
+        """Whether the state Tune saved to storage holds every trial, one still unfinished."""
+        try:
+            saved = {
+                t.trial_id: t.status for t in tune.ExperimentAnalysis(self.experiment_path).trials
+            }
+        except ValueError:  # nothing saved yet
+            return False
+        return {t.trial_id for t in trials} <= set(saved) and any(
+            status != "TERMINATED" for status in saved.values()
+        )
 
 
 def _arm(point: str, kill: _Kill) -> None:
@@ -84,6 +108,22 @@ def _arm(point: str, kill: _Kill) -> None:
             return params
 
         hsearcher.StudySearcher.suggest = suggest_then_die
+    elif point in ("search_ended", "ended_search_saved"):
+        # Tune asks for trials at a step's start and saves its state at the step's end: the
+        # FINISHED that follows the budget's last ask comes in the same step, so at
+        # "search_ended" Tune's saved record lacks that last trial and its search is saved as
+        # not ended; "ended_search_saved" waits for a save of the ended search (`_Kill._saved`).
+        suggest = hsearcher.StudySearcher.suggest
+
+        def suggest_then_mark_the_end(self, trial_id):
+            params = suggest(self, trial_id)
+            if params == Searcher.FINISHED:
+                if point == "search_ended":
+                    die()
+                kill.search_ended = True
+            return params
+
+        hsearcher.StudySearcher.suggest = suggest_then_mark_the_end
     elif point == "after_tell":
         complete = hsearcher.StudySearcher.on_trial_complete
 
@@ -129,7 +169,7 @@ def main(argv: list[str]) -> int:
         StudyProgress(cfg.budget.trials, cfg.run_path, "-", write=print)
     ]
     if args.kill:
-        kill = _Kill(args.kill, args.after, str(args.config.parent))
+        kill = _Kill(args.kill, args.after, str(args.config.parent), cfg.run_path)
         _arm(args.kill, kill)
         callbacks.append(kill)
     hstudy.run_study(cfg, resume=args.resume, callbacks=callbacks, train=train_trivial)
