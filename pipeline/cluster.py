@@ -19,6 +19,7 @@ refused token, so either failure is one line that says what to set. No token is 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 from pathlib import Path
@@ -72,8 +73,6 @@ def _use_token_if_available() -> None:
 
     Ray's own helper, because Ray caches its config when `ray._raylet` loads: setting the
     variable alone would not reach a process that imported Ray already."""
-    import logging
-
     # private: Ray has no public call that re-reads the token mode in a running process
     from ray._private.authentication.authentication_token_setup import (
         maybe_enable_token_auth_if_token_available,

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import platform
+import re
 import tempfile
 from collections.abc import Callable, Iterable
 from importlib import metadata
@@ -175,8 +176,6 @@ def _unique_keys_loader() -> type:
     """PyYAML's SafeLoader, refusing a key given twice in one mapping (a second `budget:`
     section would otherwise replace the first without a word), with YAML 1.2's booleans: only
     true and false. YAML 1.1's on/off/yes/no would turn the key ``objective.on`` into True."""
-    import re
-
     import yaml
 
     class UniqueKeyLoader(yaml.SafeLoader):

@@ -18,6 +18,7 @@ so an export of another study never picks it up.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -69,8 +70,6 @@ def _rescore_remote(
 ) -> dict[str, Any]:
     """Ray task body: one k-fold CV of `params` with training seed `seed` (`cross_validate`),
     scored on the objective's folds (`prefix`: `hpo.search.Objective.prefix`)."""
-    import dataclasses
-
     from hpo.train import configure_tensorflow, cross_validate_with
 
     settings = dataclasses.replace(on_this_node(settings), seed=seed)
