@@ -557,10 +557,10 @@ def _run_studies(
                     )
                     for study in studies
                 }
-            # Tune restores an experiment whose search ended as ended (ray#20886) and adds no
-            # trial to it. It is restored for the trials it runs on (those a killed driver left
-            # unfinished, errored ones to retry); the trials it cannot add (a raised budget, one
-            # asked before the driver died) then run in a continuation of the run.
+            # Tune restores an ended search still ended (ray#20886): it adds no trial to that
+            # experiment. The experiment is restored for the trials it runs on (those a killed
+            # driver left unfinished, errored ones to retry); the trials it cannot add (a raised
+            # budget, one asked as the driver died) then run in a continuation of the run.
             grid: tune.ResultGrid | None = None
             moving = (
                 restorable
